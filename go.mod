@@ -1,0 +1,12 @@
+module offload
+
+go 1.26.0
+
+require (
+	filippo.io/edwards25519 v1.2.0
+	github.com/alecthomas/kong v1.17.0
+	github.com/gofrs/flock v0.13.2
+	github.com/google/shlex v0.0.0-20191202100458-e7afc7fbc510
+)
+
+require golang.org/x/sys v0.49.0 // indirect
