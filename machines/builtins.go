@@ -1,0 +1,482 @@
+package machines
+
+import (
+	"math"
+	"strconv"
+	"strings"
+)
+
+type builtinFunc = func(ev *evaluator, call *val, args []*val) (*val, error)
+
+// builtins are the procedures a machines file may call: what real files
+// use, plus the few list and string helpers that go with them.
+var builtins map[string]builtinFunc
+
+func init() {
+	builtins = map[string]builtinFunc{
+		"list":           biList,
+		"cons":           biCons,
+		"car":            biCxr("car"),
+		"cdr":            biCxr("cdr"),
+		"cadr":           biCxr("cadr"),
+		"cddr":           biCxr("cddr"),
+		"caddr":          biCxr("caddr"),
+		"append":         biAppend,
+		"string-append":  biStringAppend,
+		"map":            biMap,
+		"for-each":       biMap,
+		"filter":         biFilter,
+		"apply":          biApply,
+		"length":         biLength,
+		"reverse":        biReverse,
+		"iota":           biIota,
+		"not":            biNot,
+		"null?":          biPred(func(v *val) bool { return v.k == kNull }),
+		"pair?":          biPred(func(v *val) bool { return v.k == kPair }),
+		"list?":          biPred(func(v *val) bool { _, ok := v.slice(); return ok }),
+		"string?":        biPred(func(v *val) bool { return v.k == kStr }),
+		"number?":        biPred(func(v *val) bool { return v.k == kNum }),
+		"symbol?":        biPred(func(v *val) bool { return v.k == kSym }),
+		"equal?":         biEqual,
+		"eq?":            biEqual,
+		"eqv?":           biEqual,
+		"string=?":       biEqual,
+		"number->string": biNumberToString,
+		"string->number": biStringToNumber,
+		"symbol->string": biSymbolToString,
+		"string->symbol": biStringToSymbol,
+		"getenv":         biGetenv,
+		"+":              biArith("+"),
+		"-":              biArith("-"),
+		"*":              biArith("*"),
+		"/":              biArith("/"),
+		"=":              biCompare("="),
+		"<":              biCompare("<"),
+		">":              biCompare(">"),
+		"<=":             biCompare("<="),
+		">=":             biCompare(">="),
+	}
+}
+
+func name(call *val) string {
+	if call.car.k == kSym {
+		return call.car.str
+	}
+	return "procedure"
+}
+
+func wantArgs(call *val, args []*val, min, max int) error {
+	if len(args) < min || max >= 0 && len(args) > max {
+		want := strconv.Itoa(min)
+		switch {
+		case max < 0:
+			want = "at least " + want
+		case max != min:
+			want += " to " + strconv.Itoa(max)
+		}
+		return errAt(call.pos, "wrong number of arguments to %s: got %d, want %s", name(call), len(args), want)
+	}
+	return nil
+}
+
+func argErr(call *val, i int, v *val, want string) error {
+	return errAt(v.pos, "%s: argument %d is %s, expected %s", name(call), i+1, v.typeName(), want)
+}
+
+func biList(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := ev.charge(len(args), call.pos); err != nil {
+		return nil, err
+	}
+	return listOf(args, call.pos), nil
+}
+
+func biCons(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 2, 2); err != nil {
+		return nil, err
+	}
+	return cons(args[0], args[1], call.pos), nil
+}
+
+func biCxr(path string) builtinFunc {
+	ops := path[1 : len(path)-1]
+	return func(ev *evaluator, call *val, args []*val) (*val, error) {
+		if err := wantArgs(call, args, 1, 1); err != nil {
+			return nil, err
+		}
+		v := args[0]
+		for i := len(ops) - 1; i >= 0; i-- {
+			if v.k != kPair {
+				return nil, errAt(args[0].pos, "%s: %s is too short", path, args[0])
+			}
+			if ops[i] == 'a' {
+				v = v.car
+			} else {
+				v = v.cdr
+			}
+		}
+		return v, nil
+	}
+}
+
+func biAppend(ev *evaluator, call *val, args []*val) (*val, error) {
+	if len(args) == 0 {
+		return mkNull(call.pos), nil
+	}
+	var items []*val
+	for i, a := range args[:len(args)-1] {
+		vs, ok := a.slice()
+		if !ok {
+			return nil, argErr(call, i, a, "a list")
+		}
+		items = append(items, vs...)
+	}
+	if err := ev.charge(len(items), call.pos); err != nil {
+		return nil, err
+	}
+	last := args[len(args)-1]
+	if len(items) == 0 {
+		return last.at(call.pos), nil
+	}
+	out := listOf(items, call.pos)
+	tail := out
+	for tail.cdr.k == kPair {
+		tail = tail.cdr
+	}
+	tail.cdr = last
+	return out, nil
+}
+
+func biStringAppend(ev *evaluator, call *val, args []*val) (*val, error) {
+	var b strings.Builder
+	for i, a := range args {
+		if a.k != kStr {
+			return nil, argErr(call, i, a, "a string")
+		}
+		if b.Len()+len(a.str) > maxStr {
+			return nil, errAt(call.pos, "string-append: result longer than %d bytes", maxStr)
+		}
+		b.WriteString(a.str)
+	}
+	if err := ev.charge(b.Len()/64, call.pos); err != nil {
+		return nil, err
+	}
+	return mkStr(b.String(), call.pos), nil
+}
+
+// biMap is map and for-each over one or more lists, stopping at the
+// shortest as Guile does.
+func biMap(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 2, -1); err != nil {
+		return nil, err
+	}
+	fn := args[0]
+	if fn.k != kProc {
+		return nil, argErr(call, 0, fn, "a procedure")
+	}
+	lists := make([][]*val, len(args)-1)
+	n := -1
+	for i, a := range args[1:] {
+		vs, ok := a.slice()
+		if !ok {
+			return nil, argErr(call, i+1, a, "a list")
+		}
+		lists[i] = vs
+		if n < 0 || len(vs) < n {
+			n = len(vs)
+		}
+	}
+	out := make([]*val, n)
+	for j := 0; j < n; j++ {
+		callArgs := make([]*val, len(lists))
+		for i := range lists {
+			callArgs[i] = lists[i][j]
+		}
+		v, err := ev.apply(fn, call, callArgs)
+		if err != nil {
+			return nil, err
+		}
+		out[j] = v
+	}
+	if name(call) == "for-each" {
+		return mkUnspec(call.pos), nil
+	}
+	return listOf(out, call.pos), nil
+}
+
+func biFilter(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 2, 2); err != nil {
+		return nil, err
+	}
+	if args[0].k != kProc {
+		return nil, argErr(call, 0, args[0], "a procedure")
+	}
+	vs, ok := args[1].slice()
+	if !ok {
+		return nil, argErr(call, 1, args[1], "a list")
+	}
+	var out []*val
+	for _, v := range vs {
+		keep, err := ev.apply(args[0], call, []*val{v})
+		if err != nil {
+			return nil, err
+		}
+		if keep.truthy() {
+			out = append(out, v)
+		}
+	}
+	return listOf(out, call.pos), nil
+}
+
+func biApply(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 2, -1); err != nil {
+		return nil, err
+	}
+	last := args[len(args)-1]
+	vs, ok := last.slice()
+	if !ok {
+		return nil, argErr(call, len(args)-1, last, "a list")
+	}
+	all := append(append([]*val{}, args[1:len(args)-1]...), vs...)
+	return ev.apply(args[0], call, all)
+}
+
+func biLength(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 1, 1); err != nil {
+		return nil, err
+	}
+	vs, ok := args[0].slice()
+	if !ok {
+		return nil, argErr(call, 0, args[0], "a list")
+	}
+	return mkNum(float64(len(vs)), true, call.pos), nil
+}
+
+func biReverse(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 1, 1); err != nil {
+		return nil, err
+	}
+	vs, ok := args[0].slice()
+	if !ok {
+		return nil, argErr(call, 0, args[0], "a list")
+	}
+	out := make([]*val, len(vs))
+	for i, v := range vs {
+		out[len(vs)-1-i] = v
+	}
+	return listOf(out, call.pos), nil
+}
+
+func isInt(v *val) bool {
+	return v.k == kNum && v.num == math.Trunc(v.num) && !math.IsInf(v.num, 0)
+}
+
+// biIota is (iota COUNT [START [STEP]]).
+func biIota(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 1, 3); err != nil {
+		return nil, err
+	}
+	if !isInt(args[0]) || args[0].num < 0 {
+		return nil, argErr(call, 0, args[0], "a non-negative integer")
+	}
+	start, step := mkNum(0, true, call.pos), mkNum(1, true, call.pos)
+	if len(args) > 1 {
+		start = args[1]
+	}
+	if len(args) > 2 {
+		step = args[2]
+	}
+	for i, v := range []*val{start, step} {
+		if v.k != kNum {
+			return nil, argErr(call, i+1, v, "a number")
+		}
+	}
+	if err := ev.charge(int(math.Min(args[0].num, maxSteps+1)), call.pos); err != nil {
+		return nil, err
+	}
+	n := int(args[0].num)
+	out := make([]*val, n)
+	for i := range out {
+		out[i] = mkNum(start.num+float64(i)*step.num, start.exact && step.exact, call.pos)
+	}
+	return listOf(out, call.pos), nil
+}
+
+func biNot(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 1, 1); err != nil {
+		return nil, err
+	}
+	return mkBool(!args[0].truthy(), call.pos), nil
+}
+
+func biPred(f func(*val) bool) builtinFunc {
+	return func(ev *evaluator, call *val, args []*val) (*val, error) {
+		if err := wantArgs(call, args, 1, 1); err != nil {
+			return nil, err
+		}
+		return mkBool(f(args[0]), call.pos), nil
+	}
+}
+
+func equal(a, b *val) bool {
+	for {
+		if a.k != b.k {
+			return false
+		}
+		switch a.k {
+		case kNull, kUnspec:
+			return true
+		case kBool:
+			return a.b == b.b
+		case kNum:
+			return a.num == b.num && a.exact == b.exact
+		case kStr, kSym:
+			return a.str == b.str
+		case kProc:
+			return a.proc == b.proc
+		case kMachine:
+			return a.m == b.m
+		case kPair:
+			if !equal(a.car, b.car) {
+				return false
+			}
+			a, b = a.cdr, b.cdr
+		default:
+			return false
+		}
+	}
+}
+
+func biEqual(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 2, 2); err != nil {
+		return nil, err
+	}
+	if name(call) == "string=?" {
+		for i, a := range args {
+			if a.k != kStr {
+				return nil, argErr(call, i, a, "a string")
+			}
+		}
+	}
+	return mkBool(equal(args[0], args[1]), call.pos), nil
+}
+
+func biNumberToString(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 1, 1); err != nil {
+		return nil, err
+	}
+	if args[0].k != kNum {
+		return nil, argErr(call, 0, args[0], "a number")
+	}
+	return mkStr(formatNum(args[0]), call.pos), nil
+}
+
+func biStringToNumber(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 1, 1); err != nil {
+		return nil, err
+	}
+	if args[0].k != kStr {
+		return nil, argErr(call, 0, args[0], "a string")
+	}
+	f, exact, ok := parseNumber(args[0].str)
+	if !ok {
+		return mkBool(false, call.pos), nil
+	}
+	return mkNum(f, exact, call.pos), nil
+}
+
+func biSymbolToString(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 1, 1); err != nil {
+		return nil, err
+	}
+	if args[0].k != kSym {
+		return nil, argErr(call, 0, args[0], "a symbol")
+	}
+	return mkStr(args[0].str, call.pos), nil
+}
+
+func biStringToSymbol(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 1, 1); err != nil {
+		return nil, err
+	}
+	if args[0].k != kStr {
+		return nil, argErr(call, 0, args[0], "a string")
+	}
+	return mkSym(args[0].str, call.pos), nil
+}
+
+// biGetenv is (getenv NAME): the variable's value, or #f when unset, as in
+// Guile; files use it for $HOME in private-key.
+func biGetenv(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 1, 1); err != nil {
+		return nil, err
+	}
+	if args[0].k != kStr {
+		return nil, argErr(call, 0, args[0], "a string")
+	}
+	if v := ev.getenv(args[0].str); v != "" {
+		return mkStr(v, call.pos), nil
+	}
+	return mkBool(false, call.pos), nil
+}
+
+func biArith(op string) builtinFunc {
+	return func(ev *evaluator, call *val, args []*val) (*val, error) {
+		for i, a := range args {
+			if a.k != kNum {
+				return nil, argErr(call, i, a, "a number")
+			}
+		}
+		if (op == "-" || op == "/") && len(args) == 0 {
+			return nil, errAt(call.pos, "wrong number of arguments to %s: got 0, want at least 1", op)
+		}
+		acc, exact := 0.0, true
+		if op == "*" || op == "/" {
+			acc = 1
+		}
+		for i, a := range args {
+			exact = exact && a.exact
+			if i == 0 && len(args) > 1 && (op == "-" || op == "/") {
+				acc = a.num
+				continue
+			}
+			switch op {
+			case "+":
+				acc += a.num
+			case "-":
+				acc -= a.num
+			case "*":
+				acc *= a.num
+			case "/":
+				if a.num == 0 {
+					return nil, errAt(a.pos, "division by zero")
+				}
+				acc /= a.num
+			}
+		}
+		if op == "/" && acc != math.Trunc(acc) {
+			exact = false
+		}
+		return mkNum(acc, exact, call.pos), nil
+	}
+}
+
+func biCompare(op string) builtinFunc {
+	return func(ev *evaluator, call *val, args []*val) (*val, error) {
+		if err := wantArgs(call, args, 1, -1); err != nil {
+			return nil, err
+		}
+		for i, a := range args {
+			if a.k != kNum {
+				return nil, argErr(call, i, a, "a number")
+			}
+		}
+		for i := 1; i < len(args); i++ {
+			a, b := args[i-1].num, args[i].num
+			ok := map[string]bool{"=": a == b, "<": a < b, ">": a > b, "<=": a <= b, ">=": a >= b}[op]
+			if !ok {
+				return mkBool(false, call.pos), nil
+			}
+		}
+		return mkBool(true, call.pos), nil
+	}
+}

@@ -1,0 +1,11 @@
+// Package machines owns everything about the build machines that does not
+// touch the network: reading the machines file (/etc/guix/machines.scm) with
+// a small Scheme interpreter that understands what users write in it,
+// matching a machine against a build request, ranking probed machines to
+// choose one, and the per-machine state files that remember connection
+// failures (with exponential backoff) and recent load probes.
+//
+// It does not run ssh or probe machines (package sshexec does), and it does
+// not hold build slots or transfer locks (package locking does). Parsing and
+// ranking are pure; only Load and State touch the file system.
+package machines

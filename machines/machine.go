@@ -1,0 +1,164 @@
+package machines
+
+import (
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Machine is one build-machine record of the machines file, with Guix's
+// defaults filled in.
+type Machine struct {
+	Name              string
+	Port              int      // default 22
+	Systems           []string // from `systems`, or `system` (deprecated)
+	User              string
+	PrivateKey        string   // default $HOME/.ssh/id_rsa of the user running the hook
+	HostKey           string   // "" when absent
+	ParallelBuilds    int      // default 1
+	Speed             float64  // default 1.0
+	Features          []string // default empty
+	OverloadThreshold *float64 // default 0.8; nil means #f (ignore load)
+	Compression       string   // default "zlib@openssh.com,zlib"
+	CompressionLevel  int      // default 3
+	DaemonSocket      string   // default "/var/guix/daemon-socket/socket"
+	// SSHOptions holds extra ssh client options. The file may give a list of
+	// strings or one string; one string is kept as a one-element list and
+	// split into words by package sshexec.
+	SSHOptions      []string
+	Pos             Pos  // where its (build-machine ...) starts
+	UsedSystemField bool // the deprecated `system` field was used
+}
+
+// Defaults of the build-machine fields, as in Guix.
+const (
+	DefaultPort             = 22
+	DefaultParallelBuilds   = 1
+	DefaultSpeed            = 1.0
+	DefaultOverloadThresh   = 0.8
+	DefaultCompression      = "zlib@openssh.com,zlib"
+	DefaultCompressionLevel = 3
+	DefaultDaemonSocket     = "/var/guix/daemon-socket/socket"
+)
+
+// Pos is a place in a machines file; Line and Col are 1-based, Col counts
+// characters, not bytes.
+type Pos struct {
+	File      string
+	Line, Col int
+}
+
+// String returns "FILE:LINE:COL".
+func (p Pos) String() string {
+	return fmt.Sprintf("%s:%d:%d", p.File, p.Line, p.Col)
+}
+
+// ID returns "NAME:PORT", the name used for the machine's lock, slot and
+// state files. Two records with the same ID are the same machine.
+func (m *Machine) ID() string {
+	return m.Name + ":" + strconv.Itoa(m.Port)
+}
+
+// Display returns the name used in messages: the name, with the port when it
+// is not 22.
+func (m *Machine) Display() string {
+	if m.Port == DefaultPort {
+		return m.Name
+	}
+	return m.ID()
+}
+
+// Matches reports whether m can build a derivation for system that requires
+// features. When it cannot, why says which requirement failed, e.g.
+// `system "aarch64-linux" not in (x86_64-linux i686-linux)` or
+// `lacks feature "kvm"`.
+func (m *Machine) Matches(system string, features []string) (ok bool, why string) {
+	if !slices.Contains(m.Systems, system) {
+		return false, fmt.Sprintf("system %q not in (%s)", system, strings.Join(m.Systems, " "))
+	}
+	for _, f := range features {
+		if !slices.Contains(m.Features, f) {
+			return false, fmt.Sprintf("lacks feature %q", f)
+		}
+	}
+	return true, ""
+}
+
+// Warning is something suspicious in the machines file that does not stop
+// it from being used.
+type Warning struct {
+	Pos Pos
+	Msg string
+}
+
+// String returns "FILE:LINE:COL: warning: MSG".
+func (w Warning) String() string {
+	return w.Pos.String() + ": warning: " + w.Msg
+}
+
+// Error is a machines file that cannot be used, with the place of the fault.
+type Error struct {
+	Pos Pos
+	Msg string
+}
+
+// Error returns "FILE:LINE:COL: MSG".
+func (e *Error) Error() string {
+	return e.Pos.String() + ": " + e.Msg
+}
+
+// DefaultFile returns the machines file Guix reads:
+// $GUIX_CONFIGURATION_DIRECTORY/machines.scm, by default
+// /etc/guix/machines.scm.
+func DefaultFile() string {
+	dir := os.Getenv("GUIX_CONFIGURATION_DIRECTORY")
+	if dir == "" {
+		dir = "/etc/guix"
+	}
+	return filepath.Join(dir, "machines.scm")
+}
+
+// Load reads and parses the machines file at path. A missing file gives an
+// error wrapping fs.ErrNotExist, which callers treat as "no machines"; a
+// file that cannot be used gives an *Error.
+func Load(path string) ([]*Machine, []Warning, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read machines file: %w", err)
+	}
+	return Parse(path, src)
+}
+
+// ParseRequestFeatures splits the FEATURES field of a daemon request,
+// "kvm,big-mem", into its features; "" gives nil.
+func ParseRequestFeatures(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// defaultPrivateKey returns ~/.ssh/id_rsa of the user running us, as Guix
+// does; the daemon may start the hook without HOME, so fall back to the
+// user database, and to /root for root.
+func defaultPrivateKey() string {
+	home := os.Getenv("HOME")
+	if home == "" {
+		if u, err := user.Current(); err == nil && u.HomeDir != "" {
+			home = u.HomeDir
+		} else if os.Getuid() == 0 {
+			home = "/root"
+		}
+	}
+	if home == "" {
+		return ""
+	}
+	return filepath.Join(home, ".ssh", "id_rsa")
+}
