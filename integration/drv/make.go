@@ -1,0 +1,145 @@
+package drv
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Spec describes a derivation to create with Make.
+type Spec struct {
+	Name      string            // e.g. "t-ok"; the .drv is NAME.drv, output "out" is NAME, others NAME-OUTPUT
+	System    string            // default "x86_64-linux"
+	Builder   string            // absolute program
+	Args      []string          // builder arguments
+	Env       map[string]string // builder environment (outputs are added)
+	Outputs   []string          // default ["out"]
+	InputDrvs map[string][]string
+	InputSrcs []string
+	Features  []string // requiredSystemFeatures
+	Nonce     string   // makes otherwise identical derivations differ
+}
+
+// Make writes the .drv of spec into s and registers it in s's db (its
+// references are its input derivations and sources, which must be valid).
+// The output paths are derived from the text, so different specs give
+// different paths; they are not Nix's real output hashes.
+func (s Store) Make(spec Spec) (*Derivation, error) {
+	if spec.Name == "" || spec.Builder == "" {
+		return nil, fmt.Errorf("make derivation: name and builder are required")
+	}
+	d := &Derivation{System: spec.System, Builder: spec.Builder, Args: spec.Args}
+	if d.System == "" {
+		d.System = "x86_64-linux"
+	}
+	outs := spec.Outputs
+	if len(outs) == 0 {
+		outs = []string{"out"}
+	}
+	for _, o := range outs {
+		d.Outputs = append(d.Outputs, Output{Name: o})
+	}
+	var refs []string
+	for p, o := range spec.InputDrvs {
+		d.InputDrvs = append(d.InputDrvs, InputDrv{Path: p, Outputs: append([]string(nil), o...)})
+		refs = append(refs, p)
+	}
+	d.InputSrcs = append(d.InputSrcs, spec.InputSrcs...)
+	refs = append(refs, spec.InputSrcs...)
+	for _, r := range refs {
+		if !s.Valid(r) {
+			return nil, fmt.Errorf("make derivation %s: input %s is not valid", spec.Name, r)
+		}
+	}
+	for k, v := range spec.Env {
+		d.Env = append(d.Env, EnvVar{k, v})
+	}
+	if len(spec.Features) > 0 {
+		d.Env = append(d.Env, EnvVar{"requiredSystemFeatures", strings.Join(spec.Features, " ")})
+	}
+	if spec.Nonce != "" {
+		d.Env = append(d.Env, EnvVar{"NONCE", spec.Nonce})
+	}
+	for _, o := range outs {
+		d.Env = append(d.Env, EnvVar{o, ""})
+	}
+	d.normalize()
+
+	// Like Nix: output paths hash the text with the outputs left empty.
+	blank := sha256.Sum256(d.Bytes())
+	for i, o := range d.Outputs {
+		name := spec.Name
+		if o.Name != "out" {
+			name += "-" + o.Name
+		}
+		d.Outputs[i].Path = StorePath(s.Logical, "output:"+o.Name+":sha256:"+hex.EncodeToString(blank[:])+":"+s.Logical+":"+name, name)
+		for j := range d.Env {
+			if d.Env[j].Name == o.Name {
+				d.Env[j].Value = d.Outputs[i].Path
+			}
+		}
+	}
+	text := d.Bytes()
+	sum := sha256.Sum256(text)
+	sort.Strings(refs)
+	d.Path = StorePath(s.Logical, "text:"+strings.Join(refs, ":")+":sha256:"+hex.EncodeToString(sum[:])+":"+s.Logical+":"+spec.Name+".drv", spec.Name+".drv")
+	if err := s.CheckPath(d.Path); err != nil {
+		return nil, fmt.Errorf("make derivation: %w", err)
+	}
+	real, _ := s.Real(d.Path)
+	if !s.Valid(d.Path) {
+		if err := writeFileAtomic(real, text, 0o444); err != nil {
+			return nil, fmt.Errorf("make derivation %s: %w", d.Path, err)
+		}
+		if err := s.Register(Info{Path: d.Path, References: refs}); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// Make is Store{storeDir, realDir, realDir/../db}.Make(spec).
+func Make(storeDir, realDir string, spec Spec) (*Derivation, error) {
+	return Store{Logical: storeDir, Physical: realDir, DB: filepath.Join(filepath.Dir(realDir), "db")}.Make(spec)
+}
+
+// Read parses the .drv p of s (p is the logical path).
+func (s Store) Read(p string) (*Derivation, error) {
+	real, err := s.Real(p)
+	if err != nil {
+		return nil, err
+	}
+	text, err := os.ReadFile(real)
+	if err != nil {
+		return nil, fmt.Errorf("read derivation: %w", err)
+	}
+	return Parse(p, text)
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".offload-tmp-drv-")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(data)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), mode)
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
+}
