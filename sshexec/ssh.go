@@ -1,0 +1,524 @@
+package sshexec
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/shlex"
+)
+
+// DefaultDaemonSocket is the remote daemon socket that needs no GUIX_DAEMON_SOCKET.
+const DefaultDaemonSocket = "/var/guix/daemon-socket/socket"
+
+// maxOutput bounds what OutputRemote collects.
+const maxOutput = 16 << 20
+
+// maxControlDir is the longest control socket directory that keeps ControlPath within
+// the 108-byte sun_path: the directory, "/", the 40 hex digits of %C, and the
+// ".XXXXXXXXXXXXXXXX" suffix ssh adds while it creates the socket, with a margin.
+const maxControlDir = 48
+
+// Target is one build machine as ssh sees it.
+type Target struct {
+	Name       string // host name to connect to
+	Port       int    // 0 means 22
+	User       string // "" lets ssh choose
+	PrivateKey string // identity file; "" lets ssh choose
+	// HostKey is the machine's pinned public host key, "TYPE BASE64 [comment]" as in
+	// /etc/ssh/ssh_host_ed25519_key.pub; "" means none.
+	HostKey string
+	// Compression "" or "no" turns ssh compression off; anything else turns it on
+	// (OpenSSH chooses the method itself).
+	Compression string
+	// CompressionLevel is kept from machines.scm; OpenSSH has no such setting.
+	CompressionLevel int
+	// SSHOptions are extra ssh options: several strings are argv words as given; one
+	// string is split like a shell would (github.com/google/shlex). They come after the
+	// options sshexec sets and OpenSSH keeps the first value of an option, so they can
+	// add options but not weaken host key checking.
+	SSHOptions []string
+	// DaemonSocket is the remote guix-daemon's socket; when not "" and not
+	// DefaultDaemonSocket, remote commands run with GUIX_DAEMON_SOCKET set to it.
+	DaemonSocket string
+}
+
+func (t Target) port() int {
+	if t.Port == 0 {
+		return 22
+	}
+	return t.Port
+}
+
+// UnreachableError means ssh itself failed (exit status 255): the machine could not be
+// reached, refused the key, or showed a host key other than the pinned one.
+type UnreachableError struct {
+	Machine    string
+	Port       int
+	StderrTail string // the end of ssh's stderr
+	// HostKeyMismatch is set when the host showed a key other than the pinned one;
+	// PinnedType is the pinned key's type ("ssh-ed25519") and OfferedType the type ssh
+	// reported for the key the host sent ("ED25519"), "" when unknown.
+	HostKeyMismatch bool
+	PinnedType      string
+	OfferedType     string
+}
+
+func (e *UnreachableError) Error() string {
+	if e.HostKeyMismatch {
+		offered := e.OfferedType
+		if offered == "" {
+			offered = "unknown"
+		}
+		return fmt.Sprintf("machine '%s' presented a host key (type %s) that does not match its pinned host-key (type %s) in machines.scm: refusing to connect; if the machine's key really changed, get the new one with `ssh-keyscan -p %d %s` and update host-key",
+			e.Machine, offered, e.PinnedType, e.Port, e.Machine)
+	}
+	msg := fmt.Sprintf("cannot reach or authenticate to machine '%s'", e.Machine)
+	if t := lastLines(e.StderrTail, 3); t != "" {
+		msg += ": " + t
+	}
+	return msg
+}
+
+// RemoteError means the remote command ran and exited with a non-zero status.
+// (A remote status of 255 cannot be told from ssh's own failure and is reported as
+// *UnreachableError.)
+type RemoteError struct {
+	Machine    string
+	Command    string // the remote command, quoted
+	Code       int
+	StderrTail string
+}
+
+func (e *RemoteError) Error() string {
+	msg := fmt.Sprintf("machine '%s': %s exited with status %d", e.Machine, shorten(e.Command), e.Code)
+	if t := lastLines(e.StderrTail, 3); t != "" {
+		msg += ": " + t
+	}
+	return msg
+}
+
+// NoHostKeyError is a machine without a host-key when the user did not opt in to their
+// own known_hosts.
+type NoHostKeyError struct {
+	Machine string
+	Port    int
+}
+
+func (e *NoHostKeyError) Error() string {
+	return fmt.Sprintf("machine '%s' has no host-key in machines.scm: run `ssh-keyscan -p %d %s` and put one of the keys it prints (e.g. \"ssh-ed25519 AAAA...\", without the host name) in the machine's host-key field",
+		e.Machine, e.Port, e.Machine)
+}
+
+// SSHArgv returns the ssh command line that runs remote on t. It checks its arguments
+// but touches no file: RunRemote writes the pinned known-hosts file and creates the
+// control directory before it starts the command.
+func (r *Runner) SSHArgv(t Target, remote []string) ([]string, error) {
+	if len(remote) == 0 {
+		return nil, fmt.Errorf("machine '%s': empty remote command", t.Name)
+	}
+	return r.sshArgv(t, nil, remote)
+}
+
+// sshArgv builds ssh's argv: extra goes just before "--" (e.g. -O exit); remote may be
+// empty only when extra is not.
+func (r *Runner) sshArgv(t Target, extra, remote []string) ([]string, error) {
+	if t.Name == "" || strings.HasPrefix(t.Name, "-") || strings.ContainsAny(t.Name, " \t\r\n'\"\\") {
+		return nil, fmt.Errorf("invalid machine name %q", t.Name)
+	}
+	if t.Port < 0 || t.Port > 65535 {
+		return nil, fmt.Errorf("machine '%s': invalid port %d", t.Name, t.Port)
+	}
+	ssh := r.SSH
+	if ssh == "" {
+		ssh = "ssh"
+	}
+	argv := []string{ssh}
+	if t.PrivateKey != "" {
+		argv = append(argv, "-i", t.PrivateKey)
+	}
+	if t.User != "" {
+		argv = append(argv, "-l", t.User)
+	}
+	timeout := r.ConnectTimeout
+	if timeout <= 0 {
+		timeout = DefaultConnectTimeout
+	}
+	compression := "yes"
+	if t.Compression == "" || t.Compression == "no" {
+		compression = "no"
+	}
+	argv = append(argv,
+		"-p", strconv.Itoa(t.port()),
+		"-o", "BatchMode=yes",
+		"-o", "IdentitiesOnly=yes",
+		"-o", "ConnectTimeout="+strconv.Itoa(int((timeout+time.Second-1)/time.Second)),
+		"-o", "Compression="+compression,
+	)
+
+	switch {
+	case t.HostKey != "":
+		if _, err := parseHostKey(t.HostKey); err != nil {
+			return nil, fmt.Errorf("machine '%s': host-key: %w", t.Name, err)
+		}
+		file, alias, err := r.knownHosts(t)
+		if err != nil {
+			return nil, err
+		}
+		argv = append(argv,
+			"-o", "StrictHostKeyChecking=yes",
+			"-o", "UserKnownHostsFile="+file,
+			"-o", "GlobalKnownHostsFile=/dev/null",
+			"-o", "HostKeyAlias="+alias,
+			"-o", "UpdateHostKeys=no",
+		)
+	case r.UseKnownHosts:
+		argv = append(argv, "-o", "StrictHostKeyChecking=yes")
+	default:
+		return nil, &NoHostKeyError{Machine: t.Name, Port: t.port()}
+	}
+
+	if r.ControlPersist < 0 {
+		argv = append(argv, "-o", "ControlMaster=no", "-o", "ControlPath=none")
+	} else {
+		dir, err := r.ControlDir()
+		if err != nil {
+			return nil, err
+		}
+		persist := r.ControlPersist
+		if persist == 0 {
+			persist = DefaultControlPersist
+		}
+		argv = append(argv,
+			"-o", "ControlMaster=auto",
+			"-o", "ControlPersist="+strconv.Itoa(int((persist+time.Second-1)/time.Second))+"s",
+			"-o", "ControlPath="+dir+"/%C",
+		)
+	}
+
+	opts, err := splitOptions(t.SSHOptions)
+	if err != nil {
+		return nil, fmt.Errorf("machine '%s': ssh-options: %w", t.Name, err)
+	}
+	argv = append(argv, opts...)
+	argv = append(argv, extra...)
+	argv = append(argv, "--", t.Name)
+	if len(remote) > 0 {
+		argv = append(argv, remoteCommand(t, remote))
+	}
+	return argv, nil
+}
+
+// splitOptions turns machines.scm's ssh-options into argv words.
+func splitOptions(opts []string) ([]string, error) {
+	if len(opts) != 1 {
+		return opts, nil
+	}
+	words, err := shlex.Split(opts[0])
+	if err != nil {
+		return nil, fmt.Errorf("cannot split %q: %w", opts[0], err)
+	}
+	return words, nil
+}
+
+// remoteCommand is the one string ssh hands to the remote user's shell.
+func remoteCommand(t Target, remote []string) string {
+	if t.DaemonSocket != "" && t.DaemonSocket != DefaultDaemonSocket {
+		remote = append([]string{"env", "GUIX_DAEMON_SOCKET=" + t.DaemonSocket}, remote...)
+	}
+	return QuoteCommand(remote)
+}
+
+// checkPathForSSH rejects paths that ssh's option parser would split or expand.
+func checkPathForSSH(what, p string) error {
+	if strings.ContainsAny(p, " \t\r\n'\"\\%") {
+		return fmt.Errorf("%s %q: ssh cannot use a path with blanks, quotes, backslashes or %%", what, p)
+	}
+	return nil
+}
+
+// ControlDir returns the directory of the ssh control sockets: StateDir/ssh, or, when
+// that is too long for a socket path, a short directory under /tmp named after the user
+// and StateDir.
+func (r *Runner) ControlDir() (string, error) {
+	if r.StateDir == "" {
+		return "", errors.New("ssh connection sharing: no state directory")
+	}
+	dir := filepath.Join(r.StateDir, "ssh")
+	if len(dir) > maxControlDir {
+		sum := sha256.Sum256([]byte(r.StateDir))
+		dir = fmt.Sprintf("/tmp/offload-ssh-%d-%s", os.Geteuid(), hex.EncodeToString(sum[:6]))
+	}
+	if err := checkPathForSSH("control directory", dir); err != nil {
+		return "", err
+	}
+	return dir, nil
+}
+
+// KnownHostsFile returns the known-hosts file that pins t's host key.
+func (r *Runner) KnownHostsFile(t Target) (string, error) {
+	file, _, err := r.knownHosts(t)
+	return file, err
+}
+
+func (r *Runner) knownHosts(t Target) (file, alias string, err error) {
+	if r.StateDir == "" {
+		return "", "", errors.New("host key pinning: no state directory")
+	}
+	alias = hostAlias(t)
+	file = filepath.Join(r.StateDir, "known_hosts.d", alias)
+	if err := checkPathForSSH("known-hosts file", file); err != nil {
+		return "", "", err
+	}
+	return file, alias, nil
+}
+
+var plainHostName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.-]*$`)
+
+// hostAlias names a machine (name and port) in our known-hosts files: readable for
+// plain host names, a hash for anything else (IPv6 addresses, odd names).
+func hostAlias(t Target) string {
+	name := t.Name
+	if !plainHostName.MatchString(name) || len(name) > 100 {
+		sum := sha256.Sum256([]byte(name))
+		name = "h" + hex.EncodeToString(sum[:8])
+	}
+	return name + "_" + strconv.Itoa(t.port())
+}
+
+// parseHostKey checks an OpenSSH public key line and returns its type.
+func parseHostKey(line string) (string, error) {
+	f := strings.Fields(line)
+	if len(f) < 2 {
+		return "", fmt.Errorf("%q is not a public key line \"TYPE BASE64 [comment]\"", line)
+	}
+	blob, err := base64.StdEncoding.DecodeString(f[1])
+	if err != nil {
+		return "", fmt.Errorf("key of type %s: invalid base64: %w", f[0], err)
+	}
+	if len(blob) < 4 {
+		return "", fmt.Errorf("key of type %s is truncated", f[0])
+	}
+	n := binary.BigEndian.Uint32(blob)
+	if uint64(n) > uint64(len(blob)-4) || string(blob[4:4+n]) != f[0] {
+		return "", fmt.Errorf("key data does not hold a key of type %s", f[0])
+	}
+	return f[0], nil
+}
+
+// prepare does what must be in place before ssh runs for t: the identity file exists,
+// the pinned key is written, the control directory exists.
+func (r *Runner) prepare(t Target) error {
+	if t.PrivateKey != "" {
+		st, err := os.Stat(t.PrivateKey)
+		if err != nil {
+			return fmt.Errorf("machine '%s': private key: %w", t.Name, err)
+		}
+		if !st.Mode().IsRegular() {
+			return fmt.Errorf("machine '%s': private key %s is not a regular file", t.Name, t.PrivateKey)
+		}
+	}
+	if t.HostKey != "" {
+		file, alias, err := r.knownHosts(t)
+		if err != nil {
+			return err
+		}
+		f := strings.Fields(t.HostKey)
+		if err := writeIfChanged(file, []byte(alias+" "+f[0]+" "+f[1]+"\n")); err != nil {
+			return fmt.Errorf("machine '%s': pin host key: %w", t.Name, err)
+		}
+	}
+	if r.ControlPersist >= 0 {
+		dir, err := r.ControlDir()
+		if err != nil {
+			return err
+		}
+		if err := privateDir(dir); err != nil {
+			return fmt.Errorf("ssh control directory: %w", err)
+		}
+	}
+	return nil
+}
+
+// privateDir makes sure dir exists as a directory of ours that nobody else can enter.
+func privateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	if uid := fileUID(st); uid != os.Geteuid() {
+		return fmt.Errorf("%s belongs to uid %d, not to us (uid %d)", dir, uid, os.Geteuid())
+	}
+	if st.Mode().Perm() != 0o700 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeIfChanged atomically replaces file with data (mode 0600, in a 0700 directory)
+// unless it already holds exactly data.
+func writeIfChanged(file string, data []byte) error {
+	if old, err := os.ReadFile(file); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
+	if err := privateDir(filepath.Dir(file)); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(file), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), file)
+}
+
+// RunRemote runs remote on t over ssh with the given streams and waits for it.
+// Errors: *NoHostKeyError, a missing private key (before anything is started),
+// *UnreachableError when ssh failed, *RemoteError when the remote command failed, and
+// ctx.Err() wrapped when ctx was cancelled (ssh and its process group are killed).
+func (r *Runner) RunRemote(ctx context.Context, t Target, remote []string, stdio Stdio) error {
+	argv, err := r.SSHArgv(t, remote)
+	if err != nil {
+		return err
+	}
+	if err := r.prepare(t); err != nil {
+		return err
+	}
+	err = r.run(ctx, argv, stdio)
+	var ee *ExitError
+	if !errors.As(err, &ee) {
+		if err != nil {
+			return fmt.Errorf("machine '%s': %w", t.Name, err)
+		}
+		return nil
+	}
+	if ee.Code == 255 {
+		return r.unreachable(t, ee.StderrTail)
+	}
+	if ee.Code < 0 {
+		return fmt.Errorf("machine '%s': %w", t.Name, err)
+	}
+	return &RemoteError{Machine: t.Name, Command: QuoteCommand(remote), Code: ee.Code, StderrTail: ee.StderrTail}
+}
+
+var (
+	offeredKeyRE = regexp.MustCompile(`The fingerprint for the (\S+) key sent by the remote host is`)
+	unknownKeyRE = regexp.MustCompile(`No (\S+) host key is known for`)
+)
+
+// unreachable turns ssh's stderr into an *UnreachableError, recognising a host key
+// that is not the pinned one.
+func (r *Runner) unreachable(t Target, stderr string) error {
+	e := &UnreachableError{Machine: t.Name, Port: t.port(), StderrTail: stderr}
+	if t.HostKey == "" {
+		return e
+	}
+	if m := offeredKeyRE.FindStringSubmatch(stderr); m != nil {
+		e.HostKeyMismatch, e.OfferedType = true, m[1]
+	} else if m := unknownKeyRE.FindStringSubmatch(stderr); m != nil {
+		e.HostKeyMismatch, e.OfferedType = true, m[1]
+	} else if strings.Contains(stderr, "Host key verification failed") {
+		e.HostKeyMismatch = true
+	}
+	if e.HostKeyMismatch {
+		e.PinnedType, _ = parseHostKey(t.HostKey)
+	}
+	return e
+}
+
+// OutputRemote runs remote on t like RunRemote and returns its standard output, which
+// must be small (at most 16 MiB).
+func (r *Runner) OutputRemote(ctx context.Context, t Target, remote []string, stdin io.Reader) ([]byte, error) {
+	var out limitedBuffer
+	err := r.RunRemote(ctx, t, remote, Stdio{Stdin: stdin, Stdout: &out})
+	return out.buf.Bytes(), err
+}
+
+type limitedBuffer struct{ buf bytes.Buffer }
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	if b.buf.Len()+len(p) > maxOutput {
+		return 0, fmt.Errorf("remote output exceeds %d bytes", maxOutput)
+	}
+	return b.buf.Write(p)
+}
+
+// CloseMaster asks the shared connection to t, if there is one, to exit.
+func (r *Runner) CloseMaster(t Target) error {
+	if r.ControlPersist < 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := r.control(ctx, t, "exit")
+	return err
+}
+
+// MasterPID returns the process id of the shared connection's master for t, or 0 when
+// there is none.
+func (r *Runner) MasterPID(ctx context.Context, t Target) (int, error) {
+	if r.ControlPersist < 0 {
+		return 0, nil
+	}
+	out, err := r.control(ctx, t, "check")
+	if err != nil {
+		return 0, err
+	}
+	m := regexp.MustCompile(`pid=(\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		return 0, nil
+	}
+	return strconv.Atoi(m[1])
+}
+
+// control runs `ssh -O cmd` for t and returns ssh's stderr; no master is not an error.
+func (r *Runner) control(ctx context.Context, t Target, cmd string) (string, error) {
+	argv, err := r.sshArgv(t, []string{"-O", cmd}, nil)
+	if err != nil {
+		return "", err
+	}
+	var stderr bytes.Buffer
+	err = r.run(ctx, argv, Stdio{Stderr: &stderr})
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		s := stderr.String()
+		if strings.Contains(s, "No such file or directory") || strings.Contains(s, "Connection refused") {
+			return "", nil // no master, or a dead one's socket
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("machine '%s': ssh -O %s: %w", t.Name, cmd, err)
+	}
+	return stderr.String(), nil
+}
