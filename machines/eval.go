@@ -191,7 +191,7 @@ func evalQuote(_ *evaluator, x *val, args []*val, _ *env) (*val, error) {
 	if len(args) != 1 {
 		return nil, errAt(x.pos, "quote takes exactly one datum")
 	}
-	return args[0], nil
+	return args[0].at(x.pos), nil
 }
 
 func evalMisplacedUnquote(_ *evaluator, x *val, _ []*val, _ *env) (*val, error) {
