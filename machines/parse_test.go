@@ -290,57 +290,61 @@ func TestInheritKeepsFields(t *testing.T) {
 	}
 }
 
+// okRecord is a valid record, for broken files built around it.
+const okRecord = `(build-machine (name "a") (user "u") (systems '("s")) (host-key "k"))`
+
+// errorCases are broken files with the exact error each must give.
+var errorCases = []struct{ src, want string }{
+	// unbalanced parens
+	{"(list\n  (build-machine (name \"a\")", `f.scm:2:28: missing close paren for list opened at 2:3`},
+	{"(list " + okRecord + "))", `f.scm:1:77: unexpected ')'`},
+	{"(list (build-machine (name \"a\"]))", `f.scm:1:31: ']' closes list opened with '(' at 1:22`},
+	// strings
+	{"(list \"abc", `f.scm:1:11: missing closing quote for string opened at 1:7`},
+	{`(list "a\qb")`, `f.scm:1:9: unknown escape \q in string`},
+	// comments
+	{"#| a #| b |# c\n", `f.scm:2:1: missing |# for block comment opened at 1:1`},
+	// wrong types
+	{"(list (build-machine (name \"a\") (user \"u\") (systems '(\"s\"))\n  (port \"22\")))", `f.scm:2:9: wrong type for field 'port': expected an integer, got a string "22"`},
+	{`(list (build-machine (name 'a) (user "u") (systems '("s"))))`, `f.scm:1:28: wrong type for field 'name': expected a string, got a symbol a`},
+	{`(list (build-machine (name "a") (user "u") (systems "s")))`, `f.scm:1:53: wrong type for field 'systems': expected a list of strings, got a string "s"`},
+	{`(list (build-machine (name "a") (user "u") (systems (list "s" 5))))`, `f.scm:1:63: wrong type in field 'systems': expected a list of strings, got an integer 5 in it`},
+	{`(list (build-machine (name "a") (user "u") (systems '("s")) (speed "fast")))`, `f.scm:1:68: wrong type for field 'speed': expected a real number, got a string "fast"`},
+	{`(list (build-machine (name "a") (user "u") (systems '("s")) (overload-threshold #t)))`, `f.scm:1:81: wrong type for field 'overload-threshold': expected a real number or #f, got a boolean #t`},
+	{`(list (build-machine (name "a") (user "u") (systems '("s")) (parallel-builds 1.5)))`, `f.scm:1:78: wrong type for field 'parallel-builds': expected an integer, got a real number 1.5`},
+	{`(list (build-machine (name "a") (user "u") (systems '("s")) (port 70000)))`, `f.scm:1:67: field 'port' is 70000, out of range [1, 65535]`},
+	// a wrong type reached through a variable points at the use
+	{"(define p \"22\")\n(list (build-machine (name \"a\") (user \"u\") (systems '(\"s\")) (port p)))", `f.scm:2:67: wrong type for field 'port': expected an integer, got a string "22"`},
+	// unknown field, missing fields, duplicates
+	{`(list (build-machine (name "a") (user "u") (systems '("s")) (cores 4)))`, `f.scm:1:62: unknown build-machine field 'cores'`},
+	{`(list (build-machine (name "a") (systems '("s"))))`, `f.scm:1:7: build-machine record lacks required field 'user'`},
+	{`(list (build-machine (user "u") (systems '("s"))))`, `f.scm:1:7: build-machine record lacks required field 'name'`},
+	{`(list (build-machine (name "a") (user "u")))`, `f.scm:1:7: build-machine record lacks required field 'systems'`},
+	{`(list (build-machine (name "a") (name "b") (user "u") (systems '("s"))))`, `f.scm:1:34: duplicate build-machine field 'name'`},
+	{`(list (build-machine name))`, `f.scm:1:22: bad build-machine field: name (expected (FIELD VALUE))`},
+	// unknown procedures and bad calls
+	{"(list\n  (make-machine \"a\"))", `f.scm:2:4: unbound variable: make-machine`},
+	{`(list (build-machine (name (string-append "a" 1)) (user "u") (systems '("s"))))`, `f.scm:1:47: string-append: argument 2 is an integer, expected a string`},
+	{`(list ("a" 1))`, `f.scm:1:7: wrong type to apply: "a"`},
+	{`(map (lambda (a b) a) '(1))`, `f.scm:1:1: wrong number of arguments to anonymous procedure: got 1, want 2`},
+	{`(cons 1)`, `f.scm:1:1: wrong number of arguments to cons: got 1, want 2`},
+	{"(define x 1)\n,x", `f.scm:2:1: unquote outside of quasiquote`},
+	// the file's value
+	{`"machines"`, `f.scm:1:1: the machines file must end with a list of build-machine records, not a string`},
+	{"(list\n " + okRecord + "\n \"oops\")", `f.scm:3:2: element 2 of the machine list is a string "oops", not a build-machine record`},
+	{"; only a comment\n", `f.scm:1:1: the machines file is empty; it must end with a list of build-machine records`},
+	{`(use-modules (gnu))`, `f.scm:1:1: the machines file must end with a list of build-machine records, not an unspecified value`},
+	// runaway evaluation
+	{`(define (f) (f)) (f)`, `f.scm:1:13: recursion too deep`},
+	{`(let loop () (loop))`, `f.scm:1:14: recursion too deep`},
+	{`(iota 100000000)`, `f.scm:1:1: evaluation takes too long (endless loop?)`},
+	// other syntax
+	{`(list #\a)`, `f.scm:1:7: unsupported syntax "#\\a"`},
+	{`(list . 1 2)`, `f.scm:1:11: more than one datum after '.' in list opened at 1:1`},
+}
+
 func TestErrors(t *testing.T) {
-	ok := `(build-machine (name "a") (user "u") (systems '("s")) (host-key "k"))`
-	tests := []struct{ src, want string }{
-		// unbalanced parens
-		{"(list\n  (build-machine (name \"a\")", `f.scm:2:28: missing close paren for list opened at 2:3`},
-		{"(list " + ok + "))", `f.scm:1:77: unexpected ')'`},
-		{"(list (build-machine (name \"a\"]))", `f.scm:1:31: ']' closes list opened with '(' at 1:22`},
-		// strings
-		{"(list \"abc", `f.scm:1:11: missing closing quote for string opened at 1:7`},
-		{`(list "a\qb")`, `f.scm:1:9: unknown escape \q in string`},
-		// comments
-		{"#| a #| b |# c\n", `f.scm:2:1: missing |# for block comment opened at 1:1`},
-		// wrong types
-		{"(list (build-machine (name \"a\") (user \"u\") (systems '(\"s\"))\n  (port \"22\")))", `f.scm:2:9: wrong type for field 'port': expected an integer, got a string "22"`},
-		{`(list (build-machine (name 'a) (user "u") (systems '("s"))))`, `f.scm:1:28: wrong type for field 'name': expected a string, got a symbol a`},
-		{`(list (build-machine (name "a") (user "u") (systems "s")))`, `f.scm:1:53: wrong type for field 'systems': expected a list of strings, got a string "s"`},
-		{`(list (build-machine (name "a") (user "u") (systems (list "s" 5))))`, `f.scm:1:63: wrong type in field 'systems': expected a list of strings, got an integer 5 in it`},
-		{`(list (build-machine (name "a") (user "u") (systems '("s")) (speed "fast")))`, `f.scm:1:68: wrong type for field 'speed': expected a real number, got a string "fast"`},
-		{`(list (build-machine (name "a") (user "u") (systems '("s")) (overload-threshold #t)))`, `f.scm:1:81: wrong type for field 'overload-threshold': expected a real number or #f, got a boolean #t`},
-		{`(list (build-machine (name "a") (user "u") (systems '("s")) (parallel-builds 1.5)))`, `f.scm:1:78: wrong type for field 'parallel-builds': expected an integer, got a real number 1.5`},
-		{`(list (build-machine (name "a") (user "u") (systems '("s")) (port 70000)))`, `f.scm:1:67: field 'port' is 70000, out of range [1, 65535]`},
-		// a wrong type reached through a variable points at the use
-		{"(define p \"22\")\n(list (build-machine (name \"a\") (user \"u\") (systems '(\"s\")) (port p)))", `f.scm:2:67: wrong type for field 'port': expected an integer, got a string "22"`},
-		// unknown field, missing fields, duplicates
-		{`(list (build-machine (name "a") (user "u") (systems '("s")) (cores 4)))`, `f.scm:1:62: unknown build-machine field 'cores'`},
-		{`(list (build-machine (name "a") (systems '("s"))))`, `f.scm:1:7: build-machine record lacks required field 'user'`},
-		{`(list (build-machine (user "u") (systems '("s"))))`, `f.scm:1:7: build-machine record lacks required field 'name'`},
-		{`(list (build-machine (name "a") (user "u")))`, `f.scm:1:7: build-machine record lacks required field 'systems'`},
-		{`(list (build-machine (name "a") (name "b") (user "u") (systems '("s"))))`, `f.scm:1:34: duplicate build-machine field 'name'`},
-		{`(list (build-machine name))`, `f.scm:1:22: bad build-machine field: name (expected (FIELD VALUE))`},
-		// unknown procedures and bad calls
-		{"(list\n  (make-machine \"a\"))", `f.scm:2:4: unbound variable: make-machine`},
-		{`(list (build-machine (name (string-append "a" 1)) (user "u") (systems '("s"))))`, `f.scm:1:47: string-append: argument 2 is an integer, expected a string`},
-		{`(list ("a" 1))`, `f.scm:1:7: wrong type to apply: "a"`},
-		{`(map (lambda (a b) a) '(1))`, `f.scm:1:1: wrong number of arguments to anonymous procedure: got 1, want 2`},
-		{`(cons 1)`, `f.scm:1:1: wrong number of arguments to cons: got 1, want 2`},
-		{"(define x 1)\n,x", `f.scm:2:1: unquote outside of quasiquote`},
-		// the file's value
-		{`"machines"`, `f.scm:1:1: the machines file must end with a list of build-machine records, not a string`},
-		{"(list\n " + ok + "\n \"oops\")", `f.scm:3:2: element 2 of the machine list is a string "oops", not a build-machine record`},
-		{"; only a comment\n", `f.scm:1:1: the machines file is empty; it must end with a list of build-machine records`},
-		{`(use-modules (gnu))`, `f.scm:1:1: the machines file must end with a list of build-machine records, not an unspecified value`},
-		// runaway evaluation
-		{`(define (f) (f)) (f)`, `f.scm:1:13: recursion too deep`},
-		{`(let loop () (loop))`, `f.scm:1:14: recursion too deep`},
-		{`(iota 100000000)`, `f.scm:1:1: evaluation takes too long (endless loop?)`},
-		// other syntax
-		{`(list #\a)`, `f.scm:1:7: unsupported syntax "#\\a"`},
-		{`(list . 1 2)`, `f.scm:1:11: more than one datum after '.' in list opened at 1:1`},
-	}
-	for _, tc := range tests {
+	for _, tc := range errorCases {
 		t.Run(tc.want, func(t *testing.T) {
 			ms, _, err := Parse("f.scm", []byte(tc.src))
 			if err == nil {

@@ -83,8 +83,8 @@ func judge(c Candidate) Verdict {
 		}
 		v.Reason = fmt.Sprintf("machine '%s' is unreachable: %s", name, why)
 	case p.FreeBytes >= 0 && p.FreeBytes < MinFreeBytes:
-		v.Reason = fmt.Sprintf("machine '%s' is low on disk space (%.1f MiB free in the store, need %d MiB)",
-			name, float64(p.FreeBytes)/(1<<20), MinFreeBytes>>20)
+		v.Reason = fmt.Sprintf("machine '%s' is low on disk space (%d MiB free in the store, need %d MiB)",
+			name, p.FreeBytes>>20, MinFreeBytes>>20)
 	case m.OverloadThreshold != nil && p.NormalizedLoad() >= *m.OverloadThreshold:
 		v.Reason = fmt.Sprintf("machine '%s' is overloaded (normalized load %.2f >= %.2f)",
 			name, p.NormalizedLoad(), *m.OverloadThreshold)
