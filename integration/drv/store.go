@@ -268,7 +268,9 @@ func ScanReferences(physPath string, candidates []string) ([]string, error) {
 		if err != nil {
 			return err
 		}
-		scan([]byte(fi.Name()))
+		if path != physPath { // the item's own name is not content
+			scan([]byte(fi.Name()))
+		}
 		switch {
 		case fi.Mode()&os.ModeSymlink != 0:
 			t, err := os.Readlink(path)
