@@ -265,4 +265,3 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 	}
 	return err
 }
-
