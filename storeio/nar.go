@@ -171,6 +171,13 @@ func (p *narParser) bad(rel, format string, args ...any) error {
 	return fmt.Errorf("%w: nar entry %q: %s", ErrInvalidArchive, rel, fmt.Sprintf(format, args...))
 }
 
+func (p *narParser) wrap(rel string, err error) error {
+	if rel == "" {
+		rel = "/"
+	}
+	return fmt.Errorf("nar entry %q: %w", rel, err)
+}
+
 func (p *narParser) parse(rootDir int, rootName string) error {
 	magic, err := p.w.readBytes(len(narMagic))
 	if err != nil {
@@ -184,29 +191,29 @@ func (p *narParser) parse(rootDir int, rootName string) error {
 
 func (p *narParser) node(dir int, name, rel string, depth int) error {
 	if err := p.w.expect("("); err != nil {
-		return fmt.Errorf("nar entry %q: %w", rel, err)
+		return p.wrap(rel, err)
 	}
 	if err := p.w.expect("type"); err != nil {
-		return fmt.Errorf("nar entry %q: %w", rel, err)
+		return p.wrap(rel, err)
 	}
 	typ, err := p.w.readString(len("directory"))
 	if err != nil {
-		return fmt.Errorf("nar entry %q: %w", rel, err)
+		return p.wrap(rel, err)
 	}
 	switch typ {
 	case "regular":
 		tok, err := p.w.readString(len("executable"))
 		if err != nil {
-			return fmt.Errorf("nar entry %q: %w", rel, err)
+			return p.wrap(rel, err)
 		}
 		exec := false
 		if tok == "executable" {
 			exec = true
 			if err := p.w.expect(""); err != nil {
-				return fmt.Errorf("nar entry %q: %w", rel, err)
+				return p.wrap(rel, err)
 			}
 			if tok, err = p.w.readString(len("contents")); err != nil {
-				return fmt.Errorf("nar entry %q: %w", rel, err)
+				return p.wrap(rel, err)
 			}
 		}
 		if tok != "contents" {
@@ -214,34 +221,34 @@ func (p *narParser) node(dir int, name, rel string, depth int) error {
 		}
 		size, err := p.w.readInt()
 		if err != nil {
-			return fmt.Errorf("nar entry %q: %w", rel, err)
+			return p.wrap(rel, err)
 		}
 		if size > 1<<62 {
 			return p.bad(rel, "file size %d too large", size)
 		}
 		cr := &contentReader{w: p.w, remaining: int64(size)}
 		if err := p.sink.regular(dir, name, exec, cr); err != nil {
-			return fmt.Errorf("nar entry %q: %w", rel, err)
+			return p.wrap(rel, err)
 		}
 		if cr.remaining != 0 { // the sink must consume the contents
 			return p.bad(rel, "contents not consumed")
 		}
 		if err := p.w.padding(size); err != nil {
-			return fmt.Errorf("nar entry %q: %w", rel, err)
+			return p.wrap(rel, err)
 		}
 	case "symlink":
 		if err := p.w.expect("target"); err != nil {
-			return fmt.Errorf("nar entry %q: %w", rel, err)
+			return p.wrap(rel, err)
 		}
 		target, err := p.w.readString(maxTargetLen)
 		if err != nil {
-			return fmt.Errorf("nar entry %q: symlink target: %w", rel, err)
+			return p.wrap(rel, fmt.Errorf("symlink target: %w", err))
 		}
 		if target == "" || strings.IndexByte(target, 0) >= 0 {
 			return p.bad(rel, "invalid symlink target %q", target)
 		}
 		if err := p.sink.symlink(dir, name, target); err != nil {
-			return fmt.Errorf("nar entry %q: %w", rel, err)
+			return p.wrap(rel, err)
 		}
 	case "directory":
 		if depth >= maxDepth {
@@ -249,11 +256,11 @@ func (p *narParser) node(dir int, name, rel string, depth int) error {
 		}
 		child, err := p.sink.enterDir(dir, name)
 		if err != nil {
-			return fmt.Errorf("nar entry %q: %w", rel, err)
+			return p.wrap(rel, err)
 		}
 		err = p.entries(child, rel, depth)
 		if lerr := p.sink.leaveDir(dir, name, child, err == nil); err == nil && lerr != nil {
-			err = fmt.Errorf("nar entry %q: %w", rel, lerr)
+			err = p.wrap(rel, lerr)
 		}
 		if err != nil {
 			return err
@@ -263,7 +270,7 @@ func (p *narParser) node(dir int, name, rel string, depth int) error {
 		return p.bad(rel, "unknown file type %q", typ)
 	}
 	if err := p.w.expect(")"); err != nil {
-		return fmt.Errorf("nar entry %q: %w", rel, err)
+		return p.wrap(rel, err)
 	}
 	return nil
 }
@@ -274,7 +281,7 @@ func (p *narParser) entries(dir int, rel string, depth int) error {
 	for i := 0; ; i++ {
 		tok, err := p.w.readString(len("entry"))
 		if err != nil {
-			return fmt.Errorf("nar entry %q: %w", rel, err)
+			return p.wrap(rel, err)
 		}
 		if tok == ")" {
 			return nil
@@ -283,14 +290,14 @@ func (p *narParser) entries(dir int, rel string, depth int) error {
 			return p.bad(rel, "unexpected token %q in directory", tok)
 		}
 		if err := p.w.expect("("); err != nil {
-			return fmt.Errorf("nar entry %q: %w", rel, err)
+			return p.wrap(rel, err)
 		}
 		if err := p.w.expect("name"); err != nil {
-			return fmt.Errorf("nar entry %q: %w", rel, err)
+			return p.wrap(rel, err)
 		}
 		name, err := p.w.readString(maxNameLen)
 		if err != nil {
-			return fmt.Errorf("nar entry %q: entry name: %w", rel, err)
+			return p.wrap(rel, fmt.Errorf("entry name: %w", err))
 		}
 		if err := checkEntryName(name); err != nil {
 			return p.bad(rel, "%v", err)
@@ -303,13 +310,13 @@ func (p *narParser) entries(dir int, rel string, depth int) error {
 		}
 		prev = name
 		if err := p.w.expect("node"); err != nil {
-			return fmt.Errorf("nar entry %q: %w", rel, err)
+			return p.wrap(rel, err)
 		}
 		if err := p.node(dir, name, rel+"/"+name, depth+1); err != nil {
 			return err
 		}
 		if err := p.w.expect(")"); err != nil {
-			return fmt.Errorf("nar entry %q: %w", rel+"/"+name, err)
+			return p.wrap(rel+"/"+name, err)
 		}
 	}
 }

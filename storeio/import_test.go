@@ -1,0 +1,207 @@
+package storeio
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// rawItem builds one bundle item by hand (without the leading int 1).
+func rawItem(nar []byte, path string, refs []string, sig []byte) []byte {
+	var b narBuilder
+	b.Write(nar)
+	b.int(0x4558494e).str(path).int(uint64(len(refs))).str(refs...).str("")
+	if sig == nil {
+		b.int(0)
+	} else {
+		b.int(1).str(string(sig))
+	}
+	return b.Bytes()
+}
+
+func rawBundle(items ...[]byte) []byte {
+	var b narBuilder
+	for _, it := range items {
+		b.int(1)
+		b.Write(it)
+	}
+	b.int(0)
+	return b.Bytes()
+}
+
+const (
+	goodPath = "/gnu/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-good"
+	badPath  = "/gnu/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-bad"
+)
+
+// TestImportRefusesHostileBundles: every refusal leaves the good first item in place and
+// nothing else: no temporary, no partial item.
+func TestImportRefusesHostileBundles(t *testing.T) {
+	goodNar := (&narBuilder{}).str(narMagic).file("good").Bytes()
+	good := rawItem(goodNar, goodPath, nil, nil)
+	plainNar := (&narBuilder{}).str(narMagic).file("bad").Bytes()
+
+	key, _ := GenerateKey()
+	acl := &ACL{}
+	acl.Add(key.Public())
+	stranger, _ := GenerateKey()
+	// Signed items need their hash: write them with BundleWriter from files.
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "good"), []byte("good"), 0o644)
+	os.WriteFile(filepath.Join(src, "bad"), []byte("bad"), 0o644)
+	signedBundle := func(k *SecretKey, info ItemInfo, file string) []byte {
+		// The first item is always signed by the authorized key; two writers share
+		// the stream, one per item.
+		var buf bytes.Buffer
+		if err := NewBundleWriter(&buf, key).Add(filepath.Join(src, "good"), ItemInfo{Path: goodPath}); err != nil {
+			t.Fatal(err)
+		}
+		bw := NewBundleWriter(&buf, k)
+		if err := bw.Add(filepath.Join(src, file), info); err != nil {
+			t.Fatal(err)
+		}
+		bw.Close()
+		return buf.Bytes()
+	}
+	// A genuine signature by the authorized key, but over another item's data.
+	var other bytes.Buffer
+	obw := NewBundleWriter(&other, key)
+	obw.Add(filepath.Join(src, "good"), ItemInfo{Path: badPath})
+	obw.Close()
+	sigOverOther := obw.Items()[0].Signature
+
+	hostile := hostileNars()
+	narCase := func(name string) []byte {
+		// hostileNars are whole streams for Restore; in a bundle the nar is followed by
+		// the trailer.
+		return rawBundle(good, rawItem(hostile[name], badPath, nil, nil))
+	}
+	cases := []struct {
+		name   string
+		bundle []byte
+		acl    *ACL
+		opts   func(*ImportOptions)
+		want   error
+		// both: the second item was complete before the error, so it stays too.
+		both bool
+	}{
+		{"slash", narCase("slash"), nil, nil, ErrInvalidArchive, false},
+		{"dotdot", narCase("dotdot"), nil, nil, ErrInvalidArchive, false},
+		{"dot", narCase("dot"), nil, nil, ErrInvalidArchive, false},
+		{"nul", narCase("nul"), nil, nil, ErrInvalidArchive, false},
+		{"empty name", narCase("empty name"), nil, nil, ErrInvalidArchive, false},
+		{"duplicate", narCase("duplicate"), nil, nil, ErrInvalidArchive, false},
+		{"unsorted", narCase("unsorted"), nil, nil, ErrInvalidArchive, false},
+		{"symlink then entry under it", narCase("symlink then entry under it"), nil, nil, ErrInvalidArchive, false},
+		{"unknown token", narCase("unknown token"), nil, nil, ErrInvalidArchive, false},
+		{"bad padding", narCase("non-zero padding"), nil, nil, ErrInvalidArchive, false},
+		{"truncated in nar", rawBundle(good, rawItem(plainNar, badPath, nil, nil))[:len(good)+8+40], nil, nil, ErrInvalidArchive, false},
+		{"truncated in trailer", rawBundle(good, rawItem(plainNar, badPath, nil, nil))[:len(good)+8+len(plainNar)+20], nil, nil, ErrInvalidArchive, false},
+		{"truncated before end marker", rawBundle(good, rawItem(plainNar, badPath, nil, nil))[:len(good)+8+len(rawItem(plainNar, badPath, nil, nil))+8], nil, nil, ErrInvalidArchive, true},
+		{"bad export magic", rawBundle(good, bytes.Replace(rawItem(plainNar, badPath, nil, nil), []byte("NIXE"), []byte("NIXF"), 1)), nil, nil, ErrInvalidArchive, false},
+		{"bad item mark", append(append([]byte{}, rawBundle(good)[:8+len(good)]...), 2, 0, 0, 0, 0, 0, 0, 0), nil, nil, ErrInvalidArchive, false},
+		{"path outside store", rawBundle(good, rawItem(plainNar, "/etc/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-bad", nil, nil)), nil, nil, ErrInvalidArchive, false},
+		{"path with dotdot", rawBundle(good, rawItem(plainNar, "/gnu/store/../etc/passwd", nil, nil)), nil, nil, ErrInvalidArchive, false},
+		{"path inside an item", rawBundle(good, rawItem(plainNar, goodPath+"/x", nil, nil)), nil, nil, ErrInvalidArchive, false},
+		{"bad reference", rawBundle(good, rawItem(plainNar, badPath, []string{"/tmp/x"}, nil)), nil, nil, ErrInvalidArchive, false},
+		{"not allowed", rawBundle(good, rawItem(plainNar, badPath, nil, nil)), nil, func(o *ImportOptions) { o.Allowed = []string{goodPath} }, ErrNotAllowed, false},
+		{"unsigned", signedBundle(nil, ItemInfo{Path: badPath}, "bad"), acl, nil, ErrNoSignature, false},
+		{"unknown key", signedBundle(stranger, ItemInfo{Path: badPath}, "bad"), acl, nil, ErrUnauthorizedKey, false},
+		{"signature over other data", signedBundle(nil, ItemInfo{Path: badPath, Signature: sigOverOther}, "bad"), acl, nil, ErrInvalidHash, false},
+		{"corrupt signature", signedBundle(nil, ItemInfo{Path: badPath, Signature: []byte("(signature")}, "bad"), acl, nil, ErrCorruptSignature, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			store := t.TempDir()
+			opt := ImportOptions{StoreDir: "/gnu/store", RealDir: store, ACL: tc.acl}
+			if tc.opts != nil {
+				tc.opts(&opt)
+			}
+			done, err := ImportBundle(bytes.NewReader(tc.bundle), opt)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("error %v, want %v", err, tc.want)
+			}
+			t.Log(err)
+			want := []string{filepath.Base(goodPath)}
+			if tc.both {
+				want = append(want, filepath.Base(badPath))
+			}
+			if got := listDir(t, store); !slices.Equal(got, want) {
+				t.Errorf("store holds %q, want %q", got, want)
+			}
+			if len(done) != len(want) {
+				t.Errorf("%d items reported done", len(done))
+			}
+			// The first item was complete and verified before the error: it stays.
+			if b, err := os.ReadFile(filepath.Join(store, filepath.Base(goodPath))); err != nil || string(b) != "good" {
+				t.Errorf("first item: %q %v", b, err)
+			}
+		})
+	}
+}
+
+func TestImportRefusesTrailingGarbage(t *testing.T) {
+	goodNar := (&narBuilder{}).str(narMagic).file("good").Bytes()
+	b := append(rawBundle(rawItem(goodNar, goodPath, nil, nil)), "junk"...)
+	store := t.TempDir()
+	_, err := ImportBundle(bytes.NewReader(b), ImportOptions{StoreDir: "/gnu/store", RealDir: store})
+	if !errors.Is(err, ErrInvalidArchive) || !strings.Contains(err.Error(), "trailing data") {
+		t.Fatalf("got %v", err)
+	}
+	for _, n := range listDir(t, store) {
+		if strings.HasPrefix(n, TempPrefix) {
+			t.Errorf("left behind: %s", n)
+		}
+	}
+	if _, err := ListBundle(bytes.NewReader(b)); err == nil {
+		t.Error("ListBundle accepted trailing garbage")
+	}
+}
+
+func TestImportLeavesExistingPathAlone(t *testing.T) {
+	goodNar := (&narBuilder{}).str(narMagic).file("new contents").Bytes()
+	nextNar := (&narBuilder{}).str(narMagic).file("next").Bytes()
+	b := rawBundle(rawItem(goodNar, goodPath, nil, nil), rawItem(nextNar, badPath, nil, nil))
+	store := t.TempDir()
+	existing := filepath.Join(store, filepath.Base(goodPath))
+	os.WriteFile(existing, []byte("old contents"), 0o644)
+	done, err := ImportBundle(bytes.NewReader(b), ImportOptions{StoreDir: "/gnu/store", RealDir: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(done) != 2 {
+		t.Fatalf("%d items reported", len(done))
+	}
+	if got, _ := os.ReadFile(existing); string(got) != "old contents" {
+		t.Errorf("existing path replaced: %q", got)
+	}
+	// Its nar was consumed: the next item was read correctly.
+	if got, _ := os.ReadFile(filepath.Join(store, filepath.Base(badPath))); string(got) != "next" {
+		t.Errorf("next item: %q", got)
+	}
+	if n := len(listDir(t, store)); n != 2 {
+		t.Errorf("store holds %v", listDir(t, store))
+	}
+}
+
+func TestImportUnsignedWithoutACL(t *testing.T) {
+	goodNar := (&narBuilder{}).str(narMagic).file("good").Bytes()
+	store := t.TempDir()
+	b := rawBundle(rawItem(goodNar, goodPath, nil, nil))
+	if _, err := ImportBundle(bytes.NewReader(b), ImportOptions{StoreDir: "/gnu/store", RealDir: store}); err != nil {
+		t.Fatal(err)
+	}
+	// The same bundle is refused when an ACL is in force.
+	store2 := t.TempDir()
+	if _, err := ImportBundle(bytes.NewReader(b), ImportOptions{StoreDir: "/gnu/store", RealDir: store2, ACL: &ACL{}}); !errors.Is(err, ErrNoSignature) {
+		t.Fatalf("got %v", err)
+	}
+	assertEmptyDir(t, store2)
+}
