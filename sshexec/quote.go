@@ -3,10 +3,10 @@ package sshexec
 import "strings"
 
 // Quote returns s quoted for a POSIX shell: unchanged when it holds only characters that
-// no shell treats specially, else inside single quotes, each ' written as '\''.
-// The empty string becomes ''.
+// no shell treats specially, else inside single quotes, with each single quote in s
+// written as quote, backslash, quote, quote. The empty string becomes two single quotes.
 func Quote(s string) string {
-	if s != "" && strings.IndexFunc(s, unsafeRune) < 0 {
+	if s != "" && strings.IndexFunc(s, unsafeRune) < 0 && !looksLikeAssignment(s) {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
@@ -19,6 +19,12 @@ func QuoteCommand(argv []string) string {
 	for i, a := range argv {
 		if i > 0 {
 			b.WriteByte(' ')
+			// Only a first word can be taken for an assignment: keep -o Name=value
+			// readable in traces.
+			if a != "" && strings.IndexFunc(a, unsafeRune) < 0 {
+				b.WriteString(a)
+				continue
+			}
 		}
 		b.WriteString(Quote(a))
 	}
@@ -26,12 +32,26 @@ func QuoteCommand(argv []string) string {
 }
 
 // unsafeRune reports whether r needs quoting. The safe set is deliberately small: letters,
-// digits and punctuation that is never special to sh, wherever it appears in a word ("="
-// is not in it: an unquoted first word A=B would be an assignment, not a command).
+// digits and punctuation that is never special to sh, wherever it appears in a word.
 func unsafeRune(r rune) bool {
 	switch {
 	case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9':
 		return false
 	}
-	return !strings.ContainsRune("_-./,:+@%", r)
+	return !strings.ContainsRune("_-./,:+@%=", r)
+}
+
+// looksLikeAssignment reports whether s, unquoted as the first word of a command, would
+// be a variable assignment (NAME=...) rather than the command's name.
+func looksLikeAssignment(s string) bool {
+	name, _, ok := strings.Cut(s, "=")
+	if !ok || name == "" {
+		return false
+	}
+	for i, r := range name {
+		if r != '_' && !('a' <= r && r <= 'z') && !('A' <= r && r <= 'Z') && (i == 0 || !('0' <= r && r <= '9')) {
+			return false
+		}
+	}
+	return true
 }

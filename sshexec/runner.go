@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -26,6 +27,8 @@ const (
 	// for its output pipes to close (a grandchild may hold them) and for the stdin
 	// copier to stop.
 	waitDelay = 10 * time.Second
+	// stderrGrace is how long a cancelled command's stderr is read after it died.
+	stderrGrace = 200 * time.Millisecond
 	// tailSize is how much of a command's stderr is kept for error messages.
 	tailSize = 4096
 )
@@ -102,11 +105,18 @@ func (r *Runner) run(ctx context.Context, argv []string, stdio Stdio) error {
 	cmd.Stdin = stdio.Stdin
 	cmd.Stdout = stdio.Stdout
 	tail := &tailBuffer{max: tailSize}
+	var stderr io.Writer = tail
 	if stdio.Stderr != nil {
-		cmd.Stderr = io.MultiWriter(stdio.Stderr, tail)
-	} else {
-		cmd.Stderr = tail
+		stderr = io.MultiWriter(stdio.Stderr, tail)
 	}
+	// Our own pipe for stderr rather than exec's, so that Wait does not wait for every
+	// holder of its write end: an ssh master holds a client's stderr (passed over the
+	// control socket) until the remote command ends, even after the client was killed.
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("start %s: %w", argv[0], err)
+	}
+	cmd.Stderr = errW
 	// Its own process group, so that cancelling kills whatever it started too
 	// (ssh's ProxyCommand, a shell's children), not just the process itself.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -127,18 +137,39 @@ func (r *Runner) run(ctx context.Context, argv []string, stdio Stdio) error {
 	}
 	cmd.WaitDelay = waitDelay
 
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		errR.Close()
+		errW.Close()
+		return fmt.Errorf("start %s: %w", argv[0], err)
+	}
+	errW.Close()
+	copied := make(chan struct{})
+	go func() {
+		io.Copy(stderr, errR)
+		close(copied)
+	}()
+	err = cmd.Wait()
 	close(exited)
-	if cmd.Process != nil && ctx.Err() != nil {
+	if ctx.Err() != nil {
 		// The leader is reaped; members of its group that ignored SIGTERM must not
 		// outlive the cancelled command.
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}
+	// The process is gone: whatever is still to come on stderr comes at once, unless
+	// something else holds the pipe (a cancelled ssh's master, a leftover child).
+	grace := waitDelay
+	if ctx.Err() != nil {
+		grace = stderrGrace
+	}
+	select {
+	case <-copied:
+	case <-time.After(grace):
+		errR.SetReadDeadline(time.Now())
+		<-copied
+	}
+	errR.Close()
 	if err == nil {
 		return nil
-	}
-	if cmd.Process == nil {
-		return fmt.Errorf("start %s: %w", argv[0], err)
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("command %s: %w", shorten(QuoteCommand(argv)), ctx.Err())

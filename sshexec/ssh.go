@@ -27,9 +27,12 @@ const DefaultDaemonSocket = "/var/guix/daemon-socket/socket"
 const maxOutput = 16 << 20
 
 // maxControlDir is the longest control socket directory that keeps ControlPath within
-// the 108-byte sun_path: the directory, "/", the 40 hex digits of %C, and the
+// the 108-byte sun_path: the directory, "/", the socket's name (socketNameLen), and the
 // ".XXXXXXXXXXXXXXXX" suffix ssh adds while it creates the socket, with a margin.
-const maxControlDir = 48
+const maxControlDir = 60
+
+// socketNameLen is the length of a control socket's name (hex digits of a hash).
+const socketNameLen = 24
 
 // Target is one build machine as ssh sees it.
 type Target struct {
@@ -193,7 +196,7 @@ func (r *Runner) sshArgv(t Target, extra, remote []string) ([]string, error) {
 	if r.ControlPersist < 0 {
 		argv = append(argv, "-o", "ControlMaster=no", "-o", "ControlPath=none")
 	} else {
-		dir, err := r.ControlDir()
+		sock, err := r.controlSocket(t)
 		if err != nil {
 			return nil, err
 		}
@@ -204,7 +207,7 @@ func (r *Runner) sshArgv(t Target, extra, remote []string) ([]string, error) {
 		argv = append(argv,
 			"-o", "ControlMaster=auto",
 			"-o", "ControlPersist="+strconv.Itoa(int((persist+time.Second-1)/time.Second))+"s",
-			"-o", "ControlPath="+dir+"/%C",
+			"-o", "ControlPath="+sock,
 		)
 	}
 
@@ -265,6 +268,22 @@ func (r *Runner) ControlDir() (string, error) {
 		return "", err
 	}
 	return dir, nil
+}
+
+// controlSocket returns the path of the control socket shared by commands to t. The name
+// is a hash of everything that makes a connection (not ssh's %C, which leaves out the
+// identity and the options), so that ssh's socket path stays short and predictable.
+func (r *Runner) controlSocket(t Target) (string, error) {
+	dir, err := r.ControlDir()
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	for _, s := range append([]string{t.Name, strconv.Itoa(t.port()), t.User, t.PrivateKey, t.HostKey, t.Compression}, t.SSHOptions...) {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	return filepath.Join(dir, hex.EncodeToString(h.Sum(nil))[:socketNameLen]), nil
 }
 
 // KnownHostsFile returns the known-hosts file that pins t's host key.
@@ -415,19 +434,23 @@ func (r *Runner) RunRemote(ctx context.Context, t Target, remote []string, stdio
 	if err := r.prepare(t); err != nil {
 		return err
 	}
-	err = r.run(ctx, argv, stdio)
-	var ee *ExitError
-	if !errors.As(err, &ee) {
-		if err != nil {
-			return fmt.Errorf("machine '%s': %w", t.Name, err)
-		}
+	if err := r.ensureMaster(ctx, t); err != nil {
+		return err
+	}
+	return r.sshError(t, remote, r.run(ctx, argv, stdio))
+}
+
+// sshError turns the error of an ssh command into the package's typed errors.
+func (r *Runner) sshError(t Target, remote []string, err error) error {
+	if err == nil {
 		return nil
 	}
-	if ee.Code == 255 {
-		return r.unreachable(t, ee.StderrTail)
-	}
-	if ee.Code < 0 {
+	var ee *ExitError
+	if !errors.As(err, &ee) || ee.Code < 0 {
 		return fmt.Errorf("machine '%s': %w", t.Name, err)
+	}
+	if ee.Code == 255 || remote == nil {
+		return r.unreachable(t, ee.StderrTail)
 	}
 	return &RemoteError{Machine: t.Name, Command: QuoteCommand(remote), Code: ee.Code, StderrTail: ee.StderrTail}
 }

@@ -1,0 +1,90 @@
+package sshexec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+	"time"
+)
+
+// ensureMaster makes sure a shared connection to t runs in the background before a
+// command uses it.
+//
+// Commands never become the master themselves: when ssh's ControlMaster=auto makes a
+// command's own ssh the master, that command's session lives in the backgrounded master,
+// which keeps the caller's stdout and stderr open and the remote command running after
+// the command's ssh is killed. So the master is a separate `ssh -n -N -f`, started by one
+// process at a time (a lock beside the socket), and commands are always its clients.
+func (r *Runner) ensureMaster(ctx context.Context, t Target) error {
+	if r.ControlPersist < 0 {
+		return nil
+	}
+	sock, err := r.controlSocket(t)
+	if err != nil {
+		return err
+	}
+	if masterAlive(sock) {
+		return nil
+	}
+	unlock, err := lockFile(ctx, sock+".lock")
+	if err != nil {
+		return fmt.Errorf("machine '%s': lock for the shared ssh connection: %w", t.Name, err)
+	}
+	defer unlock()
+	if masterAlive(sock) {
+		return nil // another process started it while we waited
+	}
+	// A socket without a master (the master was killed) is removed by ssh itself:
+	// with ControlMaster=auto it finds the connection refused and unlinks it.
+	argv, err := r.sshArgv(t, []string{"-n", "-N", "-f"}, nil)
+	if err != nil {
+		return err
+	}
+	if err := r.run(ctx, argv, Stdio{}); err != nil {
+		return r.sshError(t, nil, err)
+	}
+	if !masterAlive(sock) {
+		// ssh connected but could not listen on the socket; commands then connect on
+		// their own, which works, only slower.
+		return nil
+	}
+	return nil
+}
+
+// masterAlive reports whether a master listens on sock.
+func masterAlive(sock string) bool {
+	c, err := net.DialTimeout("unix", sock, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// lockFile takes an exclusive flock on path, polling until ctx is done, and returns the
+// function that releases it.
+func lockFile(ctx context.Context, path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
