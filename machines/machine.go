@@ -45,8 +45,8 @@ const (
 	DefaultDaemonSocket     = "/var/guix/daemon-socket/socket"
 )
 
-// Pos is a place in a machines file; Line and Col are 1-based, Col counts
-// characters, not bytes.
+// Pos is a place in a machines file. Line and Col are 1-based; Col counts
+// characters, not bytes, with tab stops every 8 columns (GNU style).
 type Pos struct {
 	File      string
 	Line, Col int

@@ -164,6 +164,8 @@ func TestFields(t *testing.T) {
 		{`(overload-threshold #false)`, func(m *Machine) { m.OverloadThreshold = nil }},
 		{`(compression "none")`, func(m *Machine) { m.Compression = "none" }},
 		{`(compression-level 6)`, func(m *Machine) { m.CompressionLevel = 6 }},
+		{`(compression-level -1)`, func(m *Machine) { m.CompressionLevel = -1 }},
+		{`(parallel-builds -1)`, func(m *Machine) { m.ParallelBuilds = -1 }},
 		{`(daemon-socket "/s")`, func(m *Machine) { m.DaemonSocket = "/s" }},
 		{`(ssh-options '("-4"))`, func(m *Machine) { m.SSHOptions = []string{"-4"} }},
 		{`(ssh-options "-4 -C")`, func(m *Machine) { m.SSHOptions = []string{"-4 -C"} }},
@@ -315,6 +317,10 @@ var errorCases = []struct{ src, want string }{
 	{`(list (build-machine (name "a") (user "u") (systems '("s")) (port 70000)))`, `f.scm:1:67: field 'port' is 70000, out of range [1, 65535]`},
 	// a wrong type reached through a variable points at the use
 	{"(define p \"22\")\n(list (build-machine (name \"a\") (user \"u\") (systems '(\"s\")) (port p)))", `f.scm:2:67: wrong type for field 'port': expected an integer, got a string "22"`},
+	// columns count characters, with tab stops every 8
+	{"(list (build-machine (name \"é\") (user \"u\") (systems '(\"s\")) (cores 4)))", `f.scm:1:62: unknown build-machine field 'cores'`},
+	{"(list\n\t(build-machine (name \"a\") (user \"u\") (systems '(\"s\"))\n\t\t  (cores 4)))", `f.scm:3:20: unknown build-machine field 'cores'`},
+	{"(list\n  \t(foo))", `f.scm:2:10: unbound variable: foo`},
 	// unknown field, missing fields, duplicates
 	{`(list (build-machine (name "a") (user "u") (systems '("s")) (cores 4)))`, `f.scm:1:62: unknown build-machine field 'cores'`},
 	{`(list (build-machine (name "a") (systems '("s"))))`, `f.scm:1:7: build-machine record lacks required field 'user'`},

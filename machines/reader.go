@@ -59,10 +59,15 @@ func (r *reader) next() rune {
 	}
 	c, size := utf8.DecodeRune(r.src[r.off:])
 	r.off += size
-	if c == '\n' {
+	switch c {
+	case '\n':
 		r.line++
 		r.col = 1
-	} else {
+	case '\t':
+		// Tab stops every 8 columns, as the GNU coding standards (and
+		// Emacs's next-error) count them.
+		r.col = (r.col-1)/8*8 + 9
+	default:
 		r.col++
 	}
 	return c
