@@ -231,3 +231,50 @@ func TestCheckPath(t *testing.T) {
 		}
 	}
 }
+
+func TestAddItemAndBuildInputs(t *testing.T) {
+	s := newStore(t)
+	a, err := s.AddItem("a", map[string]string{"": "plain"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.AddItem("b", map[string]string{"bin/run*": "#!/bin/sh\nexec " + a + "\n", "link": "->bin/run"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(b)
+	if err != nil || !reflect.DeepEqual(info.References, []string{a}) {
+		t.Errorf("b refs %+v %v", info, err)
+	}
+	realB, _ := s.Real(b)
+	if fi, err := os.Stat(filepath.Join(realB, "bin", "run")); err != nil || fi.Mode().Perm() != 0o555 {
+		t.Errorf("executable: %v %v", fi, err)
+	}
+	if target, _ := os.Readlink(filepath.Join(realB, "link")); target != "bin/run" {
+		t.Errorf("link -> %q", target)
+	}
+	dep, err := s.Make(Spec{Name: "dep", Builder: "/bin/sh", Outputs: []string{"out", "lib"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	depLib, _ := dep.Output("lib")
+	// The needed output is present (built earlier) and refers to a.
+	realLib, _ := s.Real(depLib.Path)
+	os.WriteFile(realLib, []byte(a), 0o444)
+	s.Register(Info{Path: depLib.Path, References: []string{a}, Deriver: dep.Path})
+	d, err := s.Make(Spec{Name: "top", Builder: "/bin/sh", InputDrvs: map[string][]string{dep.Path: {"lib"}}, InputSrcs: []string{b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.BuildInputs(d)
+	want := sortedCopy(a, b, dep.Path, depLib.Path, d.Path)
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("inputs %q %v\nwant %q", got, err, want)
+	}
+	if m := s.MissingOutputs(dep); !reflect.DeepEqual(m, []string{dep.Outputs[1].Path}) {
+		t.Errorf("missing outputs of dep %q (outputs %+v)", m, dep.Outputs)
+	}
+	if ents, _ := filepath.Glob(filepath.Join(s.Physical, ".offload-tmp-*")); len(ents) != 0 {
+		t.Errorf("temporaries left: %q", ents)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"offload/integration/drv"
 	"offload/storeio"
@@ -124,7 +125,7 @@ func (e *env) export(paths []string, recursive bool) error {
 	if err != nil {
 		return err
 	}
-	if mode := e.getenv("FAKEGUIX_HOSTILE"); mode != "" {
+	if mode := e.hostileMode(); mode != "" {
 		return e.exportHostile(mode, infos, key)
 	}
 	bw := storeio.NewBundleWriter(e.stdout, key)
@@ -264,4 +265,18 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 		os.Remove(tmp.Name())
 	}
 	return err
+}
+
+// hostileMode is $FAKEGUIX_HOSTILE, or else the content of the file named by
+// $FAKEGUIX_HOSTILE_FILE (so that a test can turn a build machine hostile
+// while its sshd, and so its environment, stays the same).
+func (e *env) hostileMode() string {
+	if mode := e.getenv("FAKEGUIX_HOSTILE"); mode != "" {
+		return mode
+	}
+	if f := e.getenv("FAKEGUIX_HOSTILE_FILE"); f != "" {
+		b, _ := os.ReadFile(f)
+		return strings.TrimSpace(string(b))
+	}
+	return ""
 }

@@ -312,7 +312,9 @@ func TestImportRefusals(t *testing.T) {
 func TestHostileExtraPath(t *testing.T) {
 	a := newSides(t, 1)[0]
 	item := a.addItem(t, "item", map[string]string{"": "x"})
-	exp := a.guix(t, nil, []string{"FAKEGUIX_HOSTILE=extra-path"}, "archive", "--export", item)
+	modeFile := filepath.Join(t.TempDir(), "hostile")
+	os.WriteFile(modeFile, []byte("extra-path\n"), 0o644)
+	exp := a.guix(t, nil, []string{"FAKEGUIX_HOSTILE_FILE=" + modeFile}, "archive", "--export", item)
 	items, err := storeio.ListBundle(strings.NewReader(exp.stdout))
 	if err != nil || len(items) != 2 || items[0].Path != item || !strings.HasSuffix(items[1].Path, "-extra-item") {
 		t.Fatalf("extra-path bundle: %+v %v", items, err)

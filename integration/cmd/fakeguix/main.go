@@ -11,8 +11,8 @@
 // FAKEGUIX_STORE (physical dir, default the logical one), FAKEGUIX_DB
 // (default PHYSICAL/../db), GUIX_CONFIGURATION_DIRECTORY (signing-key.sec,
 // signing-key.pub, acl; default /etc/guix), FAKEGUIX_LOG (append one line per
-// invocation), FAKEGUIX_HOSTILE (make `archive --export` misbehave, see
-// hostile.go).
+// invocation), FAKEGUIX_HOSTILE or the content of the file
+// $FAKEGUIX_HOSTILE_FILE (make `archive --export` misbehave, see hostile.go).
 package main
 
 import (
