@@ -284,4 +284,3 @@ func (p *prefixWriter) Flush() {
 		p.buf = nil
 	}
 }
-
