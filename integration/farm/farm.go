@@ -1,0 +1,381 @@
+// Package farm sets up a test build farm for the offload hook: a local
+// fake store (the hook's side, where $NIX_STORE_DIR is also where the bytes
+// live), N build machines each with its own real OpenSSH sshd on 127.0.0.1,
+// its own physical store for the same logical store dir, its own key and
+// ACL, and fakeguix as `guix` on both sides. Keys are exchanged the way an
+// administrator would: the local ACL authorizes every machine's key, each
+// machine's ACL authorizes the local key.
+//
+// It is test infrastructure (for the lead's end-to-end tests and the demo);
+// it builds the test programs and the offload binary but does not run the
+// hook itself (integration/daemon does).
+package farm
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"offload/integration/drv"
+	"offload/sshexec"
+	"offload/sshexec/sshtest"
+	"offload/storeio"
+)
+
+// Options say what farm to build.
+type Options struct {
+	Machines       int      // number of build machines; default 1
+	ParallelBuilds int      // parallel-builds of each machine; default 1
+	Systems        []string // systems of each machine; default x86_64-linux
+	// NoOffload skips building the offload binary (for tests of the farm
+	// itself, which must not depend on it).
+	NoOffload bool
+}
+
+// Binaries are the programs a farm runs, built once per test binary.
+type Binaries struct {
+	Dir        string
+	FakeGuix   string
+	FakeDaemon string
+	Offload    string // "" when Options.NoOffload
+	GuixDir    string // a directory holding `guix` (= fakeguix), for PATH
+}
+
+// Store is one side's fake store and configuration directory.
+type Store struct {
+	Logical, Physical, DB string
+	Conf                  string // GUIX_CONFIGURATION_DIRECTORY: signing-key.sec/.pub, acl, machines.scm
+}
+
+// Drv returns the store as the drv package sees it.
+func (s Store) Drv() drv.Store { return drv.Store{Logical: s.Logical, Physical: s.Physical, DB: s.DB} }
+
+// Key returns the store's signing key.
+func (s Store) Key(t testing.TB) *storeio.SecretKey {
+	t.Helper()
+	k, err := storeio.LoadSecretKey(filepath.Join(s.Conf, "signing-key.sec"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// Machine is one build machine.
+type Machine struct {
+	Name    string // "127.0.0.1"
+	Port    int
+	Server  *sshtest.Server
+	Store   Store
+	GuixLog string // FAKEGUIX_LOG: one line per guix run on the machine
+	Dir     string
+}
+
+// Target is how sshexec reaches the machine.
+func (m *Machine) Target() sshexec.Target { return m.Server.Target() }
+
+// Invocations returns the guix command lines run on the machine so far.
+func (m *Machine) Invocations() []string { return readLines(m.GuixLog) }
+
+// SetHostile makes the machine's `guix archive --export` misbehave in the
+// given way (see fakeguix's hostile.go); "" makes it behave again.
+func (m *Machine) SetHostile(t testing.TB, mode string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(m.Dir, "hostile"), []byte(mode), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Farm is a local store and its build machines.
+type Farm struct {
+	Dir      string
+	Local    Store
+	State    string // GUIX_STATE_DIRECTORY of the hook
+	LocalLog string // FAKEGUIX_LOG of the local side
+	Machines []*Machine
+	Bin      Binaries
+	opts     Options
+}
+
+// New builds a farm under t.TempDir(); sshd servers stop when the test ends.
+func New(t testing.TB, opts Options) *Farm {
+	t.Helper()
+	if opts.Machines == 0 {
+		opts.Machines = 1
+	}
+	if opts.ParallelBuilds == 0 {
+		opts.ParallelBuilds = 1
+	}
+	if len(opts.Systems) == 0 {
+		opts.Systems = []string{"x86_64-linux"}
+	}
+	dir := t.TempDir()
+	logical := filepath.Join(dir, "gnu", "store")
+	f := &Farm{Dir: dir, State: filepath.Join(dir, "state"), LocalLog: filepath.Join(dir, "local", "guix.log"), opts: opts,
+		Bin: binaries(t, !opts.NoOffload)}
+	f.Local = Store{Logical: logical, Physical: logical, DB: filepath.Join(dir, "local", "db"), Conf: filepath.Join(dir, "local", "conf")}
+	localKey := newStore(t, f.Local)
+	if err := os.MkdirAll(f.State, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var machineKeys []*storeio.PublicKey
+	for i := range opts.Machines {
+		mdir := filepath.Join(dir, "m"+strconv.Itoa(i))
+		m := &Machine{Name: "127.0.0.1", Dir: mdir, GuixLog: filepath.Join(mdir, "guix.log"),
+			Store: Store{Logical: logical, Physical: filepath.Join(mdir, "store"), DB: filepath.Join(mdir, "db"), Conf: filepath.Join(mdir, "conf")}}
+		key := newStore(t, m.Store)
+		machineKeys = append(machineKeys, key.Public())
+		writeACL(t, m.Store, localKey.Public())
+		m.Server = sshtest.Start(t, sshtest.Options{Env: map[string]string{
+			"PATH":                         f.Bin.GuixDir + ":/usr/bin:/bin",
+			"NIX_STORE_DIR":                logical,
+			"FAKEGUIX_STORE":               m.Store.Physical,
+			"FAKEGUIX_DB":                  m.Store.DB,
+			"GUIX_CONFIGURATION_DIRECTORY": m.Store.Conf,
+			"FAKEGUIX_LOG":                 m.GuixLog,
+			"FAKEGUIX_HOSTILE_FILE":        filepath.Join(mdir, "hostile"),
+		}})
+		m.Port = m.Server.Port
+		f.Machines = append(f.Machines, m)
+	}
+	writeACL(t, f.Local, machineKeys...)
+	return f
+}
+
+// newStore creates a store's directories and signing key.
+func newStore(t testing.TB, s Store) *storeio.SecretKey {
+	t.Helper()
+	for _, d := range []string{s.Physical, s.DB, s.Conf} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k, err := storeio.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(s.Conf, "signing-key.sec"), k.MarshalText(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(s.Conf, "signing-key.pub"), k.Public().MarshalText(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func writeACL(t testing.TB, s Store, keys ...*storeio.PublicKey) {
+	t.Helper()
+	acl, err := storeio.ParseACL([]byte("(acl)"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		acl.Add(k)
+	}
+	if err := os.WriteFile(filepath.Join(s.Conf, "acl"), acl.MarshalText(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// MachinesFile is where WriteMachinesFile writes: Local.Conf/machines.scm.
+func (f *Farm) MachinesFile() string { return filepath.Join(f.Local.Conf, "machines.scm") }
+
+// WriteMachinesFile writes machines.scm with one build-machine per machine
+// (name, port, user, private-key, host-key, systems, parallel-builds);
+// extra, when not nil, returns more fields for a machine, e.g.
+// `(speed 2.0)`. It returns the file name.
+func (f *Farm) WriteMachinesFile(extra func(m *Machine) string) string {
+	var b bytes.Buffer
+	b.WriteString(";; written by offload/integration/farm\n(list")
+	for _, m := range f.Machines {
+		tg := m.Target()
+		var systems []string
+		for _, s := range f.opts.Systems {
+			systems = append(systems, strconv.Quote(s))
+		}
+		fmt.Fprintf(&b, "\n (build-machine\n  (name %q)\n  (port %d)\n  (user %q)\n  (private-key %q)\n  (host-key %q)\n  (systems (list %s))\n  (parallel-builds %d)",
+			m.Name, m.Port, tg.User, tg.PrivateKey, tg.HostKey, strings.Join(systems, " "), f.opts.ParallelBuilds)
+		if extra != nil {
+			if x := extra(m); x != "" {
+				b.WriteString("\n  " + x)
+			}
+		}
+		b.WriteString(")")
+	}
+	b.WriteString(")\n")
+	if err := os.WriteFile(f.MachinesFile(), b.Bytes(), 0o644); err != nil {
+		panic(fmt.Sprintf("farm: write machines file: %v", err))
+	}
+	return f.MachinesFile()
+}
+
+// HookEnv is the environment for the hook on the local side.
+func (f *Farm) HookEnv() []string {
+	return []string{
+		"NIX_STORE_DIR=" + f.Local.Logical,
+		"GUIX_CONFIGURATION_DIRECTORY=" + f.Local.Conf,
+		"GUIX_STATE_DIRECTORY=" + f.State,
+		"OFFLOAD_GUIX=" + filepath.Join(f.Bin.GuixDir, "guix"),
+		"PATH=" + f.Bin.GuixDir + ":/usr/bin:/bin",
+		"FAKEGUIX_STORE=" + f.Local.Physical,
+		"FAKEGUIX_DB=" + f.Local.DB,
+		"FAKEGUIX_LOG=" + f.LocalLog,
+		"HOME=" + f.Dir,
+	}
+}
+
+// HookArgv is how guix-daemon starts the hook: OFFLOAD offload SYSTEM
+// MAX-SILENT-TIME PRINT-BUILD-TRACE BUILD-TIMEOUT.
+func (f *Farm) HookArgv(system string, maxSilent int, trace bool, timeout int) []string {
+	tr := "0"
+	if trace {
+		tr = "1"
+	}
+	return []string{f.Bin.Offload, "offload", system, strconv.Itoa(maxSilent), tr, strconv.Itoa(timeout)}
+}
+
+// AddLocalItem creates a valid item in the local store (see drv.Store.AddItem
+// for files) and returns its path.
+func (f *Farm) AddLocalItem(name string, files map[string]string) string {
+	p, err := f.Local.Drv().AddItem(name, files)
+	if err != nil {
+		panic(fmt.Sprintf("farm: add local item %s: %v", name, err))
+	}
+	return p
+}
+
+// MakeDrv writes a derivation into the local store. The builder defaults to
+// /bin/sh and PATH to /usr/bin:/bin (real Guix sets /path-not-set).
+func (f *Farm) MakeDrv(spec drv.Spec) *drv.Derivation {
+	if spec.Builder == "" {
+		spec.Builder = "/bin/sh"
+	}
+	env := map[string]string{"PATH": "/usr/bin:/bin"}
+	for k, v := range spec.Env {
+		env[k] = v
+	}
+	spec.Env = env
+	d, err := f.Local.Drv().Make(spec)
+	if err != nil {
+		panic(fmt.Sprintf("farm: make derivation %s: %v", spec.Name, err))
+	}
+	return d
+}
+
+// CopyToMachine makes local items valid on m too (as if sent earlier), so
+// that a test can start with inputs already present there.
+func (f *Farm) CopyToMachine(m *Machine, paths ...string) error {
+	local, remote := f.Local.Drv(), m.Store.Drv()
+	closure, err := local.Closure(paths)
+	if err != nil {
+		return err
+	}
+	for _, p := range closure {
+		if remote.Valid(p) {
+			continue
+		}
+		info, err := local.Info(p)
+		if err != nil {
+			return err
+		}
+		src, _ := local.Real(p)
+		dst, _ := remote.Real(p)
+		if out, err := exec.Command("cp", "-a", src, dst).CombinedOutput(); err != nil {
+			return fmt.Errorf("copy %s to %s: %v: %s", p, m.Store.Physical, err, out)
+		}
+		if err := remote.Register(*info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LocalInvocations returns the guix command lines run on the local side.
+func (f *Farm) LocalInvocations() []string { return readLines(f.LocalLog) }
+
+func readLines(file string) []string {
+	b, err := os.ReadFile(file)
+	if err != nil || len(b) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+}
+
+var (
+	binOnce    sync.Once
+	binDir     string
+	binErr     error
+	offOnce    sync.Once
+	offloadErr error
+)
+
+// binaries builds fakeguix and fakedaemon (and offload if asked) once per
+// test binary, into a temporary directory that Cleanup removes.
+func binaries(t testing.TB, offload bool) Binaries {
+	t.Helper()
+	binOnce.Do(func() {
+		binDir, binErr = os.MkdirTemp("", "offload-farm-bin-")
+		if binErr != nil {
+			return
+		}
+		if binErr = goBuild(filepath.Join(binDir, "fakeguix"), "offload/integration/cmd/fakeguix"); binErr != nil {
+			return
+		}
+		if binErr = goBuild(filepath.Join(binDir, "fakedaemon"), "offload/integration/cmd/fakedaemon"); binErr != nil {
+			return
+		}
+		if binErr = os.MkdirAll(filepath.Join(binDir, "guixbin"), 0o755); binErr == nil {
+			binErr = os.Symlink("../fakeguix", filepath.Join(binDir, "guixbin", "guix"))
+		}
+	})
+	if binErr != nil {
+		t.Fatalf("farm: build test programs: %v", binErr)
+	}
+	b := Binaries{Dir: binDir, FakeGuix: filepath.Join(binDir, "fakeguix"), FakeDaemon: filepath.Join(binDir, "fakedaemon"),
+		GuixDir: filepath.Join(binDir, "guixbin")}
+	if offload {
+		offOnce.Do(func() { offloadErr = goBuild(filepath.Join(binDir, "offload"), "offload") })
+		if offloadErr != nil {
+			t.Fatalf("farm: build offload: %v", offloadErr)
+		}
+		b.Offload = filepath.Join(binDir, "offload")
+	}
+	return b
+}
+
+func goBuild(out, pkg string) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return nil
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", fmt.Errorf("not inside the offload module")
+	}
+	return filepath.Dir(gomod), nil
+}
+
+// Cleanup removes the built programs; call it from TestMain after m.Run.
+func Cleanup() {
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+}
