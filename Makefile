@@ -1,0 +1,49 @@
+# offload: guix-daemon's build hook in Go.
+# `make demo` shows the main job working; `make test` runs every test. Both install what
+# they need first (Debian packages, Go modules).
+
+GO      ?= go
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BIN     := offload
+
+.PHONY: all build deps test test-short vet demo bench chaos fuzz install clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) .
+
+deps:
+	sh scripts/install-deps.sh
+
+vet:
+	$(GO) vet ./...
+
+test: deps
+	@test -z "$$(gofmt -l . | tee /dev/stderr)" || { echo "gofmt: files above need formatting" >&2; exit 1; }
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 12m ./...
+
+demo: deps build
+	sh scripts/demo.sh
+
+bench: deps build
+	sh scripts/bench.sh
+
+chaos: deps build
+	sh scripts/chaos.sh
+
+# Long fuzzing runs, by hand: make fuzz FUZZTIME=2m
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./storeio -run '^$$' -fuzz FuzzNarRestore -fuzztime $(FUZZTIME)
+	$(GO) test ./storeio -run '^$$' -fuzz FuzzParseSexp -fuzztime $(FUZZTIME)
+	$(GO) test ./machines -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/$(BIN)
+
+clean:
+	rm -f $(BIN)

@@ -1,0 +1,287 @@
+package hook
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"offload/locking"
+	"offload/machines"
+	"offload/sshexec"
+)
+
+// decision is the outcome of one request: an answer, and for an accept the machine
+// and the build slot held on it.
+type decision struct {
+	answer  string // "accept", "decline", "postpone"
+	machine *machines.Machine
+	slot    *locking.Lock
+}
+
+func (d *decision) release() {
+	if d.slot != nil {
+		d.slot.Release()
+		d.slot = nil
+	}
+}
+
+func (h *Hook) decide(ctx context.Context, req Request) decision {
+	return h.decideExcluding(ctx, req, nil)
+}
+
+// candidate is a matching machine on which we hold a free slot, waiting for its probe.
+type candidate struct {
+	m     *machines.Machine
+	slot  *locking.Lock
+	probe *machines.Probe
+	err   error
+}
+
+// decideExcluding applies the rules of BEHAVIOUR.md 4, 9, 11 and issue 9: decline when
+// nothing matches (or when every matching machine is down and the daemon can build
+// locally), postpone when matching machines are busy, overloaded or (with no local
+// slot) down, accept the best usable one otherwise.
+func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[string]bool) decision {
+	all := h.loadMachines()
+	var matching []*machines.Machine
+	seen := map[string]bool{}
+	for _, m := range all {
+		if ok, _ := m.Matches(req.System, req.Features); !ok || seen[m.ID()] || exclude[m.ID()] {
+			continue
+		}
+		seen[m.ID()] = true
+		matching = append(matching, m)
+	}
+	if len(matching) == 0 {
+		return decision{answer: "decline"}
+	}
+
+	now := h.Now()
+	var cands []*candidate
+	var down []*machines.Machine
+	busy := 0
+	for _, m := range matching {
+		health, err := h.state.Health(m.ID())
+		if err != nil {
+			h.say("offload: %v", err)
+		}
+		if health.Down(now) {
+			down = append(down, m)
+			continue
+		}
+		slot, n, err := locking.AcquireSlot(filepath.Join(h.Conf.StateDir, m.ID()), max(m.ParallelBuilds, 1),
+			fmt.Sprintf("building %s", req.Drv))
+		if err != nil {
+			h.say("offload: machine '%s': %v", m.Name, err)
+			busy++
+			continue
+		}
+		if slot == nil {
+			h.say("offload: machine '%s' is busy: all %d build slots in use", m.Name, max(m.ParallelBuilds, 1))
+			busy++
+			continue
+		}
+		_ = n
+		cands = append(cands, &candidate{m: m, slot: slot})
+	}
+
+	h.probeAll(ctx, cands, now)
+
+	var cs []machines.Candidate
+	for _, c := range cands {
+		cs = append(cs, machines.Candidate{M: c.m, Probe: c.probe, Err: c.err})
+		if c.probe == nil {
+			down = append(down, c.m)
+		}
+	}
+	verdicts := machines.Rank(cs, h.Rand)
+	var best *candidate
+	for _, v := range verdicts {
+		c := findCandidate(cands, v.M)
+		if v.Usable && best == nil {
+			best = c
+			if p := c.probe; p != nil {
+				h.say("offload: normalized load on machine '%s' is %.2f", v.M.Name, p.NormalizedLoad())
+			}
+			continue
+		}
+		if !v.Usable && c.probe != nil {
+			busy++ // overloaded or low on disk: it may get better
+		}
+		if !v.Usable {
+			h.say("offload: %s", v.Reason)
+		}
+		c.slot.Release()
+	}
+	if best != nil {
+		return decision{answer: "accept", machine: best.m, slot: best.slot}
+	}
+
+	if busy == 0 && len(down) > 0 {
+		return h.allDown(req, down, now)
+	}
+	return decision{answer: "postpone"}
+}
+
+func findCandidate(cs []*candidate, m *machines.Machine) *candidate {
+	for _, c := range cs {
+		if c.m == m {
+			return c
+		}
+	}
+	return nil
+}
+
+// allDown handles a request whose matching machines are all down (issue 9): let the
+// daemon build locally when it has a free slot, unless the user said to wait.
+func (h *Hook) allDown(req Request, down []*machines.Machine, now time.Time) decision {
+	var parts []string
+	for _, m := range down {
+		health, _ := h.state.Health(m.ID())
+		since := "just now"
+		if !health.DownSince.IsZero() {
+			since = "since " + health.DownSince.Format(time.RFC3339)
+		}
+		part := fmt.Sprintf("'%s' (%s", m.Name, since)
+		if health.LastError != "" {
+			part += ": " + health.LastError
+		}
+		parts = append(parts, part+")")
+	}
+	list := strings.Join(parts, ", ")
+	if req.WantsLocal && h.Conf.Fallback != "wait" {
+		h.say("offload: every machine for %s is down: %s; building locally", req.System, list)
+		return decision{answer: "decline"}
+	}
+	// Postponed requests come back every 5 s: say it at most once a minute a machine.
+	for i, m := range down {
+		if last, ok := h.lastDownAt[m.ID()]; ok && now.Sub(last) < time.Minute {
+			continue
+		}
+		h.lastDownAt[m.ID()] = now
+		h.say("offload: machine %s is down; waiting for it", parts[i])
+	}
+	return decision{answer: "postpone"}
+}
+
+// probeAll fills in each candidate's load, in parallel, from the state cache when it
+// is fresh enough, else with one ssh round trip each.
+func (h *Hook) probeAll(ctx context.Context, cands []*candidate, now time.Time) {
+	var wg sync.WaitGroup
+	for _, c := range cands {
+		if health, err := h.state.Health(c.m.ID()); err == nil {
+			if p := health.FreshProbe(now, h.Conf.ProbeMaxAge); p != nil {
+				c.probe = p
+				continue
+			}
+		}
+		wg.Add(1)
+		go func(c *candidate) {
+			defer wg.Done()
+			p, err := h.probe(ctx, c.m)
+			if err != nil {
+				c.err = err
+				if rerr := h.state.RecordFailure(c.m.ID(), err, h.Now()); rerr != nil {
+					h.say("offload: %v", rerr)
+				}
+				return
+			}
+			c.probe = p
+			if rerr := h.state.RecordSuccess(c.m.ID(), p, h.Now()); rerr != nil {
+				h.say("offload: %v", rerr)
+			}
+		}(c)
+	}
+	wg.Wait()
+}
+
+// probeScript reads, in one round trip, what the choice needs: the load average, the
+// number of cores, the free space in the store and the machine's clock.
+const probeScript = `cat /proc/loadavg && nproc && date +%s && { df -Pk "$1" 2>/dev/null | tail -n 1; true; }`
+
+// probe asks a machine for its load; a machine that does not answer in time counts as
+// unreachable (never as idle).
+func (h *Hook) probe(ctx context.Context, m *machines.Machine) (*machines.Probe, error) {
+	timeout := 2 * h.connectTimeout()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	out, err := h.Runner.OutputRemote(ctx, Target(m), []string{"sh", "-c", probeScript, "sh", h.Conf.StoreDir}, nil)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("machine '%s' did not answer within %s: %w", m.Name, timeout, err)
+		}
+		return nil, err
+	}
+	p, err := ParseProbe(string(out))
+	if err != nil {
+		return nil, fmt.Errorf("machine '%s': %w", m.Name, err)
+	}
+	p.Time = h.Now()
+	return p, nil
+}
+
+func (h *Hook) connectTimeout() time.Duration {
+	if h.Runner != nil && h.Runner.ConnectTimeout > 0 {
+		return h.Runner.ConnectTimeout
+	}
+	return 5 * time.Second
+}
+
+// ParseProbe parses the output of probeScript.
+func ParseProbe(out string) (*machines.Probe, error) {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) < 3 {
+		return nil, fmt.Errorf("unexpected load probe output %q", out)
+	}
+	f := strings.Fields(lines[0])
+	if len(f) < 1 {
+		return nil, fmt.Errorf("unexpected /proc/loadavg %q", lines[0])
+	}
+	load, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return nil, fmt.Errorf("unexpected /proc/loadavg %q", lines[0])
+	}
+	cores, err := strconv.Atoi(strings.TrimSpace(lines[1]))
+	if err != nil || cores < 1 {
+		return nil, fmt.Errorf("unexpected core count %q", lines[1])
+	}
+	p := &machines.Probe{Load1: load, Cores: cores, FreeBytes: -1}
+	if len(lines) >= 4 {
+		if df := strings.Fields(lines[3]); len(df) >= 4 {
+			if kb, err := strconv.ParseInt(df[3], 10, 64); err == nil {
+				p.FreeBytes = kb * 1024
+			}
+		}
+	}
+	return p, nil
+}
+
+// Target is how sshexec reaches a machine.
+func Target(m *machines.Machine) sshexec.Target {
+	return sshexec.Target{
+		Name:             m.Name,
+		Port:             m.Port,
+		User:             m.User,
+		PrivateKey:       m.PrivateKey,
+		HostKey:          m.HostKey,
+		Compression:      m.Compression,
+		CompressionLevel: m.CompressionLevel,
+		SSHOptions:       m.SSHOptions,
+		DaemonSocket:     m.DaemonSocket,
+	}
+}
+
+// sortedIDs is used for stable messages.
+func sortedIDs(ms []*machines.Machine) []string {
+	var ids []string
+	for _, m := range ms {
+		ids = append(ids, m.ID())
+	}
+	sort.Strings(ids)
+	return ids
+}

@@ -1,0 +1,241 @@
+package hook
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"offload/machines"
+	"offload/sshexec"
+)
+
+// Exit codes the daemon understands (PROTOCOL.md, "The exchange" item 5).
+const (
+	ExitOK          = 0
+	ExitTransient   = 1
+	ExitBuildFailed = 100
+	ExitTimedOut    = 101
+)
+
+// ErrBuildFailed and ErrTimedOut mark errors that are the build's own outcome, as
+// opposed to a failure of the hook (network, remote down, bad archive).
+var (
+	ErrBuildFailed = errors.New("build failed")
+	ErrTimedOut    = errors.New("build timed out")
+)
+
+// ExitCode maps an error returned by Run to the exit status the daemon expects.
+func ExitCode(err error) int {
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, ErrTimedOut):
+		return ExitTimedOut
+	case errors.Is(err, ErrBuildFailed):
+		return ExitBuildFailed
+	default:
+		return ExitTransient
+	}
+}
+
+// Config is what the daemon tells the hook (its arguments and environment).
+type Config struct {
+	System          string // the daemon's own system type (first argument)
+	MaxSilentTime   int    // seconds; 0 = none
+	PrintBuildTrace bool
+	BuildTimeout    int // seconds; 0 = none
+
+	MachinesFile string // $GUIX_CONFIGURATION_DIRECTORY/machines.scm
+	ConfDir      string // $GUIX_CONFIGURATION_DIRECTORY (acl)
+	StateDir     string // $GUIX_STATE_DIRECTORY/offload
+	StoreDir     string // $NIX_STORE_DIR
+	Guix         string // the local guix program, for `guix archive --export`
+	Fallback     string // $OFFLOAD_FALLBACK: "" (build locally when all machines are down) or "wait"
+	ProbeMaxAge  time.Duration
+	LockWait     time.Duration // bound on waiting for a machine's upload/download lock
+}
+
+// ConfigFromEnv fills the parts of Config that come from the environment.
+func ConfigFromEnv(getenv func(string) string) Config {
+	conf := getenv("GUIX_CONFIGURATION_DIRECTORY")
+	if conf == "" {
+		conf = "/etc/guix"
+	}
+	state := getenv("GUIX_STATE_DIRECTORY")
+	if state == "" {
+		state = "/var/guix"
+	}
+	store := getenv("NIX_STORE_DIR")
+	if store == "" {
+		store = "/gnu/store"
+	}
+	return Config{
+		MachinesFile: filepath.Join(conf, "machines.scm"),
+		ConfDir:      conf,
+		StateDir:     filepath.Join(state, "offload"),
+		StoreDir:     strings.TrimRight(store, "/"),
+		Fallback:     getenv("OFFLOAD_FALLBACK"),
+		ProbeMaxAge:  5 * time.Second,
+		LockWait:     30 * time.Minute,
+	}
+}
+
+// Hook serves one hook process: the daemon's requests on In, answers and messages on
+// Out (fd 1/2, one pipe), the build log on Log (fd 4).
+type Hook struct {
+	Conf   Config
+	In     io.Reader
+	Answer io.Writer // where "# accept" and the like go (fd 1); nil: Out
+	Out    io.Writer // messages for the user (fd 2, the same pipe as fd 1)
+	Log    io.Writer // the build log (fd 4); nil: Out
+	Runner *sshexec.Runner
+	Now    func() time.Time
+	Rand   *rand.Rand
+
+	state      machines.State
+	lastDownAt map[string]time.Time // rate limit of "machine is down" messages when postponing
+}
+
+func (h *Hook) init() {
+	if h.Now == nil {
+		h.Now = time.Now
+	}
+	if h.Rand == nil {
+		h.Rand = rand.New(rand.NewSource(time.Now().UnixNano() ^ int64(os.Getpid())))
+	}
+	if h.Log == nil {
+		h.Log = h.Out
+	}
+	if h.Answer == nil {
+		h.Answer = h.Out
+	}
+	h.state = machines.State{Dir: h.Conf.StateDir}
+	h.lastDownAt = map[string]time.Time{}
+}
+
+// say prints one line for the user (the daemon copies it to the client).
+func (h *Hook) say(format string, args ...any) {
+	fmt.Fprintf(h.Out, format+"\n", args...)
+}
+
+func (h *Hook) answer(a string) error {
+	_, err := fmt.Fprintf(h.Answer, "# %s\n", a)
+	return err
+}
+
+// Run serves requests until EOF (exit 0), or until one request is accepted, in which
+// case it performs that offload and returns its outcome.
+func (h *Hook) Run(ctx context.Context) error {
+	h.init()
+	in := bufio.NewReader(h.In)
+	for {
+		line, err := readLine(in)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reading request from the daemon: %w", err)
+		}
+		req, err := ParseRequest(line, h.Conf.StoreDir)
+		if err != nil {
+			return err
+		}
+		d := h.decide(ctx, req)
+		if d.slot == nil {
+			if err := h.answer(d.answer); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := h.answer("accept"); err != nil {
+			d.release()
+			return err
+		}
+		return h.accepted(ctx, in, req, d)
+	}
+}
+
+// accepted reads the two path lines and runs the offload, failing over to the next
+// machine when the chosen one fails before the build started on it.
+func (h *Hook) accepted(ctx context.Context, in *bufio.Reader, req Request, d decision) error {
+	defer func() { d.release() }()
+	inLine, err := readLine(in)
+	if err != nil {
+		return fmt.Errorf("reading the inputs line: %w", err)
+	}
+	outLine, err := readLine(in)
+	if err != nil {
+		return fmt.Errorf("reading the outputs line: %w", err)
+	}
+	inputs, err := parsePaths(inLine, h.Conf.StoreDir, "inputs")
+	if err != nil {
+		return err
+	}
+	outputs, err := parsePaths(outLine, h.Conf.StoreDir, "outputs")
+	if err != nil {
+		return err
+	}
+	tried := map[string]bool{}
+	for {
+		m := d.machine
+		tried[m.ID()] = true
+		err := h.offload(ctx, m, req, inputs, outputs)
+		var early *beforeBuildError
+		if !errors.As(err, &early) {
+			return err
+		}
+		// The machine failed before the build started on it: nothing ran there, so
+		// another machine may take the build.
+		if rerr := h.state.RecordFailure(m.ID(), early.Err, h.Now()); rerr != nil {
+			h.say("offload: %v", rerr)
+		}
+		d.release()
+		h.say("offload: machine '%s' failed before the build started: %v", m.Name, early.Err)
+		d = h.decideExcluding(ctx, req, tried)
+		if d.slot == nil {
+			return fmt.Errorf("no other machine could take %s after '%s' failed: %w", req.Drv, m.Name, early.Err)
+		}
+		h.say("offload: trying machine '%s' instead", d.machine.Name)
+	}
+}
+
+// loadMachines reads the machines file. A missing file means no machines; a broken
+// one is reported and treated as no machines, so the daemon builds locally.
+func (h *Hook) loadMachines() []*machines.Machine {
+	ms, warns, err := machines.Load(h.Conf.MachinesFile)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			h.say("offload: %v", err)
+			h.say("offload: ignoring the machines file; building locally")
+		}
+		return nil
+	}
+	_ = warns // `offload machines` shows them; the hook stays quiet per request
+	for _, m := range ms {
+		if m.UsedSystemField {
+			h.say("offload: %s: warning: the 'system' field is deprecated, use 'systems'", m.Pos)
+		}
+	}
+	return ms
+}
+
+// readLine reads one line without its newline. A last line without a newline is
+// returned as is; io.EOF only when nothing is left.
+func readLine(r *bufio.Reader) (string, error) {
+	line, err := r.ReadString('\n')
+	if err == io.EOF && line != "" {
+		return line, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSuffix(line, "\n"), nil
+}

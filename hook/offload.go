@@ -1,0 +1,353 @@
+package hook
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"offload/locking"
+	"offload/machines"
+	"offload/sshexec"
+	"offload/storeio"
+)
+
+// beforeBuildError is a failure that happened before the build started on the
+// machine: nothing ran there, so the build may go to another machine.
+type beforeBuildError struct{ Err error }
+
+func (e *beforeBuildError) Error() string { return e.Err.Error() }
+func (e *beforeBuildError) Unwrap() error { return e.Err }
+
+// rootsDir is where the remote GC roots of builds in flight live, relative to the
+// remote user's home directory (where ssh starts remote commands).
+const rootsDir = ".cache/guix/offload"
+
+// offload performs an accepted build on machine m (BEHAVIOUR.md 1, 2, 7, 12).
+func (h *Hook) offload(ctx context.Context, m *machines.Machine, req Request, inputs, outputs []string) error {
+	t := Target(m)
+	root := rootName(req.Drv)
+	defer h.removeRoots(t, root)
+
+	if err := h.upload(ctx, m, req.Drv, inputs); err != nil {
+		return &beforeBuildError{Err: err}
+	}
+	if err := h.build(ctx, m, req, root); err != nil {
+		return err
+	}
+	if len(outputs) == 0 {
+		return nil
+	}
+	if err := h.download(ctx, m, outputs); err != nil {
+		return err
+	}
+	h.say("done with offloaded '%s'", req.Drv)
+	return nil
+}
+
+// rootName names this build's remote GC roots after this host and process, so that
+// concurrent hooks and hosts never share one.
+func rootName(drv string) string {
+	host, _ := os.Hostname()
+	host = strings.Map(func(r rune) rune {
+		if r == '/' || r == ' ' {
+			return '_'
+		}
+		return r
+	}, host)
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), strings.TrimSuffix(path.Base(drv), ".drv"))
+}
+
+// machineLock takes a machine's upload or download lock, saying who holds it while
+// waiting (BEHAVIOUR.md 7-8).
+func (h *Hook) machineLock(ctx context.Context, m *machines.Machine, kind, reason string) (*locking.Lock, error) {
+	file := locking.MachineLock(h.Conf.StateDir, m.ID(), kind)
+	if l, ok, err := locking.TryAcquire(file, reason); err != nil {
+		return nil, err
+	} else if ok {
+		return l, nil
+	}
+	if pid, why, held, _ := locking.Holder(file); held {
+		h.say("offload: waiting for the %s lock of machine '%s' (held by process %d: %s)", kind, m.Name, pid, why)
+	}
+	wait := h.Conf.LockWait
+	if wait <= 0 {
+		wait = 30 * time.Minute
+	}
+	lctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	return locking.Acquire(lctx, file, reason)
+}
+
+// upload sends the .drv and the inputs the machine lacks: one round trip to ask which
+// are missing, one stream of `guix archive --export` into `guix archive --import`.
+func (h *Hook) upload(ctx context.Context, m *machines.Machine, drv string, inputs []string) error {
+	lock, err := h.machineLock(ctx, m, "upload", "sending inputs of "+drv)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+
+	want := uniqueSorted(append([]string{drv}, inputs...))
+	t := Target(m)
+	out, err := h.Runner.OutputRemote(ctx, t, []string{"guix", "archive", "--missing"},
+		strings.NewReader(strings.Join(want, "\n")+"\n"))
+	if err != nil {
+		return fmt.Errorf("asking machine '%s' which inputs it lacks: %w", m.Name, err)
+	}
+	wanted := map[string]bool{}
+	for _, p := range want {
+		wanted[p] = true
+	}
+	var missing []string
+	for _, p := range strings.Fields(string(out)) {
+		if !wanted[p] {
+			return fmt.Errorf("machine '%s' answered `guix archive --missing` with a path we did not ask about: %q", m.Name, p)
+		}
+		missing = append(missing, p)
+	}
+	if len(missing) == 0 {
+		h.say("offload: machine '%s' already has the %d inputs", m.Name, len(want))
+		return nil
+	}
+	h.say("offload: sending %d store item%s to '%s'...", len(missing), plural(len(missing)), m.Name)
+	start := time.Now()
+	n, err := h.pipeExport(ctx, t, missing)
+	if err != nil {
+		return fmt.Errorf("sending %d store items to machine '%s': %w", len(missing), m.Name, err)
+	}
+	h.say("offload: sent %d store item%s (%s) to '%s' in %.1fs", len(missing), plural(len(missing)), mib(n), m.Name, time.Since(start).Seconds())
+	return nil
+}
+
+// pipeExport streams the local `guix archive --export PATHS` into `guix archive
+// --import` on the machine and returns the bytes sent.
+func (h *Hook) pipeExport(ctx context.Context, t sshexec.Target, paths []string) (int64, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// The first side to fail is the cause; the other side's error (EPIPE, killed) is
+	// its consequence and is not reported.
+	var once sync.Once
+	var first error
+	fail := func(err error) {
+		once.Do(func() { first = err })
+		cancel()
+	}
+	pr, pw := io.Pipe()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		argv := append([]string{h.Conf.Guix, "archive", "--export"}, paths...)
+		err := h.Runner.Run(ctx, argv, sshexec.Stdio{Stdout: pw})
+		if err != nil {
+			fail(fmt.Errorf("local `guix archive --export`: %w", err))
+		}
+		pw.CloseWithError(err)
+	}()
+	cr := &countingReader{r: pr}
+	if err := h.Runner.RunRemote(ctx, t, []string{"guix", "archive", "--import"}, sshexec.Stdio{Stdin: cr}); err != nil {
+		fail(err)
+	}
+	pr.CloseWithError(errors.New("import ended"))
+	wg.Wait()
+	return cr.n, first
+}
+
+// build runs `guix build` on the machine with the daemon's limits, streaming its log
+// to fd 4, and classifies its failure.
+func (h *Hook) build(ctx context.Context, m *machines.Machine, req Request, root string) error {
+	h.say("offloading '%s' to '%s'...", req.Drv, m.Name)
+	h.say("@ build-remote %s %s", req.Drv, m.Name)
+	args := []string{"--verbosity=3"}
+	if h.Conf.MaxSilentTime > 0 {
+		args = append(args, fmt.Sprintf("--max-silent-time=%d", h.Conf.MaxSilentTime))
+	}
+	if h.Conf.BuildTimeout > 0 {
+		args = append(args, fmt.Sprintf("--timeout=%d", h.Conf.BuildTimeout))
+		// Stop waiting locally too, so a hung connection cannot keep us alive.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(h.Conf.BuildTimeout)*time.Second+buildMargin)
+		defer cancel()
+	}
+	// Root the .drv first (it was just imported and nothing else protects it), then
+	// build with the outputs rooted until we have fetched them.
+	script := `set -e; d=$1; r=$2; drv=$3; shift 3
+mkdir -p "$d"
+guix build -d -r "$d/$r.drv" "$drv" >/dev/null
+exec guix build -r "$d/$r" "$@" "$drv" >/dev/null`
+	remote := append([]string{"sh", "-c", script, "sh", rootsDir, root, req.Drv}, args...)
+	tail := &tailBuffer{max: 64 << 10}
+	err := h.Runner.RunRemote(ctx, Target(m), remote, sshexec.Stdio{Stderr: io.MultiWriter(h.Log, tail)})
+	if err == nil {
+		return nil
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("no result from machine '%s' %s after the build timeout: %w", m.Name, buildMargin, ErrTimedOut)
+	}
+	var re *sshexec.RemoteError
+	if errors.As(err, &re) {
+		switch classify(tail.String(), req.Drv) {
+		case ExitTimedOut:
+			return fmt.Errorf("derivation '%s' offloaded to '%s' timed out: %w", req.Drv, m.Name, ErrTimedOut)
+		case ExitBuildFailed:
+			return fmt.Errorf("derivation '%s' offloaded to '%s' failed: %w", req.Drv, m.Name, ErrBuildFailed)
+		}
+		return fmt.Errorf("running guix build on machine '%s': %w", m.Name, err)
+	}
+	return fmt.Errorf("building '%s' on machine '%s': %w", req.Drv, m.Name, err)
+}
+
+// buildMargin is how long after the build timeout we keep waiting for the machine.
+const buildMargin = 60 * time.Second
+
+// classify tells, from the end of `guix build`'s stderr, whether the build itself
+// failed or timed out (the daemon's own messages, nix/libstore/build.cc), as opposed
+// to guix not running at all.
+func classify(stderr, drv string) int {
+	timedOut, failed := false, false
+	for _, line := range strings.Split(stderr, "\n") {
+		if !strings.Contains(line, drv) {
+			continue
+		}
+		switch {
+		case strings.Contains(line, "timed out after"):
+			timedOut = true
+		case strings.HasPrefix(line, "@ build-failed "+drv),
+			strings.Contains(line, "build of `"+drv+"' failed"),
+			strings.Contains(line, "builder for `"+drv+"' failed"):
+			failed = true
+		}
+	}
+	switch {
+	case timedOut:
+		return ExitTimedOut
+	case failed:
+		return ExitBuildFailed
+	}
+	return ExitTransient
+}
+
+// download fetches the outputs and restores them into the local store, checking each
+// item's signature against the local ACL (the daemon holds the output locks, so
+// `guix archive --import` would deadlock: PROTOCOL.md).
+func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []string) error {
+	lock, err := h.machineLock(ctx, m, "download", "retrieving "+strings.Join(outputs, " "))
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+
+	acl, err := storeio.LoadACL(path.Join(h.Conf.ConfDir, "acl"))
+	if err != nil {
+		return fmt.Errorf("cannot check what machine '%s' returns: %w", m.Name, err)
+	}
+	h.say("retrieving %d store item%s from '%s'...", len(outputs), plural(len(outputs)), m.Name)
+	pr, pw := io.Pipe()
+	var runErr error
+	done := make(chan struct{})
+	stderr := &tailBuffer{max: 16 << 10}
+	go func() {
+		defer close(done)
+		runErr = h.Runner.RunRemote(ctx, Target(m), append([]string{"guix", "archive", "--export"}, outputs...),
+			sshexec.Stdio{Stdout: pw, Stderr: stderr})
+		pw.CloseWithError(runErr)
+	}()
+	items, impErr := storeio.ImportBundle(pr, storeio.ImportOptions{
+		StoreDir: h.Conf.StoreDir,
+		Allowed:  outputs,
+		ACL:      acl,
+		Log:      h.Out,
+	})
+	pr.CloseWithError(errors.New("import ended"))
+	<-done
+	if runErr != nil && impErr != nil {
+		return fmt.Errorf("retrieving outputs from machine '%s': %w", m.Name, runErr)
+	}
+	if impErr != nil {
+		return fmt.Errorf("refusing what machine '%s' returned: %w", m.Name, impErr)
+	}
+	if runErr != nil {
+		return fmt.Errorf("retrieving outputs from machine '%s': %w", m.Name, runErr)
+	}
+	got := map[string]bool{}
+	for _, it := range items {
+		got[it.Path] = true
+	}
+	for _, o := range outputs {
+		if !got[o] {
+			return fmt.Errorf("machine '%s' did not return output %s", m.Name, o)
+		}
+	}
+	return nil
+}
+
+// removeRoots deletes this build's remote GC roots, whatever happened; it gets its own
+// short deadline since the hook's context may be cancelled by then.
+func (h *Hook) removeRoots(t sshexec.Target, root string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*h.connectTimeout())
+	defer cancel()
+	script := `rm -f -- "$1/$2.drv" "$1/$2" "$1/$2"-*`
+	_ = h.Runner.RunRemote(ctx, t, []string{"sh", "-c", script, "sh", rootsDir, root}, sshexec.Stdio{})
+}
+
+func uniqueSorted(ps []string) []string {
+	sort.Strings(ps)
+	out := ps[:0]
+	for i, p := range ps {
+		if i == 0 || p != ps[i-1] {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	buf bytes.Buffer
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf.Write(p)
+	if over := t.buf.Len() - t.max; over > 0 {
+		t.buf.Next(over)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.buf.String()
+}

@@ -1,0 +1,129 @@
+package hook
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+const drv = "/gnu/store/x37x84zbqzs261xph9j4zdlbm7mmnix1-t-ok.drv"
+
+func TestParseRequest(t *testing.T) {
+	good := []struct {
+		line string
+		want Request
+	}{
+		{"0 x86_64-linux " + drv + " ", Request{System: "x86_64-linux", Drv: drv}},
+		{"1 aarch64-linux " + drv + " kvm,big-mem", Request{WantsLocal: true, System: "aarch64-linux", Drv: drv, Features: []string{"kvm", "big-mem"}}},
+		{"1 i686-linux " + drv, Request{WantsLocal: true, System: "i686-linux", Drv: drv}},
+	}
+	for _, g := range good {
+		got, err := ParseRequest(g.line, "/gnu/store")
+		if err != nil {
+			t.Errorf("ParseRequest(%q): %v", g.line, err)
+			continue
+		}
+		if len(got.Features) == 0 {
+			got.Features = nil
+		}
+		if !reflect.DeepEqual(got, g.want) {
+			t.Errorf("ParseRequest(%q) = %+v, want %+v", g.line, got, g.want)
+		}
+	}
+	bad := []string{
+		"",
+		"garbage",
+		"2 x86_64-linux " + drv + " ",
+		"0 x86_64-linux /etc/passwd ",
+		"0 x86_64-linux /gnu/store/x37x84zbqzs261xph9j4zdlbm7mmnix1-t-ok ",
+		"0 x86_64-linux /gnu/store/../x37x84zbqzs261xph9j4zdlbm7mmnix1-t-ok.drv ",
+		"0 x86_64;rm " + drv + " ",
+		"0 x86_64-linux " + drv + " kvm extra",
+		"0 x86_64-linux " + drv + " kvm,,x",
+	}
+	for _, line := range bad {
+		_, err := ParseRequest(line, "/gnu/store")
+		if err == nil {
+			t.Errorf("ParseRequest(%q) accepted a malformed line", line)
+			continue
+		}
+		if !strings.Contains(err.Error(), "malformed request line") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("ParseRequest(%q): want one line quoting it, got %q", line, err)
+		}
+	}
+}
+
+// TestParseRequestVectors parses every request line real guix-daemon wrote.
+func TestParseRequestVectors(t *testing.T) {
+	files, _ := filepath.Glob("../../shared/vectors/hook/*/stdin.raw")
+	if len(files) == 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("no vectors in ../../shared/vectors/hook")
+		}
+		t.Skip("no vectors")
+	}
+	n := 0
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The first line of every recording is a request.
+		line := strings.SplitN(string(b), "\n", 2)[0]
+		r, err := ParseRequest(line, "/gnu/store")
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if strings.Contains(f, "decline-features") && !reflect.DeepEqual(r.Features, []string{"kvm", "big-mem"}) {
+			t.Errorf("%s: features %q", f, r.Features)
+		}
+		n++
+	}
+	t.Logf("parsed %d recorded request lines", n)
+}
+
+func TestClassify(t *testing.T) {
+	// Lines from ../shared/vectors/hook/fail-c1 and sleep30-* (real guix-daemon output).
+	failDrv := "/gnu/store/m45v4smrv1npmj51rgkb02hk6byw1wqh-t-fail.drv"
+	sleepDrv := "/gnu/store/r83j9piiij68crz5dbmyyvc90hbpahqj-t-sleep30.drv"
+	cases := []struct {
+		stderr, drv string
+		want        int
+	}{
+		{"t-fail: about to fail\nbuilder for `" + failDrv + "' failed with exit code 1\n@ build-failed " + failDrv + " - 1 builder for `" + failDrv + "' failed with exit code 1\nguix build: error: build of `" + failDrv + "' failed\n", failDrv, ExitBuildFailed},
+		{"t-sleep30 start c1\nbuilding of `" + sleepDrv + "' timed out after 5 seconds\nguix build: error: build of `" + sleepDrv + "' failed\n", sleepDrv, ExitTimedOut},
+		{"building of `" + sleepDrv + "' timed out after 5 seconds of silence\nguix build: error: build of `" + sleepDrv + "' failed\n", sleepDrv, ExitTimedOut},
+		{"sh: 1: guix: not found\n", failDrv, ExitTransient},
+		{"guix build: error: failed to connect to `/var/guix/daemon-socket/socket': No such file or directory\n", failDrv, ExitTransient},
+		// A build log that mentions another derivation's failure is not ours.
+		{"guix build: error: build of `" + sleepDrv + "' failed\n", failDrv, ExitTransient},
+	}
+	for i, c := range cases {
+		if got := classify(c.stderr, c.drv); got != c.want {
+			t.Errorf("case %d: classify = %d, want %d", i, got, c.want)
+		}
+	}
+}
+
+func TestParseProbe(t *testing.T) {
+	p, err := ParseProbe("0.52 0.40 0.33 1/234 5678\n4\n1764000000\n/dev/sda1 102400000 2048 1048576 1% /gnu/store\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Load1 != 0.52 || p.Cores != 4 || p.FreeBytes != 1048576*1024 {
+		t.Errorf("got %+v", p)
+	}
+	// df may fail (no such directory): free space unknown, the probe still counts.
+	p, err = ParseProbe("3.0 0 0 1/1 1\n2\n1764000000\n")
+	if err != nil || p.FreeBytes != -1 || p.NormalizedLoad() != 1.0 {
+		t.Errorf("got %+v, %v", p, err)
+	}
+	for _, bad := range []string{"", "x\n2\n1\n", "0.1 0 0\nzero\n1\n", "0.1 0 0\n0\n1\n"} {
+		if _, err := ParseProbe(bad); err == nil {
+			t.Errorf("ParseProbe(%q) accepted garbage", bad)
+		}
+	}
+}

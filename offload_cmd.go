@@ -1,0 +1,63 @@
+package main
+
+import (
+	"context"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"offload/hook"
+	"offload/sshexec"
+)
+
+// OffloadCmd is the build hook, started by guix-daemon as
+// `offload SYSTEM MAX-SILENT-TIME PRINT-BUILD-TRACE BUILD-TIMEOUT`.
+type OffloadCmd struct {
+	System          string `arg:"" help:"The daemon's system type, e.g. x86_64-linux."`
+	MaxSilentTime   int    `arg:"" help:"Seconds of silence after which a build is killed (0: none)."`
+	PrintBuildTrace int    `arg:"" help:"1 when the client parses build traces."`
+	BuildTimeout    int    `arg:"" help:"Seconds after which a build is killed (0: none)."`
+}
+
+// Run serves the daemon's requests on stdin until EOF or an accepted build ends.
+func (c *OffloadCmd) Run(ctx context.Context, g *Globals) error {
+	conf := hook.ConfigFromEnv(os.Getenv)
+	conf.System = c.System
+	conf.MaxSilentTime = c.MaxSilentTime
+	conf.PrintBuildTrace = c.PrintBuildTrace == 1
+	conf.BuildTimeout = c.BuildTimeout
+	self, _ := os.Executable()
+	guix, err := hook.FindGuix(os.Getenv, self)
+	if err != nil {
+		guix = "guix" // only needed to send inputs; the error shows if that happens
+	}
+	conf.Guix = guix
+
+	h := &hook.Hook{
+		Conf:   conf,
+		In:     os.Stdin,
+		Answer: os.Stdout,
+		Out:    os.Stderr,
+		Log:    buildLog(),
+		Runner: newRunner(conf.StateDir, g),
+	}
+	return h.Run(ctx)
+}
+
+// buildLog is fd 4, where the daemon reads the build log; when the hook is run by
+// hand without it, the log goes to stderr.
+func buildLog() io.Writer {
+	if _, err := unix.FcntlInt(4, unix.F_GETFD, 0); err == nil {
+		return os.NewFile(4, "build-log")
+	}
+	return os.Stderr
+}
+
+func newRunner(stateDir string, g *Globals) *sshexec.Runner {
+	r := &sshexec.Runner{StateDir: stateDir}
+	if g.Verbose {
+		r.Trace = os.Stderr
+	}
+	return r
+}
