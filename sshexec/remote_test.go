@@ -21,7 +21,7 @@ import (
 
 // setup starts an sshd and returns a runner with its own state directory; the shared
 // connection and its directory are removed when the test ends.
-func setup(t *testing.T) (*sshtest.Server, *sshexec.Runner) {
+func setup(t testing.TB) (*sshtest.Server, *sshexec.Runner) {
 	t.Helper()
 	sshtest.NeedTool(t, "ssh")
 	s := sshtest.Start(t, sshtest.Options{Env: map[string]string{"OFFLOAD_TEST_VAR": "from sshd"}})
@@ -240,7 +240,7 @@ func TestCancelLeavesNoProcess(t *testing.T) {
 			pr, pw := io.Pipe()
 			done := make(chan error, 1)
 			go func() {
-				done <- r.RunRemote(ctx, s.Target(), []string{"sh", "-c", "echo started; exec sleep 60"}, sshexec.Stdio{Stdout: pw})
+				done <- r.RunRemote(ctx, s.Target(), []string{"sh", "-c", "echo started; exec sleep 20"}, sshexec.Stdio{Stdout: pw})
 				pw.Close()
 			}()
 			buf := make([]byte, 8)
@@ -367,6 +367,8 @@ func TestNoHostKeyRefusedBeforeSpawning(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func writeFile(name, data string) error { return os.WriteFile(name, []byte(data), 0o600) }
 
 // sockets lists the control sockets in dir (not the lock files beside them).
 func sockets(dir string) []string {

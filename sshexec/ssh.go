@@ -426,6 +426,11 @@ func writeIfChanged(file string, data []byte) error {
 // Errors: *NoHostKeyError, a missing private key (before anything is started),
 // *UnreachableError when ssh failed, *RemoteError when the remote command failed, and
 // ctx.Err() wrapped when ctx was cancelled (ssh and its process group are killed).
+//
+// Cancelling stops the local side only: OpenSSH sends no signal to a remote command
+// that has no terminal, so it runs on until it notices its closed streams (over a
+// shared connection, until it ends). Callers that must stop remote work kill it
+// remotely.
 func (r *Runner) RunRemote(ctx context.Context, t Target, remote []string, stdio Stdio) error {
 	argv, err := r.SSHArgv(t, remote)
 	if err != nil {
