@@ -164,10 +164,7 @@ func (p *sexpParser) atom() ([]byte, error) {
 		}
 	}
 	switch c := p.b[p.i]; {
-	case c == ':':
-		if length < 0 {
-			return nil, p.errf("':' without length")
-		}
+	case c == ':' && length >= 0:
 		p.i++
 		if len(p.b)-p.i < length {
 			return nil, p.errf("raw string runs past the end")
