@@ -72,7 +72,8 @@ func run(args []string) int {
 	if os.Getenv("OFFLOAD_VERBOSE") == "1" {
 		cli.Verbose = true
 	}
-	err = kctx.Run(ctx, &cli.Globals)
+	kctx.BindTo(ctx, (*context.Context)(nil))
+	err = kctx.Run(&cli.Globals)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "offload: %v\n", err)
 	}

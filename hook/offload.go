@@ -250,6 +250,8 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 		return fmt.Errorf("cannot check what machine '%s' returns: %w", m.Name, err)
 	}
 	h.say("retrieving %d store item%s from '%s'...", len(outputs), plural(len(outputs)), m.Name)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	pr, pw := io.Pipe()
 	var runErr error
 	done := make(chan struct{})
@@ -267,8 +269,11 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 		Log:      h.Out,
 	})
 	pr.CloseWithError(errors.New("import ended"))
+	if impErr != nil {
+		cancel() // stop the machine's export: we refuse what it sends
+	}
 	<-done
-	if runErr != nil && impErr != nil {
+	if runErr != nil && impErr != nil && !errors.Is(ctx.Err(), context.Canceled) {
 		return fmt.Errorf("retrieving outputs from machine '%s': %w", m.Name, runErr)
 	}
 	if impErr != nil {

@@ -119,7 +119,12 @@ func (r *Runner) run(ctx context.Context, argv []string, stdio Stdio) error {
 	cmd.Stderr = errW
 	// Its own process group, so that cancelling kills whatever it started too
 	// (ssh's ProxyCommand, a shell's children), not just the process itself.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: guix-daemon kills an idle or timed-out hook with SIGKILL on the hook's
+	// process group, which our children (in groups of their own) would survive; the
+	// kernel kills them when we die instead. (Go does not retire the threads that
+	// start children, so this fires when the process dies, not earlier.) An ssh master
+	// started with -f forks away from it and outlives us, as it should.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	exited := make(chan struct{})
 	cmd.Cancel = func() error {
 		pgid := cmd.Process.Pid

@@ -1,0 +1,163 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"offload/integration/daemon"
+	"offload/integration/drv"
+	"offload/integration/farm"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	farm.Cleanup()
+	os.Exit(code)
+}
+
+// result is what the daemon saw of one offloaded build.
+type result struct {
+	answer   string
+	status   int
+	signaled bool
+	messages string
+	log      string
+	hook     *daemon.Hook
+}
+
+type buildOpts struct {
+	maxSilent, timeout int
+	wantsLocal         bool
+	env                []string
+}
+
+func startHook(t *testing.T, f *farm.Farm, o buildOpts) *daemon.Hook {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	argv := f.HookArgv("x86_64-linux", o.maxSilent, true, o.timeout)
+	h, err := daemon.StartWith(ctx, argv, append(f.HookEnv(), o.env...), daemon.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Kill)
+	return h
+}
+
+// offload runs one request through a fresh hook and, when accepted, the whole build.
+func offload(t *testing.T, f *farm.Farm, d *drv.Derivation, o buildOpts) result {
+	t.Helper()
+	h := startHook(t, f, o)
+	ans, err := h.Request(o.wantsLocal, d.System, d.Path, d.Features())
+	if err != nil {
+		t.Fatalf("request: %v (messages: %q)", err, h.Messages())
+	}
+	r := result{answer: ans, hook: h}
+	if ans == "accept" {
+		if err := f.SendPaths(h, d); err != nil {
+			t.Fatal(err)
+		}
+	} else if err := h.CloseStdin(); err != nil {
+		t.Fatal(err)
+	}
+	r.status, r.signaled, err = h.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.messages = strings.Join(h.Messages(), "\n")
+	r.log = string(h.Log())
+	return r
+}
+
+// okDrv is a derivation whose builder uses an input and writes its output.
+func okDrv(f *farm.Farm, nonce string) *drv.Derivation {
+	in := f.AddLocalItem("input-"+nonce, map[string]string{"data": "input data " + nonce + "\n"})
+	return f.MakeDrv(drv.Spec{
+		Name:      "t-ok",
+		Args:      []string{"-c", `echo "building t-ok nonce=$NONCE"; cat "$IN/data" > "$out"; echo "hello $NONCE" >> "$out"`},
+		Env:       map[string]string{"NONCE": nonce, "IN": in},
+		InputSrcs: []string{in},
+		Nonce:     nonce,
+	})
+}
+
+// sleepDrv builds for secs seconds, printing one line first.
+func sleepDrv(f *farm.Farm, nonce string, secs int) *drv.Derivation {
+	return f.MakeDrv(drv.Spec{
+		Name:  "t-sleep",
+		Args:  []string{"-c", `echo "t-sleep start $NONCE"; sleep ` + itoa(secs) + `; echo done > "$out"`},
+		Env:   map[string]string{"NONCE": nonce},
+		Nonce: nonce,
+	})
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+// storeEntries lists the local store's directory, temporary entries included.
+func storeEntries(t *testing.T, f *farm.Farm) []string {
+	t.Helper()
+	es, err := os.ReadDir(f.Local.Physical)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func assertNotInStore(t *testing.T, f *farm.Farm, paths []string, before []string) {
+	t.Helper()
+	for _, p := range paths {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("%s is in the local store", p)
+		}
+	}
+	after := storeEntries(t, f)
+	if len(after) != len(before) {
+		t.Errorf("local store changed: before %q, after %q", before, after)
+	}
+}
+
+func contains(list []string, sub string) bool {
+	for _, s := range list {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+func countContaining(list []string, sub string) int {
+	n := 0
+	for _, s := range list {
+		if strings.Contains(s, sub) {
+			n++
+		}
+	}
+	return n
+}
+
+func slotDir(f *farm.Farm, m *farm.Machine) string {
+	return filepath.Join(f.State, "offload", m.Name+":"+itoa(m.Port))
+}
+
+// writeMachines writes the farm's machines file with load checks off (the test
+// machine's own load is whatever else runs on it), plus extra fields.
+func writeMachines(f *farm.Farm, extra func(m *farm.Machine) string) {
+	f.WriteMachinesFile(func(m *farm.Machine) string {
+		x := "(overload-threshold #f)"
+		if extra != nil {
+			if e := extra(m); e != "" {
+				x += "\n  " + e
+			}
+		}
+		return x
+	})
+}
