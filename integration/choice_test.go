@@ -179,7 +179,12 @@ func TestSlotsAreAHardLimit(t *testing.T) {
 	}
 }
 
-type hookRef struct{ h interface{ Kill(); Wait() (int, bool, error) } }
+type hookRef struct {
+	h interface {
+		Kill()
+		Wait() (int, bool, error)
+	}
+}
 
 // TestOverloadedMachinePostpones: a machine at or above its overload threshold is
 // skipped, and the request postponed with the reason.

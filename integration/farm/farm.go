@@ -13,6 +13,7 @@ package farm
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -22,6 +23,7 @@ import (
 	"sync"
 	"testing"
 
+	"offload/integration/daemon"
 	"offload/integration/drv"
 	"offload/sshexec"
 	"offload/sshexec/sshtest"
@@ -237,6 +239,30 @@ func (f *Farm) HookArgv(system string, maxSilent int, trace bool, timeout int) [
 		tr = "1"
 	}
 	return []string{f.Bin.Offload, "offload", system, strconv.Itoa(maxSilent), tr, strconv.Itoa(timeout)}
+}
+
+// StartHook starts the offload binary as guix-daemon would, with
+// HookArgv(system, maxSilent, true, timeout) and HookEnv.
+func (f *Farm) StartHook(ctx context.Context, system string, maxSilent, timeout int, opts daemon.Options) (*daemon.Hook, error) {
+	if f.Bin.Offload == "" {
+		return nil, fmt.Errorf("farm: the offload binary was not built (Options.NoOffload)")
+	}
+	return daemon.StartWith(ctx, f.HookArgv(system, maxSilent, true, timeout), f.HookEnv(), opts)
+}
+
+// Request asks the hook h about d as the daemon does (wantsLocal false).
+func (f *Farm) Request(h *daemon.Hook, d *drv.Derivation) (string, error) {
+	return h.Request(false, d.System, d.Path, d.Features())
+}
+
+// SendPaths sends the inputs and missing outputs of d from the local store,
+// computed as the daemon does.
+func (f *Farm) SendPaths(h *daemon.Hook, d *drv.Derivation) error {
+	inputs, err := f.Local.Drv().BuildInputs(d)
+	if err != nil {
+		return err
+	}
+	return h.SendPaths(inputs, f.Local.Drv().MissingOutputs(d))
 }
 
 // AddLocalItem creates a valid item in the local store (see drv.Store.AddItem
