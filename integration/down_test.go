@@ -1,0 +1,148 @@
+package integration
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"offload/integration/farm"
+	"offload/locking"
+)
+
+// Issue 9: when every matching machine is down, build locally if the daemon can.
+
+func TestAllDownWantsLocalDeclines(t *testing.T) {
+	f := farm.New(t, farm.Options{})
+	writeMachines(f, nil)
+	f.Machines[0].Server.Stop()
+	d := okDrv(f, "down1")
+	r := offload(t, f, d, buildOpts{wantsLocal: true})
+	if r.answer != "decline" {
+		t.Fatalf("answer %s, want decline: %q", r.answer, r.messages)
+	}
+	if !strings.Contains(r.messages, "down") || !strings.Contains(r.messages, "127.0.0.1") {
+		t.Errorf("no message naming the down machine: %q", r.messages)
+	}
+	// The machine is now in backoff: the next request costs no ssh round trip and
+	// still says why.
+	start := time.Now()
+	r = offload(t, f, d, buildOpts{wantsLocal: true})
+	if r.answer != "decline" || !strings.Contains(r.messages, "since") {
+		t.Fatalf("second: answer %s: %q", r.answer, r.messages)
+	}
+	t.Logf("decision with the machine in backoff took %s", time.Since(start))
+}
+
+func TestAllDownNoLocalSlotPostpones(t *testing.T) {
+	f := farm.New(t, farm.Options{})
+	writeMachines(f, nil)
+	f.Machines[0].Server.Stop()
+	d := okDrv(f, "down0")
+	h := startHook(t, f, buildOpts{})
+	for i := 0; i < 3; i++ {
+		ans, err := h.Request(false, d.System, d.Path, nil)
+		if err != nil || ans != "postpone" {
+			t.Fatalf("request %d: %q %v", i, ans, err)
+		}
+	}
+	// Said once, not at every request (the daemon asks every 5 s).
+	if n := countContaining(h.Messages(), "is down"); n != 1 {
+		t.Errorf("the down message came %d times: %q", n, h.Messages())
+	}
+}
+
+func TestFallbackWaitPostpones(t *testing.T) {
+	f := farm.New(t, farm.Options{})
+	writeMachines(f, nil)
+	f.Machines[0].Server.Stop()
+	d := okDrv(f, "wait")
+	r := offload(t, f, d, buildOpts{wantsLocal: true, env: []string{"OFFLOAD_FALLBACK=wait"}})
+	if r.answer != "postpone" {
+		t.Fatalf("answer %s, want postpone: %q", r.answer, r.messages)
+	}
+}
+
+func TestOneDownOneBusyPostpones(t *testing.T) {
+	f := farm.New(t, farm.Options{Machines: 2})
+	writeMachines(f, nil)
+	busy := f.Machines[1]
+	f.Machines[0].Server.Stop()
+	slow := sleepDrv(f, "busy", 3)
+	h1 := startHook(t, f, buildOpts{})
+	if ans, err := h1.Request(false, slow.System, slow.Path, nil); err != nil || ans != "accept" {
+		t.Fatalf("first: %q %v %q", ans, err, h1.Messages())
+	}
+	if err := f.SendPaths(h1, slow); err != nil {
+		t.Fatal(err)
+	}
+	_ = busy
+	d := okDrv(f, "other")
+	r := offload(t, f, d, buildOpts{wantsLocal: true})
+	if r.answer != "postpone" {
+		t.Fatalf("answer %s, want postpone (one machine busy, not down): %q", r.answer, r.messages)
+	}
+	h1.Wait()
+}
+
+func TestBackAfterBackoffAccepts(t *testing.T) {
+	f := farm.New(t, farm.Options{})
+	writeMachines(f, nil)
+	m := f.Machines[0]
+	m.Server.Stop()
+	d := okDrv(f, "back")
+	if r := offload(t, f, d, buildOpts{wantsLocal: true}); r.answer != "decline" {
+		t.Fatalf("while down: %s %q", r.answer, r.messages)
+	}
+	m.Server.Restart(t)
+	// Within the backoff the machine is still skipped without a round trip...
+	if r := offload(t, f, d, buildOpts{wantsLocal: true}); r.answer != "decline" {
+		t.Fatalf("within backoff: %s %q", r.answer, r.messages)
+	}
+	// ...and after it (5 s after the first failure) it is tried and used again.
+	time.Sleep(5500 * time.Millisecond)
+	r := offload(t, f, d, buildOpts{wantsLocal: true})
+	if r.answer != "accept" || r.status != 0 {
+		t.Fatalf("after backoff: %s %d %q", r.answer, r.status, r.messages)
+	}
+}
+
+// TestSSHDKilledMidBuild: the connection dies during the build: transient exit,
+// nothing in the local store, the slot free.
+func TestSSHDKilledMidBuild(t *testing.T) {
+	f := farm.New(t, farm.Options{})
+	writeMachines(f, nil)
+	m := f.Machines[0]
+	d := sleepDrv(f, "kill", 20)
+	before := storeEntries(t, f)
+	h := startHook(t, f, buildOpts{})
+	if ans, err := h.Request(false, d.System, d.Path, nil); err != nil || ans != "accept" {
+		t.Fatalf("%q %v %q", ans, err, h.Messages())
+	}
+	if err := f.SendPaths(h, d); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(string(h.Log()), "t-sleep start") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the build never started: %q", h.Messages())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	m.Server.Stop()
+	// Stopping the listener leaves established sessions; kill them too, as a crash would.
+	exec.Command("pkill", "-KILL", "-f", "sshd: .*"+m.Server.Dir).Run()
+	exec.Command("pkill", "-KILL", "-f", m.Server.Dir).Run()
+	st, sig, err := h.Wait()
+	if err != nil || sig || st == 0 || st == 100 || st == 101 {
+		t.Fatalf("status %d signaled %v err %v, want a transient failure: %q", st, sig, err, h.Messages())
+	}
+	assertNotInStore(t, f, d.OutputPaths(), before)
+	l, _, err := locking.AcquireSlot(slotDir(f, m), 1, "test")
+	if err != nil || l == nil {
+		t.Fatalf("slot not free after the hook exited: %v", err)
+	}
+	l.Release()
+	_ = os.Getpid
+}
