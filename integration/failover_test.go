@@ -1,0 +1,60 @@
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"offload/integration/farm"
+)
+
+// TestFailoverBeforeBuild: the preferred machine refuses our inputs (it does not
+// trust our key); the build goes to the next machine in the same hook.
+func TestFailoverBeforeBuild(t *testing.T) {
+	f := farm.New(t, farm.Options{Machines: 2})
+	bad, good := f.Machines[0], f.Machines[1]
+	writeMachines(f, func(m *farm.Machine) string {
+		if m == bad {
+			return "(speed 100.0)"
+		}
+		return ""
+	})
+	if err := os.WriteFile(filepath.Join(bad.Store.Conf, "acl"), []byte("(acl)\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := okDrv(f, "failover")
+	r := offload(t, f, d, buildOpts{})
+	if r.answer != "accept" || r.status != 0 {
+		t.Fatalf("answer %s status %d:\n%s", r.answer, r.status, r.messages)
+	}
+	if !strings.Contains(r.messages, "trying machine") {
+		t.Errorf("no message about the failover:\n%s", r.messages)
+	}
+	if !contains(good.Invocations(), "build") || contains(bad.Invocations(), " build ") {
+		t.Errorf("good %q bad %q", good.Invocations(), bad.Invocations())
+	}
+	for _, out := range d.OutputPaths() {
+		if _, err := os.Stat(out); err != nil {
+			t.Errorf("output missing: %v", err)
+		}
+	}
+}
+
+// TestNoMachineLeftAfterFailure: the only machine fails before the build: transient
+// failure, and the machine is in backoff for the next request.
+func TestNoMachineLeftAfterFailure(t *testing.T) {
+	f := farm.New(t, farm.Options{})
+	writeMachines(f, nil)
+	if err := os.WriteFile(filepath.Join(f.Machines[0].Store.Conf, "acl"), []byte("(acl)\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := okDrv(f, "nomore")
+	r := offload(t, f, d, buildOpts{})
+	if r.answer != "accept" || r.status != 1 {
+		t.Fatalf("answer %s status %d:\n%s", r.answer, r.status, r.messages)
+	}
+	if !strings.Contains(r.messages, "127.0.0.1") {
+		t.Errorf("error does not name the machine: %s", r.messages)
+	}
+}
