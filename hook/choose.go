@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -77,12 +76,12 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 		slot, n, err := locking.AcquireSlot(filepath.Join(h.Conf.StateDir, m.ID()), max(m.ParallelBuilds, 1),
 			fmt.Sprintf("building %s", req.Drv))
 		if err != nil {
-			h.say("offload: machine '%s': %v", m.Name, err)
+			h.say("offload: machine '%s': %v", m.Display(), err)
 			busy++
 			continue
 		}
 		if slot == nil {
-			h.say("offload: machine '%s' is busy: all %d build slots in use", m.Name, max(m.ParallelBuilds, 1))
+			h.say("offload: machine '%s' is busy: all %d build slots in use", m.Display(), max(m.ParallelBuilds, 1))
 			busy++
 			continue
 		}
@@ -106,7 +105,7 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 		if v.Usable && best == nil {
 			best = c
 			if p := c.probe; p != nil {
-				h.say("offload: normalized load on machine '%s' is %.2f", v.M.Name, p.NormalizedLoad())
+				h.say("offload: normalized load on machine '%s' is %.2f", v.M.Display(), p.NormalizedLoad())
 			}
 			continue
 		}
@@ -147,7 +146,7 @@ func (h *Hook) allDown(req Request, down []*machines.Machine, now time.Time) dec
 		if !health.DownSince.IsZero() {
 			since = "since " + health.DownSince.Format(time.RFC3339)
 		}
-		part := fmt.Sprintf("'%s' (%s", m.Name, since)
+		part := fmt.Sprintf("'%s' (%s", m.Display(), since)
 		if health.LastError != "" {
 			part += ": " + health.LastError
 		}
@@ -207,21 +206,30 @@ const probeScript = `cat /proc/loadavg && nproc && date +%s && { df -Pk "$1" 2>/
 // probe asks a machine for its load; a machine that does not answer in time counts as
 // unreachable (never as idle).
 func (h *Hook) probe(ctx context.Context, m *machines.Machine) (*machines.Probe, error) {
-	timeout := 2 * h.connectTimeout()
+	p, err := ProbeMachine(ctx, h.Runner, m, h.Conf.StoreDir, 2*h.connectTimeout())
+	if p != nil {
+		p.Time = h.Now()
+	}
+	return p, err
+}
+
+// ProbeMachine reads a machine's load, cores, free store space and clock in one ssh
+// round trip, giving up after timeout.
+func ProbeMachine(ctx context.Context, r *sshexec.Runner, m *machines.Machine, storeDir string, timeout time.Duration) (*machines.Probe, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	out, err := h.Runner.OutputRemote(ctx, Target(m), []string{"sh", "-c", probeScript, "sh", h.Conf.StoreDir}, nil)
+	out, err := r.OutputRemote(ctx, Target(m), []string{"sh", "-c", probeScript, "sh", storeDir}, nil)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("machine '%s' did not answer within %s: %w", m.Name, timeout, err)
+			return nil, fmt.Errorf("machine '%s' did not answer within %s: %w", m.Display(), timeout, err)
 		}
 		return nil, err
 	}
 	p, err := ParseProbe(string(out))
 	if err != nil {
-		return nil, fmt.Errorf("machine '%s': %w", m.Name, err)
+		return nil, fmt.Errorf("machine '%s': %w", m.Display(), err)
 	}
-	p.Time = h.Now()
+	p.Time = time.Now()
 	return p, nil
 }
 
@@ -274,14 +282,4 @@ func Target(m *machines.Machine) sshexec.Target {
 		SSHOptions:       m.SSHOptions,
 		DaemonSocket:     m.DaemonSocket,
 	}
-}
-
-// sortedIDs is used for stable messages.
-func sortedIDs(ms []*machines.Machine) []string {
-	var ids []string
-	for _, m := range ms {
-		ids = append(ids, m.ID())
-	}
-	sort.Strings(ids)
-	return ids
 }

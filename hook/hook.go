@@ -198,12 +198,12 @@ func (h *Hook) accepted(ctx context.Context, in *bufio.Reader, req Request, d de
 			h.say("offload: %v", rerr)
 		}
 		d.release()
-		h.say("offload: machine '%s' failed before the build started: %v", m.Name, early.Err)
+		h.say("offload: machine '%s' failed before the build started: %v", m.Display(), early.Err)
 		d = h.decideExcluding(ctx, req, tried)
 		if d.slot == nil {
-			return fmt.Errorf("no other machine could take %s after '%s' failed: %w", req.Drv, m.Name, early.Err)
+			return fmt.Errorf("no other machine could take %s after '%s' failed: %w", req.Drv, m.Display(), early.Err)
 		}
-		h.say("offload: trying machine '%s' instead", d.machine.Name)
+		h.say("offload: trying machine '%s' instead", d.machine.Display())
 	}
 }
 

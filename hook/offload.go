@@ -75,7 +75,7 @@ func (h *Hook) machineLock(ctx context.Context, m *machines.Machine, kind, reaso
 		return l, nil
 	}
 	if pid, why, held, _ := locking.Holder(file); held {
-		h.say("offload: waiting for the %s lock of machine '%s' (held by process %d: %s)", kind, m.Name, pid, why)
+		h.say("offload: waiting for the %s lock of machine '%s' (held by process %d: %s)", kind, m.Display(), pid, why)
 	}
 	wait := h.Conf.LockWait
 	if wait <= 0 {
@@ -100,7 +100,7 @@ func (h *Hook) upload(ctx context.Context, m *machines.Machine, drv string, inpu
 	out, err := h.Runner.OutputRemote(ctx, t, []string{"guix", "archive", "--missing"},
 		strings.NewReader(strings.Join(want, "\n")+"\n"))
 	if err != nil {
-		return fmt.Errorf("asking machine '%s' which inputs it lacks: %w", m.Name, err)
+		return fmt.Errorf("asking machine '%s' which inputs it lacks: %w", m.Display(), err)
 	}
 	wanted := map[string]bool{}
 	for _, p := range want {
@@ -109,21 +109,21 @@ func (h *Hook) upload(ctx context.Context, m *machines.Machine, drv string, inpu
 	var missing []string
 	for _, p := range strings.Fields(string(out)) {
 		if !wanted[p] {
-			return fmt.Errorf("machine '%s' answered `guix archive --missing` with a path we did not ask about: %q", m.Name, p)
+			return fmt.Errorf("machine '%s' answered `guix archive --missing` with a path we did not ask about: %q", m.Display(), p)
 		}
 		missing = append(missing, p)
 	}
 	if len(missing) == 0 {
-		h.say("offload: machine '%s' already has the %d inputs", m.Name, len(want))
+		h.say("offload: machine '%s' already has the %d inputs", m.Display(), len(want))
 		return nil
 	}
-	h.say("offload: sending %d store item%s to '%s'...", len(missing), plural(len(missing)), m.Name)
+	h.say("offload: sending %d store item%s to '%s'...", len(missing), plural(len(missing)), m.Display())
 	start := time.Now()
 	n, err := h.pipeExport(ctx, t, missing)
 	if err != nil {
-		return fmt.Errorf("sending %d store items to machine '%s': %w", len(missing), m.Name, err)
+		return fmt.Errorf("sending %d store items to machine '%s': %w", len(missing), m.Display(), err)
 	}
-	h.say("offload: sent %d store item%s (%s) to '%s' in %.1fs", len(missing), plural(len(missing)), mib(n), m.Name, time.Since(start).Seconds())
+	h.say("offload: sent %d store item%s (%s) to '%s' in %.1fs", len(missing), plural(len(missing)), mib(n), m.Display(), time.Since(start).Seconds())
 	return nil
 }
 
@@ -164,8 +164,8 @@ func (h *Hook) pipeExport(ctx context.Context, t sshexec.Target, paths []string)
 // build runs `guix build` on the machine with the daemon's limits, streaming its log
 // to fd 4, and classifies its failure.
 func (h *Hook) build(ctx context.Context, m *machines.Machine, req Request, root string) error {
-	h.say("offloading '%s' to '%s'...", req.Drv, m.Name)
-	h.say("@ build-remote %s %s", req.Drv, m.Name)
+	h.say("offloading '%s' to '%s'...", req.Drv, m.Display())
+	h.say("@ build-remote %s %s", req.Drv, m.Display())
 	args := []string{"--verbosity=3"}
 	if h.Conf.MaxSilentTime > 0 {
 		args = append(args, fmt.Sprintf("--max-silent-time=%d", h.Conf.MaxSilentTime))
@@ -190,19 +190,19 @@ exec guix build -r "$d/$r" "$@" "$drv" >/dev/null`
 		return nil
 	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("no result from machine '%s' %s after the build timeout: %w", m.Name, buildMargin, ErrTimedOut)
+		return fmt.Errorf("no result from machine '%s' %s after the build timeout: %w", m.Display(), buildMargin, ErrTimedOut)
 	}
 	var re *sshexec.RemoteError
 	if errors.As(err, &re) {
 		switch classify(tail.String(), req.Drv) {
 		case ExitTimedOut:
-			return fmt.Errorf("derivation '%s' offloaded to '%s' timed out: %w", req.Drv, m.Name, ErrTimedOut)
+			return fmt.Errorf("derivation '%s' offloaded to '%s' timed out: %w", req.Drv, m.Display(), ErrTimedOut)
 		case ExitBuildFailed:
-			return fmt.Errorf("derivation '%s' offloaded to '%s' failed: %w", req.Drv, m.Name, ErrBuildFailed)
+			return fmt.Errorf("derivation '%s' offloaded to '%s' failed: %w", req.Drv, m.Display(), ErrBuildFailed)
 		}
-		return fmt.Errorf("running guix build on machine '%s': %w", m.Name, err)
+		return fmt.Errorf("running guix build on machine '%s': %w", m.Display(), err)
 	}
-	return fmt.Errorf("building '%s' on machine '%s': %w", req.Drv, m.Name, err)
+	return fmt.Errorf("building '%s' on machine '%s': %w", req.Drv, m.Display(), err)
 }
 
 // buildMargin is how long after the build timeout we keep waiting for the machine.
@@ -247,9 +247,9 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 
 	acl, err := storeio.LoadACL(path.Join(h.Conf.ConfDir, "acl"))
 	if err != nil {
-		return fmt.Errorf("cannot check what machine '%s' returns: %w", m.Name, err)
+		return fmt.Errorf("cannot check what machine '%s' returns: %w", m.Display(), err)
 	}
-	h.say("retrieving %d store item%s from '%s'...", len(outputs), plural(len(outputs)), m.Name)
+	h.say("retrieving %d store item%s from '%s'...", len(outputs), plural(len(outputs)), m.Display())
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
@@ -274,13 +274,13 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 	}
 	<-done
 	if runErr != nil && impErr != nil && !errors.Is(ctx.Err(), context.Canceled) {
-		return fmt.Errorf("retrieving outputs from machine '%s': %w", m.Name, runErr)
+		return fmt.Errorf("retrieving outputs from machine '%s': %w", m.Display(), runErr)
 	}
 	if impErr != nil {
-		return fmt.Errorf("refusing what machine '%s' returned: %w", m.Name, impErr)
+		return fmt.Errorf("refusing what machine '%s' returned: %w", m.Display(), impErr)
 	}
 	if runErr != nil {
-		return fmt.Errorf("retrieving outputs from machine '%s': %w", m.Name, runErr)
+		return fmt.Errorf("retrieving outputs from machine '%s': %w", m.Display(), runErr)
 	}
 	got := map[string]bool{}
 	for _, it := range items {
@@ -288,7 +288,7 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 	}
 	for _, o := range outputs {
 		if !got[o] {
-			return fmt.Errorf("machine '%s' did not return output %s", m.Name, o)
+			return fmt.Errorf("machine '%s' did not return output %s", m.Display(), o)
 		}
 	}
 	return nil
