@@ -95,7 +95,7 @@ func restoreBench(b *testing.B, narPath string, nix bool) {
 		b.Fatal(err)
 	}
 	b.SetBytes(fi.Size())
-	work := b.TempDir()
+	work := benchDir(b)
 	var maxRSS int64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -126,8 +126,22 @@ func restoreBench(b *testing.B, narPath string, nix bool) {
 	b.ReportMetric(float64(maxRSS)/1024, "peak-RSS-MiB")
 }
 
+// benchDir is where benchmarks write: $STOREIO_BENCH_DIR (e.g. a tmpfs, to measure
+// the restorer rather than the disk) or a test temporary directory.
+func benchDir(b *testing.B) string {
+	if d := os.Getenv("STOREIO_BENCH_DIR"); d != "" {
+		d, err := os.MkdirTemp(d, "storeio-bench-")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { removeTree(d) })
+		return d
+	}
+	return b.TempDir()
+}
+
 func benchNar(b *testing.B, fileSize int) string {
-	p := filepath.Join(b.TempDir(), "bench.nar")
+	p := filepath.Join(benchDir(b), "bench.nar")
 	writeBenchNar(b, p, benchSize(b), fileSize)
 	return p
 }
@@ -150,7 +164,7 @@ func BenchmarkRestoreInProcess(b *testing.B) {
 	fi, _ := os.Stat(nar)
 	b.SetBytes(fi.Size())
 	b.ReportAllocs()
-	work := b.TempDir()
+	work := benchDir(b)
 	for i := 0; i < b.N; i++ {
 		in, _ := os.Open(nar)
 		out := filepath.Join(work, fmt.Sprint(i))

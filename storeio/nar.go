@@ -160,22 +160,23 @@ type narSink interface {
 
 // narParser reads exactly one nar from w and passes its nodes to sink.
 type narParser struct {
-	w    *wireReader
-	sink narSink
+	w     *wireReader
+	sink  narSink
+	names []string      // path from the root to the current node
+	cr    contentReader // reused for every regular file
 }
 
-func (p *narParser) bad(rel, format string, args ...any) error {
-	if rel == "" {
-		rel = "/"
-	}
-	return fmt.Errorf("%w: nar entry %q: %s", ErrInvalidArchive, rel, fmt.Sprintf(format, args...))
+// rel is the path of the node being read inside the nar, built only for errors.
+func (p *narParser) rel() string {
+	return "/" + strings.Join(p.names, "/")
 }
 
-func (p *narParser) wrap(rel string, err error) error {
-	if rel == "" {
-		rel = "/"
-	}
-	return fmt.Errorf("nar entry %q: %w", rel, err)
+func (p *narParser) bad(format string, args ...any) error {
+	return fmt.Errorf("%w: nar entry %q: %s", ErrInvalidArchive, p.rel(), fmt.Sprintf(format, args...))
+}
+
+func (p *narParser) wrap(err error) error {
+	return fmt.Errorf("nar entry %q: %w", p.rel(), err)
 }
 
 func (p *narParser) parse(rootDir int, rootName string) error {
@@ -186,138 +187,141 @@ func (p *narParser) parse(rootDir int, rootName string) error {
 	if string(magic) != narMagic {
 		return fmt.Errorf("%w: not a nar (bad magic %q)", ErrInvalidArchive, magic)
 	}
-	return p.node(rootDir, rootName, "", 0)
+	return p.node(rootDir, rootName, 0)
 }
 
-func (p *narParser) node(dir int, name, rel string, depth int) error {
+func (p *narParser) node(dir int, name string, depth int) error {
 	if err := p.w.expect("("); err != nil {
-		return p.wrap(rel, err)
+		return p.wrap(err)
 	}
 	if err := p.w.expect("type"); err != nil {
-		return p.wrap(rel, err)
+		return p.wrap(err)
 	}
-	typ, err := p.w.readString(len("directory"))
+	typ, err := p.w.readBytes(len("directory"))
 	if err != nil {
-		return p.wrap(rel, err)
+		return p.wrap(err)
 	}
-	switch typ {
+	switch string(typ) {
 	case "regular":
-		tok, err := p.w.readString(len("executable"))
+		tok, err := p.w.readBytes(len("executable"))
 		if err != nil {
-			return p.wrap(rel, err)
+			return p.wrap(err)
 		}
 		exec := false
-		if tok == "executable" {
+		if string(tok) == "executable" {
 			exec = true
 			if err := p.w.expect(""); err != nil {
-				return p.wrap(rel, err)
+				return p.wrap(err)
 			}
-			if tok, err = p.w.readString(len("contents")); err != nil {
-				return p.wrap(rel, err)
+			if tok, err = p.w.readBytes(len("contents")); err != nil {
+				return p.wrap(err)
 			}
 		}
-		if tok != "contents" {
-			return p.bad(rel, "unexpected token %q in regular file", tok)
+		if string(tok) != "contents" {
+			return p.bad("unexpected token %q in regular file", tok)
 		}
 		size, err := p.w.readInt()
 		if err != nil {
-			return p.wrap(rel, err)
+			return p.wrap(err)
 		}
 		if size > 1<<62 {
-			return p.bad(rel, "file size %d too large", size)
+			return p.bad("file size %d too large", size)
 		}
-		cr := &contentReader{w: p.w, remaining: int64(size)}
+		cr := &p.cr
+		*cr = contentReader{w: p.w, remaining: int64(size)}
 		if err := p.sink.regular(dir, name, exec, cr); err != nil {
-			return p.wrap(rel, err)
+			return p.wrap(err)
 		}
 		if cr.remaining != 0 { // the sink must consume the contents
-			return p.bad(rel, "contents not consumed")
+			return p.bad("contents not consumed")
 		}
 		if err := p.w.padding(size); err != nil {
-			return p.wrap(rel, err)
+			return p.wrap(err)
 		}
 	case "symlink":
 		if err := p.w.expect("target"); err != nil {
-			return p.wrap(rel, err)
+			return p.wrap(err)
 		}
 		target, err := p.w.readString(maxTargetLen)
 		if err != nil {
-			return p.wrap(rel, fmt.Errorf("symlink target: %w", err))
+			return p.wrap(fmt.Errorf("symlink target: %w", err))
 		}
 		if target == "" || strings.IndexByte(target, 0) >= 0 {
-			return p.bad(rel, "invalid symlink target %q", target)
+			return p.bad("invalid symlink target %q", target)
 		}
 		if err := p.sink.symlink(dir, name, target); err != nil {
-			return p.wrap(rel, err)
+			return p.wrap(err)
 		}
 	case "directory":
 		if depth >= maxDepth {
-			return p.bad(rel, "directories nested deeper than %d", maxDepth)
+			return p.bad("directories nested deeper than %d", maxDepth)
 		}
 		child, err := p.sink.enterDir(dir, name)
 		if err != nil {
-			return p.wrap(rel, err)
+			return p.wrap(err)
 		}
-		err = p.entries(child, rel, depth)
+		err = p.entries(child, depth)
 		if lerr := p.sink.leaveDir(dir, name, child, err == nil); err == nil && lerr != nil {
-			err = p.wrap(rel, lerr)
+			err = p.wrap(lerr)
 		}
 		if err != nil {
 			return err
 		}
 		return nil // entries consumed the closing ")"
 	default:
-		return p.bad(rel, "unknown file type %q", typ)
+		return p.bad("unknown file type %q", typ)
 	}
 	if err := p.w.expect(")"); err != nil {
-		return p.wrap(rel, err)
+		return p.wrap(err)
 	}
 	return nil
 }
 
 // entries reads a directory's entries and its closing ")".
-func (p *narParser) entries(dir int, rel string, depth int) error {
+func (p *narParser) entries(dir int, depth int) error {
 	prev := ""
 	for i := 0; ; i++ {
-		tok, err := p.w.readString(len("entry"))
+		tok, err := p.w.readBytes(len("entry"))
 		if err != nil {
-			return p.wrap(rel, err)
+			return p.wrap(err)
 		}
-		if tok == ")" {
+		if string(tok) == ")" {
 			return nil
 		}
-		if tok != "entry" {
-			return p.bad(rel, "unexpected token %q in directory", tok)
+		if string(tok) != "entry" {
+			return p.bad("unexpected token %q in directory", tok)
 		}
 		if err := p.w.expect("("); err != nil {
-			return p.wrap(rel, err)
+			return p.wrap(err)
 		}
 		if err := p.w.expect("name"); err != nil {
-			return p.wrap(rel, err)
+			return p.wrap(err)
 		}
 		name, err := p.w.readString(maxNameLen)
 		if err != nil {
-			return p.wrap(rel, fmt.Errorf("entry name: %w", err))
+			return p.wrap(fmt.Errorf("entry name: %w", err))
 		}
 		if err := checkEntryName(name); err != nil {
-			return p.bad(rel, "%v", err)
+			return p.bad("%v", err)
 		}
 		if i > 0 && name <= prev {
 			if name == prev {
-				return p.bad(rel, "duplicate entry %q", name)
+				return p.bad("duplicate entry %q", name)
 			}
-			return p.bad(rel, "entry %q after %q: entries not sorted", name, prev)
+			return p.bad("entry %q after %q: entries not sorted", name, prev)
 		}
 		prev = name
 		if err := p.w.expect("node"); err != nil {
-			return p.wrap(rel, err)
+			return p.wrap(err)
 		}
-		if err := p.node(dir, name, rel+"/"+name, depth+1); err != nil {
+		p.names = append(p.names, name)
+		if err := p.node(dir, name, depth+1); err != nil {
 			return err
 		}
 		if err := p.w.expect(")"); err != nil {
-			return p.wrap(rel+"/"+name, err)
+			return p.wrap(err)
 		}
+		p.names = p.names[:len(p.names)-1]
 	}
 }
 
@@ -369,23 +373,45 @@ func (s *fsSink) regular(dir int, name string, exec bool, c *contentReader) erro
 		return fmt.Errorf("create %s: %w", name, err)
 	}
 	s.created(dir)
-	f := os.NewFile(uintptr(fd), name)
-	defer f.Close()
-	if _, err := io.CopyBuffer(writerOnly{f}, c, s.buf); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	mode := os.FileMode(0o444)
+	// Raw descriptor writes: an *os.File costs an allocation and a poller registration
+	// per file, which shows with many small files.
+	err = s.copyTo(fd, c)
+	mode := uint32(0o444)
 	if exec {
 		mode = 0o555
 	}
-	if err := f.Chmod(mode); err != nil {
-		return err
+	if err == nil {
+		if err = unix.Fchmod(fd, mode); err != nil {
+			err = fmt.Errorf("chmod %s: %w", name, err)
+		}
 	}
-	if err := unix.UtimesNanoAt(dir, name, mtime1, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("set mtime of %s: %w", name, err)
+	if err == nil {
+		if err = unix.UtimesNanoAt(dir, name, mtime1, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			err = fmt.Errorf("set mtime of %s: %w", name, err)
+		}
 	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
+	if cerr := unix.Close(fd); err == nil && cerr != nil {
+		err = fmt.Errorf("write %s: %w", name, cerr)
+	}
+	return err
+}
+
+func (s *fsSink) copyTo(fd int, c *contentReader) error {
+	for c.remaining > 0 {
+		n, err := c.Read(s.buf)
+		for b := s.buf[:n]; len(b) > 0; {
+			m, werr := unix.Write(fd, b)
+			if werr == unix.EINTR {
+				continue
+			}
+			if werr != nil {
+				return fmt.Errorf("write: %w", werr)
+			}
+			b = b[m:]
+		}
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }
