@@ -67,26 +67,38 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 	for _, m := range matching {
 		health, err := h.state.Health(m.ID())
 		if err != nil {
-			h.say("offload: %v", err)
+			h.say("offload: %v", err) // a damaged state file counts as healthy
 		}
 		if health.Down(now) {
+			h.sayDown(m, health, now)
 			down = append(down, m)
 			continue
 		}
-		slot, n, err := locking.AcquireSlot(filepath.Join(h.Conf.StateDir, m.ID()), max(m.ParallelBuilds, 1),
-			fmt.Sprintf("building %s", req.Drv))
-		if err != nil {
-			h.say("offload: machine '%s': %v", m.Display(), err)
-			busy++
-			continue
+		slots := max(m.ParallelBuilds, 1)
+		c := &candidate{m: m}
+		if h.DryRun {
+			free := freeSlots(filepath.Join(h.Conf.StateDir, m.ID()), slots)
+			h.say("offload: machine '%s' has %d of %d build slots free", m.Display(), free, slots)
+			if free == 0 {
+				busy++
+				continue
+			}
+		} else {
+			slot, _, err := locking.AcquireSlot(filepath.Join(h.Conf.StateDir, m.ID()), slots,
+				fmt.Sprintf("building %s", req.Drv))
+			if err != nil {
+				h.say("offload: machine '%s': %v", m.Display(), err)
+				busy++
+				continue
+			}
+			if slot == nil {
+				h.say("offload: machine '%s' is busy: all %d build slots in use", m.Display(), slots)
+				busy++
+				continue
+			}
+			c.slot = slot
 		}
-		if slot == nil {
-			h.say("offload: machine '%s' is busy: all %d build slots in use", m.Display(), max(m.ParallelBuilds, 1))
-			busy++
-			continue
-		}
-		_ = n
-		cands = append(cands, &candidate{m: m, slot: slot})
+		cands = append(cands, c)
 	}
 
 	h.probeAll(ctx, cands, now)
@@ -98,33 +110,74 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 			down = append(down, c.m)
 		}
 	}
-	verdicts := machines.Rank(cs, h.Rand)
 	var best *candidate
-	for _, v := range verdicts {
+	for _, v := range machines.Rank(cs, h.Rand) {
 		c := findCandidate(cands, v.M)
-		if v.Usable && best == nil {
+		switch {
+		case v.Usable && best == nil:
 			best = c
-			if p := c.probe; p != nil {
-				h.say("offload: normalized load on machine '%s' is %.2f", v.M.Display(), p.NormalizedLoad())
+			if h.DryRun {
+				h.say("offload: %s", v.Reason)
+			} else {
+				h.say("offload: normalized load on machine '%s' is %.2f", v.M.Display(), c.probe.NormalizedLoad())
 			}
 			continue
-		}
-		if !v.Usable && c.probe != nil {
+		case v.Usable:
+			if h.DryRun {
+				h.say("offload: %s", v.Reason)
+			}
+		case c.probe != nil:
 			busy++ // overloaded or low on disk: it may get better
-		}
-		if !v.Usable {
+			h.say("offload: %s", v.Reason)
+		default:
 			h.say("offload: %s", v.Reason)
 		}
-		c.slot.Release()
+		if c.slot != nil {
+			c.slot.Release()
+		}
 	}
 	if best != nil {
 		return decision{answer: "accept", machine: best.m, slot: best.slot}
 	}
-
 	if busy == 0 && len(down) > 0 {
-		return h.allDown(req, down, now)
+		return h.allDown(req, down)
 	}
 	return decision{answer: "postpone"}
+}
+
+// freeSlots counts the slots nobody holds, without taking one (for explain).
+func freeSlots(dir string, n int) int {
+	free := 0
+	for i := 0; i < n; i++ {
+		if _, _, held, err := locking.Holder(filepath.Join(dir, strconv.Itoa(i))); err == nil && !held {
+			free++
+		}
+	}
+	return free
+}
+
+// sayDown tells why a machine in backoff is skipped: at most once a minute per machine
+// across hook processes, since postponed requests come back every 5 s.
+func (h *Hook) sayDown(m *machines.Machine, health machines.Health, now time.Time) {
+	if !h.DryRun {
+		if ok, err := h.state.Notice(m.ID(), now, time.Minute); err == nil && !ok {
+			return
+		}
+	}
+	h.say("offload: machine %s is down; next try in %s", downSince(m, health), health.RetryAfter.Sub(now).Round(time.Second))
+}
+
+// downSince describes a down machine: "'name' (since TIME: last error)".
+func downSince(m *machines.Machine, health machines.Health) string {
+	since := "just now"
+	if !health.DownSince.IsZero() {
+		since = "since " + health.DownSince.Format(time.RFC3339)
+	}
+	part := fmt.Sprintf("'%s' (%s", m.Display(), since)
+	if health.LastError != "" {
+		part += ": " + health.LastError
+	}
+	return part + ")"
 }
 
 func findCandidate(cs []*candidate, m *machines.Machine) *candidate {
@@ -138,32 +191,15 @@ func findCandidate(cs []*candidate, m *machines.Machine) *candidate {
 
 // allDown handles a request whose matching machines are all down (issue 9): let the
 // daemon build locally when it has a free slot, unless the user said to wait.
-func (h *Hook) allDown(req Request, down []*machines.Machine, now time.Time) decision {
-	var parts []string
-	for _, m := range down {
-		health, _ := h.state.Health(m.ID())
-		since := "just now"
-		if !health.DownSince.IsZero() {
-			since = "since " + health.DownSince.Format(time.RFC3339)
-		}
-		part := fmt.Sprintf("'%s' (%s", m.Display(), since)
-		if health.LastError != "" {
-			part += ": " + health.LastError
-		}
-		parts = append(parts, part+")")
-	}
-	list := strings.Join(parts, ", ")
+func (h *Hook) allDown(req Request, down []*machines.Machine) decision {
 	if req.WantsLocal && h.Conf.Fallback != "wait" {
-		h.say("offload: every machine for %s is down: %s; building locally", req.System, list)
-		return decision{answer: "decline"}
-	}
-	// Postponed requests come back every 5 s: say it at most once a minute a machine.
-	for i, m := range down {
-		if last, ok := h.lastDownAt[m.ID()]; ok && now.Sub(last) < time.Minute {
-			continue
+		var parts []string
+		for _, m := range down {
+			health, _ := h.state.Health(m.ID())
+			parts = append(parts, downSince(m, health))
 		}
-		h.lastDownAt[m.ID()] = now
-		h.say("offload: machine %s is down; waiting for it", parts[i])
+		h.say("offload: every machine for %s is down: %s; building locally", req.System, strings.Join(parts, ", "))
+		return decision{answer: "decline"}
 	}
 	return decision{answer: "postpone"}
 }

@@ -100,8 +100,10 @@ type Hook struct {
 	Now    func() time.Time
 	Rand   *rand.Rand
 
-	state      machines.State
-	lastDownAt map[string]time.Time // rate limit of "machine is down" messages when postponing
+	// DryRun decides without taking a build slot (for `offload explain`).
+	DryRun bool
+
+	state machines.State
 }
 
 func (h *Hook) init() {
@@ -118,7 +120,6 @@ func (h *Hook) init() {
 		h.Answer = h.Out
 	}
 	h.state = machines.State{Dir: h.Conf.StateDir}
-	h.lastDownAt = map[string]time.Time{}
 }
 
 // say prints one line for the user (the daemon copies it to the client).

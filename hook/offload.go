@@ -267,6 +267,7 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 		Allowed:  outputs,
 		ACL:      acl,
 		Log:      h.Out,
+		Replace:  true, // the daemon asked for them: whatever is there is not valid
 	})
 	pr.CloseWithError(errors.New("import ended"))
 	if impErr != nil {

@@ -315,15 +315,20 @@ type ImportOptions struct {
 	// requires every item signed, by a key in the ACL, over the right hash.
 	ACL *ACL
 	Log io.Writer // optional: one line per item
+	// Replace: a path that already exists is replaced rather than left alone. The hook
+	// sets it: the daemon asked for these outputs because they are not valid, so
+	// whatever sits at their paths (left by a crash) must not be registered.
+	Replace bool
 }
 
-// ImportBundle restores the items of the bundle in r into the store. Each item is
-// restored into a temporary directory inside RealDir (named TempPrefix + random, never
-// a valid store path), its metadata and signature are checked, and only then is it
-// renamed to its store path. A path that already exists is left alone (its nar is
-// still read and checked). On error the temporary is removed and nothing is left at a
-// store path that was not there; items completed before the error stay. Data after the
-// end marker is an error. It returns the items restored or found present.
+// ImportBundle restores the items of the bundle in r into the store, all or nothing.
+// Each item is restored into a temporary directory inside RealDir (named TempPrefix +
+// random, never a valid store path) and its metadata and signature are checked; only
+// when the whole bundle has been read and checked, end marker included, are the items
+// renamed to their store paths. A path that already exists is left alone (unless
+// Replace). On any error every temporary is removed and nothing appears at a store
+// path. Data after the end marker is an error. It returns the items restored or found
+// present.
 func ImportBundle(r io.Reader, opt ImportOptions) ([]ItemInfo, error) {
 	if opt.StoreDir == "" || !filepath.IsAbs(opt.StoreDir) || filepath.Clean(opt.StoreDir) != opt.StoreDir {
 		return nil, fmt.Errorf("import: invalid store directory %q", opt.StoreDir)
@@ -332,34 +337,55 @@ func ImportBundle(r io.Reader, opt ImportOptions) ([]ItemInfo, error) {
 	if realDir == "" {
 		realDir = opt.StoreDir
 	}
+	type staged struct {
+		tmp  string
+		info ItemInfo
+	}
+	var items []staged
+	cleanup := func() {
+		for _, it := range items {
+			removeTree(it.tmp)
+		}
+	}
+	seen := map[string]bool{}
 	br := NewBundleReader(r)
-	var done []ItemInfo
 	for {
 		tmp, err := tempName(realDir)
 		if err != nil {
-			return done, err
+			cleanup()
+			return nil, err
 		}
 		info, err := br.Next(tmp)
 		if err == io.EOF {
-			return done, nil
+			break
 		}
 		if err != nil {
-			return done, fmt.Errorf("import into %s: %w", realDir, err)
+			removeTree(tmp)
+			cleanup()
+			return nil, fmt.Errorf("import into %s: %w", realDir, err)
 		}
-		present, err := installItem(tmp, realDir, info, &opt)
-		if err != nil {
-			if rerr := removeTree(tmp); rerr != nil {
-				err = fmt.Errorf("%w (and removing %s: %v)", err, tmp, rerr)
-			}
-			return done, fmt.Errorf("import %s: %w", info.Path, err)
+		items = append(items, staged{tmp, info})
+		if seen[info.Path] {
+			cleanup()
+			return nil, fmt.Errorf("import %s: %w: the path appears twice", info.Path, ErrInvalidArchive)
 		}
-		if present {
-			if err := removeTree(tmp); err != nil {
-				return done, fmt.Errorf("import %s: removing %s: %w", info.Path, tmp, err)
-			}
+		seen[info.Path] = true
+		if err := checkItem(info, &opt); err != nil {
+			cleanup()
+			return nil, fmt.Errorf("import %s: %w", info.Path, err)
 		}
-		done = append(done, info)
 	}
+	var done []ItemInfo
+	for i, it := range items {
+		if err := placeItem(it.tmp, realDir, it.info, opt.Replace); err != nil {
+			for _, rest := range items[i:] {
+				removeTree(rest.tmp)
+			}
+			return done, fmt.Errorf("import %s: %w", it.info.Path, err)
+		}
+		done = append(done, it.info)
+	}
+	return done, nil
 }
 
 func tempName(dir string) (string, error) {
@@ -370,54 +396,72 @@ func tempName(dir string) (string, error) {
 	return filepath.Join(dir, TempPrefix+hex.EncodeToString(b[:])), nil
 }
 
-// installItem checks an item restored at tmp and renames it to its store path. It
-// reports present when the path already existed (tmp is then left for the caller).
-func installItem(tmp, realDir string, info ItemInfo, opt *ImportOptions) (present bool, err error) {
+// checkItem checks an item's metadata, that it was asked for, and its signature.
+func checkItem(info ItemInfo, opt *ImportOptions) error {
 	if err := ValidateStorePath(opt.StoreDir, info.Path); err != nil {
-		return false, fmt.Errorf("%w: %w", ErrInvalidArchive, err)
+		return fmt.Errorf("%w: %w", ErrInvalidArchive, err)
 	}
 	for _, ref := range info.References {
 		if err := ValidateStorePath(opt.StoreDir, ref); err != nil {
-			return false, fmt.Errorf("%w: reference: %w", ErrInvalidArchive, err)
+			return fmt.Errorf("%w: reference: %w", ErrInvalidArchive, err)
 		}
 	}
 	if info.Deriver != "" {
 		if err := ValidateStorePath(opt.StoreDir, info.Deriver); err != nil {
-			return false, fmt.Errorf("%w: deriver: %w", ErrInvalidArchive, err)
+			return fmt.Errorf("%w: deriver: %w", ErrInvalidArchive, err)
 		}
 	}
 	if opt.Allowed != nil && !slices.Contains(opt.Allowed, info.Path) {
-		return false, ErrNotAllowed
+		return ErrNotAllowed
 	}
 	if opt.Log != nil {
 		fmt.Fprintf(opt.Log, "importing file or directory '%s'...\n", info.Path)
 	}
 	if opt.ACL != nil {
 		if info.Signature == nil {
-			return false, ErrNoSignature
+			return ErrNoSignature
 		}
 		if _, err := VerifySignature(info.Signature, info.Hash, opt.ACL); err != nil {
-			return false, err
+			return err
 		}
 	}
+	return nil
+}
+
+// placeItem renames a checked item from tmp to its store path (tmp is removed when the
+// path is already there and is kept).
+func placeItem(tmp, realDir string, info ItemInfo, replace bool) error {
 	final := filepath.Join(realDir, filepath.Base(info.Path))
-	if _, err := os.Lstat(final); err == nil {
-		return true, nil
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return false, err
+	if replace {
+		if _, err := os.Lstat(final); err == nil {
+			// Move the old one aside first, so the path never holds a mix of both.
+			old, err := tempName(realDir)
+			if err != nil {
+				return err
+			}
+			if err := os.Rename(final, old); err != nil {
+				return fmt.Errorf("move aside %s: %w", final, err)
+			}
+			defer removeTree(old)
+		}
 	}
-	err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE)
-	if errors.Is(err, unix.EEXIST) {
-		return true, nil
-	}
+	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE)
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
-		// No RENAME_NOREPLACE on this file system: we checked just above.
-		err = os.Rename(tmp, final)
+		// No RENAME_NOREPLACE on this file system.
+		if _, serr := os.Lstat(final); serr == nil {
+			err = unix.EEXIST
+		} else {
+			err = os.Rename(tmp, final)
+		}
+	}
+	if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
+		// Already present (restored by someone else): keep theirs.
+		return removeTree(tmp)
 	}
 	if err != nil {
-		return false, fmt.Errorf("rename %s to %s: %w", tmp, final, err)
+		return fmt.Errorf("rename %s to %s: %w", tmp, final, err)
 	}
-	return false, nil
+	return nil
 }
 
 // VerifyBundle checks every item of the bundle in r against acl (nil: no key is
