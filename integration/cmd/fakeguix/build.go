@@ -357,7 +357,7 @@ func (e *env) execBuilder(ctx context.Context, d *drv.Derivation, tmp string, op
 		return fmt.Sprintf("executing builder `%s': %v", d.Builder, err)
 	}
 	pw.Close()
-	killGroup := func() { syscall.Kill(cmd.Process.Pid, syscall.SIGKILL) }
+	killGroup := func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 
 	activity := make(chan struct{}, 1)
 	copied := make(chan struct{})
