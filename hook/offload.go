@@ -245,6 +245,10 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 	}
 	defer lock.Release()
 
+	// Leftovers of hooks the daemon killed mid-import (it uses SIGKILL).
+	if removed, err := storeio.CleanStaleTemps(h.Conf.StoreDir); err == nil && len(removed) > 0 {
+		h.say("offload: removed %d stale temporary director%s from %s", len(removed), map[bool]string{true: "y", false: "ies"}[len(removed) == 1], h.Conf.StoreDir)
+	}
 	acl, err := storeio.LoadACL(path.Join(h.Conf.ConfDir, "acl"))
 	if err != nil {
 		return fmt.Errorf("cannot check what machine '%s' returns: %w", m.Display(), err)

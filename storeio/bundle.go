@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -393,7 +395,40 @@ func tempName(dir string) (string, error) {
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", fmt.Errorf("import: %w", err)
 	}
-	return filepath.Join(dir, TempPrefix+hex.EncodeToString(b[:])), nil
+	// The PID in the name lets CleanStaleTemps tell a dead importer's leftovers from
+	// a live one's.
+	return filepath.Join(dir, fmt.Sprintf("%s%d-%s", TempPrefix, os.Getpid(), hex.EncodeToString(b[:]))), nil
+}
+
+// CleanStaleTemps removes the temporary directories that importers which no longer
+// run left in dir (a hook killed with SIGKILL mid-import cannot clean up after itself).
+// It returns the names it removed.
+func CleanStaleTemps(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, e := range entries {
+		name := e.Name()
+		rest, ok := strings.CutPrefix(name, TempPrefix)
+		if !ok {
+			continue
+		}
+		pidText, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidText)
+		if !ok || err != nil || pid <= 0 {
+			continue // not ours to judge
+		}
+		if err := unix.Kill(pid, 0); err == nil || errors.Is(err, unix.EPERM) {
+			continue // its importer still runs
+		}
+		if err := removeTree(filepath.Join(dir, name)); err != nil {
+			return removed, err
+		}
+		removed = append(removed, name)
+	}
+	return removed, nil
 }
 
 // checkItem checks an item's metadata, that it was asked for, and its signature.

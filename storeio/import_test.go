@@ -3,7 +3,9 @@ package storeio
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -237,5 +239,33 @@ func TestImportRefusesDuplicatePath(t *testing.T) {
 	}
 	if names := listDir(t, store); len(names) != 0 {
 		t.Errorf("store holds %q", names)
+	}
+}
+
+// TestCleanStaleTemps: a dead importer's temporary directory is removed; a live one's
+// (ours) and anything else are left alone.
+func TestCleanStaleTemps(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead := fmt.Sprintf("%s%d-abc", TempPrefix, cmd.Process.Pid) // exited and reaped
+	live := fmt.Sprintf("%s%d-def", TempPrefix, os.Getpid())
+	for _, n := range []string{dead, live, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-item", TempPrefix + "nopid"} {
+		if err := os.MkdirAll(filepath.Join(dir, n, "sub"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Chmod(filepath.Join(dir, dead), 0o555) // as restored: read-only
+	removed, err := CleanStaleTemps(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 1 || removed[0] != dead {
+		t.Fatalf("removed %q, want only %q", removed, dead)
+	}
+	if got := listDir(t, dir); len(got) != 3 {
+		t.Errorf("left %q", got)
 	}
 }
