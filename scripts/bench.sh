@@ -1,0 +1,73 @@
+#!/bin/sh
+# Run the benchmarks of issue 7 and write BENCHMARKS.md (make bench).
+# BENCH_QUICK=1 runs small sizes (for development; BENCHMARKS.md then says so).
+# Each benchmark reports figures as UNIT and their baseline, measured in the same run,
+# as base-UNIT (see integration/bench_test.go); this script tabulates them with ratios.
+set -eu
+cd "$(dirname "$0")/.."
+
+out=BENCHMARKS.md
+raw=$(mktemp)
+trap 'rm -f "$raw"' EXIT INT TERM
+
+cmd="go test -count=1 -run '^\$' -bench . -benchtime 1x -timeout 60m ./integration"
+mode=full
+if [ "${BENCH_QUICK:-}" = 1 ]; then mode="quick (BENCH_QUICK=1)"; cmd="BENCH_QUICK=1 $cmd"; fi
+echo "+ $cmd" >&2
+if ! sh -c "$cmd" | tee "$raw" >&2; then
+	echo "bench: go test failed; BENCHMARKS.md not written" >&2
+	exit 1
+fi
+
+mem=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+{
+	echo "# Benchmarks"
+	echo
+	echo "Written by \`make bench\` (scripts/bench.sh) on $(date -u '+%Y-%m-%d %H:%M UTC'); $mode run."
+	echo "Every figure comes with a baseline measured in the same run; ratio = figure / baseline."
+	echo
+	echo "Machine: $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $mem memory, kernel $(uname -r), $(go version | cut -d' ' -f3-)."
+	echo
+	echo "Command: \`$cmd\`"
+	echo
+	echo "| benchmark | figure | value | baseline | ratio |"
+	echo "|---|---|---:|---:|---:|"
+	awk '
+	/^Benchmark/ {
+		name = $1; sub(/-[0-9]+$/, "", name); sub(/^Benchmark/, "", name)
+		delete v; n = 0
+		for (i = 5; i + 1 <= NF; i += 2) { v[$(i + 1)] = $i; if ($(i + 1) !~ /^base-/) order[++n] = $(i + 1) }
+		for (j = 1; j <= n; j++) {
+			u = order[j]; b = ("base-" u) in v ? v["base-" u] : ""
+			r = (b != "" && b + 0 != 0) ? sprintf("%.2f", v[u] / b) : ""
+			printf "| %s | %s | %s | %s | %s |\n", name, u, v[u], b, r
+		}
+	}' "$raw"
+	echo
+	cat <<'EOF'
+What the figures are (integration/bench_test.go):
+
+- Decision: time from writing the request line to reading `# accept/decline/postpone`
+  through integration/daemon against the real binary; `first` is the first request
+  (probes every machine), `median` the median over the run. The machines file holds one
+  live machine (real sshd on 127.0.0.1) and N-1 entries on ports where nothing listens.
+  Baseline: median of `true` run remotely by sshexec over a warm shared connection.
+- Startup: a whole `offload --version` process, and a whole hook process that answers
+  one decline and exits, against `true`.
+- Transfer: a derivation with a random (incompressible) input closure offloaded by the
+  hook (whole offload: request, probe, upload, build, download; upload: the hook's own
+  "sent ... in Ns" line) against the bare `guix archive --export | ssh host guix archive
+  --import` pipeline with the stand-in over the same sshd with the same ssh options and
+  compression (on: machines.scm's default). Wire bytes are the export stream's size
+  before ssh compression; the data is random, so compression cannot shrink it.
+- Restore: `offload archive restore DIR < NAR` (storeio.Restore) against `nix-store
+  --restore DIR < NAR` on the same nar (made by `nix-store --dump`), each a child
+  process; peak RSS from its rusage.
+- Concurrency: requests at once, 3 machines with parallel-builds 2, each build sleeping;
+  postponed requests asked again every 200 ms on the same hook. Baseline for the time:
+  the ideal (waves of 6 builds x build time). Max concurrency from the builders' own
+  start/end lines (checked: never above 2). Hook peak RSS: the largest VmHWM seen while
+  polling every 20 ms, against the same reading of a hook that only declined.
+EOF
+} >"$out"
+echo "bench: wrote $out" >&2
