@@ -152,6 +152,9 @@ func TestHostileOutputs(t *testing.T) {
 				t.Fatalf("status %d, want a transient failure:\n%s", r.status, r.messages)
 			}
 			assertNotInStore(t, f, d.OutputPaths(), before)
+			if b, err := os.ReadFile(f.Canary()); err != nil || string(b) != farm.CanaryText {
+				t.Errorf("the hostile archive wrote outside the store: canary %q, %v", b, err)
+			}
 			if !strings.Contains(r.messages, "127.0.0.1") {
 				t.Errorf("the error does not name the machine:\n%s", r.messages)
 			}

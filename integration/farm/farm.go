@@ -141,11 +141,16 @@ func New(t testing.TB, opts Options) *Farm {
 			"GUIX_CONFIGURATION_DIRECTORY": m.Store.Conf,
 			"FAKEGUIX_LOG":                 m.GuixLog,
 			"FAKEGUIX_HOSTILE_FILE":        filepath.Join(mdir, "hostile"),
+			// A hostile archive's symlink points here, never at a real system file.
+			"FAKEGUIX_HOSTILE_TARGET": filepath.Join(dir, "canary"),
 		}})
 		m.Port = m.Server.Port
 		f.Machines = append(f.Machines, m)
 	}
 	writeACL(t, f.Local, machineKeys...)
+	if err := os.WriteFile(f.Canary(), []byte(CanaryText), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	return f
 }
 
@@ -183,6 +188,13 @@ func writeACL(t testing.TB, s Store, keys ...*storeio.PublicKey) {
 		t.Fatal(err)
 	}
 }
+
+// CanaryText is what the farm's canary file holds until something writes through a
+// hostile archive's symlink.
+const CanaryText = "canary: untouched\n"
+
+// Canary is the file hostile archives point their symlinks at.
+func (f *Farm) Canary() string { return filepath.Join(f.Dir, "canary") }
 
 // MachinesFile is where WriteMachinesFile writes: Local.Conf/machines.scm.
 func (f *Farm) MachinesFile() string { return filepath.Join(f.Local.Conf, "machines.scm") }
