@@ -25,8 +25,8 @@ test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 12m ./...
 
-demo: deps build
-	sh scripts/demo.sh
+demo: deps
+	$(GO) run ./integration/cmd/demo
 
 bench: deps build
 	sh scripts/bench.sh
