@@ -100,7 +100,7 @@ func (h *Hook) upload(ctx context.Context, m *machines.Machine, drv string, inpu
 	out, err := h.Runner.OutputRemote(ctx, t, []string{"guix", "archive", "--missing"},
 		strings.NewReader(strings.Join(want, "\n")+"\n"))
 	if err != nil {
-		return fmt.Errorf("asking machine '%s' which inputs it lacks: %w", m.Display(), err)
+		return fmt.Errorf("asking which inputs it lacks: %w", err)
 	}
 	wanted := map[string]bool{}
 	for _, p := range want {
@@ -121,7 +121,7 @@ func (h *Hook) upload(ctx context.Context, m *machines.Machine, drv string, inpu
 	start := time.Now()
 	n, err := h.pipeExport(ctx, t, missing)
 	if err != nil {
-		return fmt.Errorf("sending %d store items to machine '%s': %w", len(missing), m.Display(), err)
+		return fmt.Errorf("sending %d store items: %w", len(missing), err)
 	}
 	h.say("offload: sent %d store item%s (%s) to '%s' in %.1fs", len(missing), plural(len(missing)), mib(n), m.Display(), time.Since(start).Seconds())
 	return nil

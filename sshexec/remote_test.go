@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -117,7 +118,7 @@ func TestWrongHostKeyRefused(t *testing.T) {
 				t.Errorf("pinned %q offered %q", ue.PinnedType, ue.OfferedType)
 			}
 			msg := err.Error()
-			for _, want := range []string{"'127.0.0.1'", "ssh-" + keyType, "ED25519", "ssh-keyscan"} {
+			for _, want := range []string{fmt.Sprintf("'127.0.0.1:%d'", s.Port), "ssh-" + keyType, "ED25519", "ssh-keyscan"} {
 				if !strings.Contains(msg, want) {
 					t.Errorf("message %q lacks %q", msg, want)
 				}
@@ -167,7 +168,7 @@ func TestExitStatuses(t *testing.T) {
 	if !errors.As(err, &ue) || ue.HostKeyMismatch {
 		t.Fatalf("err = %v, want UnreachableError", err)
 	}
-	if !strings.Contains(err.Error(), "cannot reach or authenticate to machine '127.0.0.1'") || !strings.Contains(err.Error(), "refused") {
+	if !strings.Contains(err.Error(), fmt.Sprintf("cannot reach or authenticate to machine '127.0.0.1:%d'", s.Port)) || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("message %q", err)
 	}
 	// The machine comes back: a new connection is made.

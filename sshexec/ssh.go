@@ -79,6 +79,15 @@ type UnreachableError struct {
 	OfferedType     string
 }
 
+// display names the machine as the machines file does: name, plus :port when the port
+// is not 22 (several entries may share a name).
+func display(name string, port int) string {
+	if port == 0 || port == 22 {
+		return name
+	}
+	return fmt.Sprintf("%s:%d", name, port)
+}
+
 func (e *UnreachableError) Error() string {
 	if e.HostKeyMismatch {
 		offered := e.OfferedType
@@ -86,9 +95,9 @@ func (e *UnreachableError) Error() string {
 			offered = "unknown"
 		}
 		return fmt.Sprintf("machine '%s' presented a host key (type %s) that does not match its pinned host-key (type %s) in machines.scm: refusing to connect; if the machine's key really changed, get the new one with `ssh-keyscan -p %d %s` and update host-key",
-			e.Machine, offered, e.PinnedType, e.Port, e.Machine)
+			display(e.Machine, e.Port), offered, e.PinnedType, e.Port, e.Machine)
 	}
-	msg := fmt.Sprintf("cannot reach or authenticate to machine '%s'", e.Machine)
+	msg := fmt.Sprintf("cannot reach or authenticate to machine '%s'", display(e.Machine, e.Port))
 	if t := lastLines(e.StderrTail, 3); t != "" {
 		msg += ": " + t
 	}
