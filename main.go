@@ -32,6 +32,10 @@ type CLI struct {
 
 	Offload OffloadCmd `cmd:"" help:"Run as guix-daemon's build hook (the daemon starts it this way)."`
 	Archive ArchiveCmd `cmd:"" help:"Read, write and check store archives (nar) and export bundles."`
+
+	Machines MachinesCmd `cmd:"" help:"Print the machines file with every field resolved, and its warnings."`
+	Test     TestCmd     `cmd:"" help:"Check each build machine the way the hook uses it; one line per check."`
+	Status   StatusCmd   `cmd:"" help:"Show each build machine's state, load, disk, clock and build slots."`
 }
 
 // ourCommands are the first words that this program handles itself; any other word is

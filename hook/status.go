@@ -1,0 +1,362 @@
+package hook
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"offload/locking"
+	"offload/machines"
+	"offload/sshexec"
+)
+
+// Status is what `offload status` knows of one machine: what it said when asked just
+// now (one ssh round trip), what the hook's state remembers, and who holds its slots.
+type Status struct {
+	Machine   string `json:"machine"` // as in messages: name, with the port when not 22
+	Name      string `json:"name"`
+	Port      int    `json:"port"`
+	Reachable bool   `json:"reachable"`
+	Error     string `json:"error,omitempty"` // why it is not reachable
+	// From the hook's backoff state (machines.State).
+	DownSince  *time.Time `json:"down_since,omitempty"`
+	Failures   int        `json:"failures,omitempty"`
+	RetryAfter *time.Time `json:"retry_after,omitempty"`
+	LastError  string     `json:"last_error,omitempty"`
+	// From the machine, when reachable.
+	Kernel         string   `json:"kernel,omitempty"`
+	Architecture   string   `json:"architecture,omitempty"`
+	HostName       string   `json:"host_name,omitempty"`
+	Cores          int      `json:"cores,omitempty"`
+	Load1          *float64 `json:"load1,omitempty"`
+	NormalizedLoad *float64 `json:"normalized_load,omitempty"`
+	FreeBytes      *int64   `json:"free_bytes,omitempty"` // free space in its store
+	// ClockOffset is the machine's clock minus ours, in seconds: negative when it
+	// is behind. It includes the time the answer took to come back (a few ms).
+	ClockOffset *float64 `json:"clock_offset_seconds,omitempty"`
+	GuixVersion string   `json:"guix_version,omitempty"` // first line of `guix --version`; "" when guix does not run
+	// From the local slot files.
+	ParallelBuilds int          `json:"parallel_builds"`
+	SlotsInUse     int          `json:"slots_in_use"`
+	Slots          []SlotHolder `json:"slots"`
+	Warnings       []string     `json:"warnings,omitempty"`
+}
+
+// SlotHolder is a build slot in use and who holds it.
+type SlotHolder struct {
+	Slot       int    `json:"slot"`
+	PID        int    `json:"pid"`
+	Reason     string `json:"reason"`               // what the holder wrote, e.g. "building /gnu/store/...drv"
+	Derivation string `json:"derivation,omitempty"` // the .drv of Reason, if any
+}
+
+// ClockBehindWarning is how far behind a machine's clock may be before status warns.
+const ClockBehindWarning = 2 * time.Second
+
+// statusScript prints, in one round trip, one "KEY VALUE" line per fact; the clock
+// comes last, closest to the moment the answer reaches us.
+const statusScript = `s=$1
+echo "kernel $(uname -s) $(uname -r)"
+echo "arch $(uname -m)"
+echo "host $(uname -n)"
+echo "cores $(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null)"
+echo "load $(cat /proc/loadavg 2>/dev/null)"
+echo "df $(df -Pk "$s" 2>/dev/null | tail -n 1)"
+echo "guix $(guix --version 2>/dev/null | head -n 1)"
+echo "time $(date +%s.%N)"`
+
+// StatusFacts is what statusScript reports.
+type StatusFacts struct {
+	Kernel, Architecture, HostName, GuixVersion string
+	Cores                                       int
+	Load1                                       float64
+	FreeBytes                                   int64 // -1 unknown
+	Time                                        time.Time
+}
+
+// ParseStatusFacts parses statusScript's output. Facts a machine could not give
+// (no nproc, no df) stay zero or -1; a missing clock or load is an error, since the
+// output is then not from the script.
+func ParseStatusFacts(out string) (StatusFacts, error) {
+	f := StatusFacts{FreeBytes: -1}
+	var haveTime, haveLoad bool
+	for _, line := range strings.Split(out, "\n") {
+		key, val, _ := strings.Cut(line, " ")
+		val = strings.TrimSpace(val)
+		switch key {
+		case "kernel":
+			f.Kernel = val
+		case "arch":
+			f.Architecture = val
+		case "host":
+			f.HostName = val
+		case "cores":
+			f.Cores, _ = strconv.Atoi(val)
+		case "load":
+			fs := strings.Fields(val)
+			if len(fs) > 0 {
+				if l, err := strconv.ParseFloat(fs[0], 64); err == nil && l >= 0 {
+					f.Load1, haveLoad = l, true
+				}
+			}
+		case "df":
+			if fs := strings.Fields(val); len(fs) >= 4 {
+				if kb, err := strconv.ParseInt(fs[3], 10, 64); err == nil {
+					f.FreeBytes = kb * 1024
+				}
+			}
+		case "guix":
+			f.GuixVersion = val
+		case "time":
+			sec, frac, _ := strings.Cut(val, ".")
+			s, err := strconv.ParseInt(sec, 10, 64)
+			if err != nil {
+				return f, fmt.Errorf("unexpected clock %q in status output", val)
+			}
+			ns := int64(0)
+			if len(frac) == 9 { // %N unsupported leaves "%N" or "N": whole seconds then
+				ns, _ = strconv.ParseInt(frac, 10, 64)
+			}
+			f.Time, haveTime = time.Unix(s, ns), true
+		}
+	}
+	if !haveTime || !haveLoad {
+		return f, fmt.Errorf("unexpected status output %q", out)
+	}
+	return f, nil
+}
+
+// StatusOptions say where the hook's state is and how long a machine may take.
+type StatusOptions struct {
+	StateDir string // $GUIX_STATE_DIRECTORY/offload
+	StoreDir string
+	Timeout  time.Duration // per machine; 0 means 10 s
+	Now      func() time.Time
+}
+
+// GatherStatus asks every machine of ms (once per name and port) for its status, in
+// parallel, one ssh round trip each, and reads the hook's state and slot files. It
+// changes nothing: the backoff state is read, not written.
+func GatherStatus(ctx context.Context, r *sshexec.Runner, ms []*machines.Machine, opt StatusOptions) []Status {
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.Timeout <= 0 {
+		opt.Timeout = 10 * time.Second
+	}
+	var todo []*machines.Machine
+	seen := map[string]bool{}
+	for _, m := range ms {
+		if !seen[m.ID()] {
+			seen[m.ID()] = true
+			todo = append(todo, m)
+		}
+	}
+	out := make([]Status, len(todo))
+	var wg sync.WaitGroup
+	for i, m := range todo {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i] = machineStatus(ctx, r, m, opt)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, opt StatusOptions) Status {
+	st := Status{Machine: m.Display(), Name: m.Name, Port: m.Port, ParallelBuilds: m.ParallelBuilds, Slots: []SlotHolder{}}
+
+	health, err := machines.State{Dir: opt.StateDir}.Health(m.ID())
+	if err != nil {
+		st.Warnings = append(st.Warnings, err.Error())
+	}
+	if !health.DownSince.IsZero() {
+		t := health.DownSince
+		st.DownSince = &t
+	}
+	if health.Failures > 0 {
+		t := health.RetryAfter
+		st.Failures, st.RetryAfter, st.LastError = health.Failures, &t, health.LastError
+	}
+
+	holders, err := SlotHolders(filepath.Join(opt.StateDir, m.ID()), max(m.ParallelBuilds, 1))
+	if err != nil {
+		st.Warnings = append(st.Warnings, err.Error())
+	}
+	st.Slots = append(st.Slots, holders...)
+	st.SlotsInUse = len(holders)
+
+	cctx, cancel := context.WithTimeout(ctx, opt.Timeout)
+	defer cancel()
+	b, err := r.OutputRemote(cctx, Target(m), []string{"sh", "-c", statusScript, "sh", opt.StoreDir}, nil)
+	now := opt.Now()
+	if err == nil {
+		var facts StatusFacts
+		if facts, err = ParseStatusFacts(string(b)); err == nil {
+			st.fill(facts, now)
+			return st
+		}
+	}
+	if cctx.Err() != nil && ctx.Err() == nil {
+		err = fmt.Errorf("no answer within %s: %w", opt.Timeout, err)
+	}
+	st.Error = err.Error()
+	return st
+}
+
+func (st *Status) fill(f StatusFacts, now time.Time) {
+	st.Reachable = true
+	st.Kernel, st.Architecture, st.HostName, st.GuixVersion = f.Kernel, f.Architecture, f.HostName, f.GuixVersion
+	st.Cores = f.Cores
+	load := f.Load1
+	st.Load1 = &load
+	norm := machines.Probe{Load1: f.Load1, Cores: f.Cores}.NormalizedLoad()
+	st.NormalizedLoad = &norm
+	if f.FreeBytes >= 0 {
+		free := f.FreeBytes
+		st.FreeBytes = &free
+		if free < machines.MinFreeBytes {
+			st.Warnings = append(st.Warnings, fmt.Sprintf("only %s free in its store: the hook will not use it below %s", humanBytes(free), humanBytes(machines.MinFreeBytes)))
+		}
+	}
+	off := math.Round(f.Time.Sub(now).Seconds()*1000) / 1000
+	st.ClockOffset = &off
+	if off < -ClockBehindWarning.Seconds() {
+		st.Warnings = append(st.Warnings, fmt.Sprintf("its clock is %.1f s behind ours", -off))
+	}
+	if f.GuixVersion == "" {
+		st.Warnings = append(st.Warnings, "guix does not run there (`guix --version` printed nothing)")
+	}
+}
+
+// SlotHolders returns the slots of dir (0 .. n-1) that someone holds now, and what
+// each holder wrote.
+func SlotHolders(dir string, n int) ([]SlotHolder, error) {
+	var out []SlotHolder
+	var errs []error
+	for i := range n {
+		pid, reason, held, err := locking.Holder(filepath.Join(dir, strconv.Itoa(i)))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !held {
+			continue
+		}
+		h := SlotHolder{Slot: i, PID: pid, Reason: reason}
+		for _, w := range strings.Fields(reason) {
+			if strings.HasSuffix(w, ".drv") {
+				h.Derivation = w
+			}
+		}
+		out = append(out, h)
+	}
+	return out, errors.Join(errs...)
+}
+
+// WriteStatusJSON writes the statuses as one JSON array (indented unless compact,
+// which gives one line, for --watch).
+func WriteStatusJSON(w io.Writer, sts []Status, compact bool) error {
+	if sts == nil {
+		sts = []Status{}
+	}
+	enc := json.NewEncoder(w)
+	if !compact {
+		enc.SetIndent("", "  ")
+	}
+	return enc.Encode(sts)
+}
+
+// WriteStatusTable writes an aligned table, one row per machine, then one line per
+// slot holder, error and warning, each starting with the machine.
+func WriteStatusTable(w io.Writer, sts []Status) error {
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "MACHINE\tSTATE\tKERNEL\tARCH\tHOST\tCORES\tLOAD\tFREE\tCLOCK\tGUIX\tSLOTS")
+	for _, s := range sts {
+		state := "up"
+		if !s.Reachable {
+			state = "DOWN"
+			if s.DownSince != nil {
+				state += " since " + s.DownSince.Local().Format("2006-01-02 15:04:05")
+			}
+		} else if s.RetryAfter != nil && s.Failures > 0 {
+			state = "up (hook backs off until " + s.RetryAfter.Local().Format("15:04:05") + ")"
+		}
+		cores, load, free, clock, guix := "-", "-", "-", "-", "-"
+		if s.Reachable {
+			cores = strconv.Itoa(s.Cores)
+			if s.NormalizedLoad != nil {
+				load = fmt.Sprintf("%.2f", *s.NormalizedLoad)
+			}
+			if s.FreeBytes != nil {
+				free = humanBytes(*s.FreeBytes)
+			}
+			if s.ClockOffset != nil {
+				clock = fmt.Sprintf("%+.1fs", *s.ClockOffset)
+			}
+			guix = shortVersion(s.GuixVersion)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\n", s.Machine, state, dash(s.Kernel), dash(s.Architecture),
+			dash(s.HostName), cores, load, free, clock, guix, s.SlotsInUse, max(s.ParallelBuilds, 1))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, s := range sts {
+		for _, h := range s.Slots {
+			fmt.Fprintf(w, "%s: slot %d: process %d: %s\n", s.Machine, h.Slot, h.PID, h.Reason)
+		}
+		if !s.Reachable {
+			fmt.Fprintf(w, "%s: unreachable: %s\n", s.Machine, oneLine(s.Error))
+		}
+		for _, warn := range s.Warnings {
+			fmt.Fprintf(w, "%s: warning: %s\n", s.Machine, warn)
+		}
+	}
+	return nil
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// shortVersion turns "guix (GNU Guix) 1.4.0" into "1.4.0" and a commit into its
+// first 12 digits; "" (guix did not run) into "none".
+func shortVersion(v string) string {
+	f := strings.Fields(v)
+	if len(f) == 0 {
+		return "none"
+	}
+	last := f[len(f)-1]
+	if len(last) > 12 {
+		last = last[:12]
+	}
+	return last
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
