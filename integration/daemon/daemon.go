@@ -48,7 +48,11 @@ type Hook struct {
 	last     time.Time // last output on fds 1/2 or 4
 	logDone  chan struct{}
 	waitOnce sync.Once
-	waitErr  error
+	// drainOnce starts the collection of the lines after the exchange; drained is
+	// closed when fds 1/2 reached EOF and every line was collected.
+	drainOnce sync.Once
+	drained   chan struct{}
+	waitErr   error
 }
 
 // ErrEOF is returned by Request when the hook closed fds 1/2 before
@@ -212,24 +216,31 @@ func (h *Hook) SendPaths(inputs, outputs []string) error {
 	if cerr := h.stdin.Close(); err == nil {
 		err = cerr
 	}
-	go h.drain()
+	h.drain()
 	if err != nil {
 		return fmt.Errorf("send paths to hook: %w", err)
 	}
 	return nil
 }
 
+// drain collects the remaining fd 1/2 lines in the background, once.
 func (h *Hook) drain() {
-	for l := range h.lines {
-		h.message(l)
-	}
+	h.drainOnce.Do(func() {
+		h.drained = make(chan struct{})
+		go func() {
+			defer close(h.drained)
+			for l := range h.lines {
+				h.message(l)
+			}
+		}()
+	})
 }
 
 // CloseStdin sends EOF on fd 0 (the hook must then exit 0) and keeps
 // collecting messages.
 func (h *Hook) CloseStdin() error {
 	err := h.stdin.Close()
-	go h.drain()
+	h.drain()
 	return err
 }
 
@@ -239,6 +250,9 @@ func (h *Hook) Wait() (status int, signaled bool, err error) {
 	h.waitOnce.Do(func() {
 		h.waitErr = h.cmd.Wait()
 		<-h.logDone
+		// Every line the hook wrote is in Messages once Wait returns.
+		h.drain()
+		<-h.drained
 	})
 	ws, ok := h.cmd.ProcessState.Sys().(syscall.WaitStatus)
 	if ok && ws.Signaled() {
