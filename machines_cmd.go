@@ -84,7 +84,7 @@ func listMachines(file string, asJSON bool, out, errOut io.Writer) error {
 }
 
 // SchemeFields writes every field of m, defaults included, as the build-machine
-// clauses that would give it: `(name "a") (port 22) (systems '("x86_64-linux")) ...`.
+// clauses that would give it, which read back as the same machine: `(name "a") (port 22) (systems '("x86_64-linux")) ...`.
 func SchemeFields(m *machines.Machine) string {
 	var b strings.Builder
 	field := func(name, value string) {
@@ -98,9 +98,7 @@ func SchemeFields(m *machines.Machine) string {
 	field("systems", schemeList(m.Systems))
 	field("user", schemeString(m.User))
 	field("private-key", schemeString(m.PrivateKey))
-	if m.HostKey == "" {
-		field("host-key", "#f")
-	} else {
+	if m.HostKey != "" { // absent: left out (it has no default; a warning says so)
 		field("host-key", schemeString(m.HostKey))
 	}
 	field("parallel-builds", strconv.Itoa(m.ParallelBuilds))

@@ -268,8 +268,11 @@ func SlotHolders(dir string, n int) ([]SlotHolder, error) {
 // WriteStatusJSON writes the statuses as one JSON array (indented unless compact,
 // which gives one line, for --watch).
 func WriteStatusJSON(w io.Writer, sts []Status, compact bool) error {
-	if sts == nil {
-		sts = []Status{}
+	sts = append([]Status{}, sts...)
+	for i := range sts {
+		if sts[i].Slots == nil {
+			sts[i].Slots = []SlotHolder{} // "slots": [] rather than null, for monitors
+		}
 	}
 	enc := json.NewEncoder(w)
 	if !compact {

@@ -1,14 +1,18 @@
 package machines
 
 import (
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"strings"
 	"syscall"
 )
 
-// LintFiles checks the files the machines name, which Parse cannot: each
+// LintFiles checks what Parse cannot: each host-key must be an OpenSSH public
+// key line (ssh cannot pin anything else, so that is an error), and each
 // private key must exist, be a readable regular file, and be closed to
 // group and others (OpenSSH ignores a key that its owner left open). A key
 // that is missing or not a file is an error; one this user cannot read is an
@@ -18,6 +22,11 @@ import (
 func LintFiles(ms []*Machine) (warnings []Warning, errs []*Error) {
 	seen := map[string]bool{}
 	for _, m := range ms {
+		if m.HostKey != "" {
+			if msg := checkHostKey(m.HostKey); msg != "" {
+				errs = append(errs, &Error{Pos: m.Pos, Msg: fmt.Sprintf("machine %s: host-key %s", m.ID(), msg)})
+			}
+		}
 		key := m.PrivateKey
 		if seen[key] {
 			continue
@@ -78,4 +87,25 @@ func unreadable(m *Machine, key string, euid int) (warning, errMsg string) {
 	}
 	return fmt.Sprintf("machine %s: private key %s cannot be read by this user (uid %d); the hook runs as the daemon's user, usually root, which may read it",
 		m.ID(), key, euid), ""
+}
+
+// checkHostKey checks an OpenSSH public key line, "TYPE BASE64 [COMMENT]", whose
+// base64 blob starts with TYPE; it returns what is wrong, or "".
+func checkHostKey(line string) string {
+	f := strings.Fields(line)
+	if len(f) < 2 {
+		return fmt.Sprintf("%q is not a public key line \"TYPE BASE64 [comment]\" (as in /etc/ssh/ssh_host_ed25519_key.pub)", line)
+	}
+	blob, err := base64.StdEncoding.DecodeString(f[1])
+	if err != nil {
+		return fmt.Sprintf("of type %s: invalid base64", f[0])
+	}
+	if len(blob) < 4 {
+		return fmt.Sprintf("of type %s is truncated", f[0])
+	}
+	n := binary.BigEndian.Uint32(blob)
+	if uint64(n) > uint64(len(blob)-4) || string(blob[4:4+n]) != f[0] {
+		return fmt.Sprintf("does not hold a key of type %s", f[0])
+	}
+	return ""
 }

@@ -28,12 +28,12 @@ func TestLintFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := `(list
- (build-machine (name "good") (user "u") (systems '("x")) (host-key "k") (private-key "` + good + `"))
- (build-machine (name "open") (user "u") (systems '("x")) (host-key "k") (private-key "` + open + `"))
- (build-machine (name "group") (user "u") (systems '("x")) (host-key "k") (private-key "` + groupOnly + `"))
- (build-machine (name "missing") (user "u") (systems '("x")) (host-key "k") (private-key "` + missing + `"))
- (build-machine (name "missing2") (user "u") (systems '("x")) (host-key "k") (private-key "` + missing + `"))
- (build-machine (name "dir") (user "u") (systems '("x")) (host-key "k") (private-key "` + sub + `")))`
+ (build-machine (name "good") (user "u") (systems '("x")) (host-key "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDlBDqGhpEeOa4l+lZ7PG+t3cLBFcIbES4jrzWDXWA5x") (private-key "` + good + `"))
+ (build-machine (name "open") (user "u") (systems '("x")) (host-key "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDlBDqGhpEeOa4l+lZ7PG+t3cLBFcIbES4jrzWDXWA5x") (private-key "` + open + `"))
+ (build-machine (name "group") (user "u") (systems '("x")) (host-key "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDlBDqGhpEeOa4l+lZ7PG+t3cLBFcIbES4jrzWDXWA5x") (private-key "` + groupOnly + `"))
+ (build-machine (name "missing") (user "u") (systems '("x")) (host-key "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDlBDqGhpEeOa4l+lZ7PG+t3cLBFcIbES4jrzWDXWA5x") (private-key "` + missing + `"))
+ (build-machine (name "missing2") (user "u") (systems '("x")) (host-key "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDlBDqGhpEeOa4l+lZ7PG+t3cLBFcIbES4jrzWDXWA5x") (private-key "` + missing + `"))
+ (build-machine (name "dir") (user "u") (systems '("x")) (host-key "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDlBDqGhpEeOa4l+lZ7PG+t3cLBFcIbES4jrzWDXWA5x") (private-key "` + sub + `")))`
 	ms, ws, err := Parse("m.scm", []byte(src))
 	if err != nil || len(ws) != 0 {
 		t.Fatalf("parse: %v %v", err, ws)
@@ -96,5 +96,28 @@ func TestLintUnreadable(t *testing.T) {
 	warns, errs := LintFiles([]*Machine{{Name: "a", Port: 22, PrivateKey: p}})
 	if len(errs) != 0 || len(warns) != 1 || !strings.Contains(warns[0].Msg, "cannot be read") {
 		t.Fatalf("%q %q", warns, errs)
+	}
+}
+
+func TestLintHostKey(t *testing.T) {
+	// A real ed25519 public key line (ssh-keygen output).
+	good := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDlBDqGhpEeOa4l+lZ7PG+t3cLBFcIbES4jrzWDXWA5x root@host"
+	for _, c := range []struct{ key, want string }{
+		{good, ""},
+		{"AAAAC3NzaC1lZDI1NTE5AAAAIDlBDqGhpEeOa4l+lZ7PG+t3cLBFcIbES4jrzWDXWA5x", "not a public key line"},
+		{"ssh-ed25519 AAAA!!", "invalid base64"},
+		{"ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIDlBDqGhpEeOa4l+lZ7PG+t3cLBFcIbES4jrzWDXWA5x", "does not hold a key of type ssh-rsa"},
+		{"ssh-ed25519 AAA=", "truncated"},
+	} {
+		got := checkHostKey(c.key)
+		if c.want == "" && got != "" || c.want != "" && !strings.Contains(got, c.want) {
+			t.Errorf("%q: %q, want %q", c.key, got, c.want)
+		}
+	}
+	key := filepath.Join(t.TempDir(), "k")
+	os.WriteFile(key, nil, 0o600)
+	_, errs := LintFiles([]*Machine{{Name: "a", Port: 22, PrivateKey: key, HostKey: "ssh-ed25519 AAAA"}})
+	if len(errs) != 1 || !strings.Contains(errs[0].Msg, "machine a:22: host-key of type ssh-ed25519") {
+		t.Errorf("%v", errs)
 	}
 }

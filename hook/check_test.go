@@ -1,0 +1,113 @@
+package hook
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"offload/machines"
+	"offload/sshexec"
+)
+
+func TestCheckString(t *testing.T) {
+	cases := []struct {
+		c    Check
+		want string
+	}{
+		{Check{Machine: "a", Name: "ssh", Status: CheckOK}, "a: ssh: ok"},
+		{Check{Machine: "a:2222", Name: "guix", Status: CheckOK, Detail: "guix (GNU Guix) 1.4.0\n"}, "a:2222: guix: ok (guix (GNU Guix) 1.4.0)"},
+		{Check{Machine: "a", Name: "import", Status: CheckFailed, Detail: "refused:\n  guix archive: error: unauthorized public key\n", Fix: "run x on a"},
+			"a: import: FAILED: refused: / guix archive: error: unauthorized public key; fix: run x on a"},
+		{Check{Machine: "a", Name: "daemon", Status: CheckSkipped, Detail: "cannot connect"}, "a: daemon: skipped: cannot connect"},
+	}
+	for _, c := range cases {
+		if got := c.c.String(); got != c.want {
+			t.Errorf("got  %q\nwant %q", got, c.want)
+		}
+		if strings.Contains(c.c.String(), "\n") {
+			t.Errorf("not one line: %q", c.c.String())
+		}
+	}
+}
+
+func TestSSHFix(t *testing.T) {
+	m := &machines.Machine{Name: "build1", Port: 2222, User: "bob", PrivateKey: "/root/.ssh/id_ed25519"}
+	cases := []struct {
+		err  error
+		want string
+	}{
+		{&sshexec.NoHostKeyError{Machine: "build1", Port: 2222}, "set host-key to the key printed by `ssh-keyscan -p 2222 build1`"},
+		{&sshexec.UnreachableError{Machine: "build1", Port: 2222, HostKeyMismatch: true}, "update host-key from `ssh-keyscan -p 2222 build1`"},
+		{&sshexec.UnreachableError{Machine: "build1", StderrTail: "bob@build1: Permission denied (publickey)."}, "add /root/.ssh/id_ed25519.pub to ~bob/.ssh/authorized_keys on build1"},
+		{&sshexec.UnreachableError{Machine: "build1", StderrTail: "ssh: connect to host build1 port 2222: Connection refused"}, "check that build1 is up and that sshd listens on port 2222"},
+		{fmt.Errorf("machine 'build1': private key: %w", &fs.PathError{Op: "stat", Path: "/root/.ssh/id_ed25519", Err: fs.ErrNotExist}), "create the key /root/.ssh/id_ed25519"},
+	}
+	for _, c := range cases {
+		if got := sshFix(m, c.err); !strings.Contains(got, c.want) {
+			t.Errorf("%v:\n got %q\nwant %q", c.err, got, c.want)
+		}
+	}
+}
+
+// smallItems picks small regular files that are store items, .drv first, and never
+// lock files, temporary entries or directories.
+func TestSmallItems(t *testing.T) {
+	store := t.TempDir()
+	write := func(name string, size int) string {
+		p := filepath.Join(store, name)
+		if err := os.WriteFile(p, make([]byte, size), 0o444); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	h := "0123456789abcdfghijklmnpqrsvwxyz"
+	drv := write(h+"-hello.drv", 900)
+	txt := write(strings.Replace(h, "0", "1", 1)+"-text", 10)
+	write(strings.Replace(h, "0", "2", 1)+"-big.drv", 100<<10)
+	write(strings.Replace(h, "0", "3", 1)+"-x.lock", 0)
+	write(".offload-tmp-abc", 10)
+	write("not-a-store-name", 10)
+	os.Mkdir(filepath.Join(store, strings.Replace(h, "0", "4", 1)+"-dir"), 0o755)
+
+	got := smallItems(store, 5)
+	if want := []string{drv, txt}; !slices.Equal(got, want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	if got := smallItems(store, 1); !slices.Equal(got, []string{drv}) {
+		t.Errorf("n=1: got %q", got)
+	}
+	if got := smallItems(filepath.Join(store, "none"), 5); got != nil {
+		t.Errorf("missing store: %q", got)
+	}
+}
+
+// The slots check takes and gives back a free slot, accepts busy ones, and fails with
+// the fix when the directory cannot be made.
+func TestCheckSlots(t *testing.T) {
+	state := t.TempDir()
+	c := &Checker{Conf: Config{StateDir: state}}
+	m := &machines.Machine{Name: "b", Port: 22, ParallelBuilds: 1}
+	if ck := c.checkSlots(m); ck.Status != CheckOK || !strings.Contains(ck.Detail, "free") {
+		t.Fatalf("%v", ck)
+	}
+	slot, _, err := acquireSlotForTest(filepath.Join(state, "b:22"))
+	if err != nil || slot == nil {
+		t.Fatal(err)
+	}
+	if ck := c.checkSlots(m); ck.Status != CheckOK || !strings.Contains(ck.Detail, "all in use") {
+		t.Fatalf("busy: %v", ck)
+	}
+	slot.Release()
+
+	if err := os.WriteFile(filepath.Join(state, "c:22"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ck := c.checkSlots(&machines.Machine{Name: "c", Port: 22})
+	if ck.Status != CheckFailed || !strings.Contains(ck.Fix, state) {
+		t.Fatalf("unusable: %v", ck)
+	}
+}

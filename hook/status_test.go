@@ -1,0 +1,172 @@
+package hook
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"offload/locking"
+)
+
+func acquireSlotForTest(dir string) (*locking.Lock, int, error) {
+	return locking.AcquireSlot(dir, 1, "building /gnu/store/aaaa-x.drv")
+}
+
+// The status script runs here under /bin/sh and its output parses into this host's
+// facts, checked against independent commands.
+func TestStatusScriptHere(t *testing.T) {
+	dir := t.TempDir()
+	before := time.Now()
+	out, err := exec.Command("/bin/sh", "-c", statusScript, "sh", dir).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := time.Now()
+	f, err := ParseStatusFacts(string(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(argv ...string) string {
+		b, err := exec.Command(argv[0], argv[1:]...).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	if f.Kernel != run("uname", "-s")+" "+run("uname", "-r") || f.Architecture != run("uname", "-m") || f.HostName != run("uname", "-n") {
+		t.Errorf("facts %+v", f)
+	}
+	if f.Cores < 1 || f.FreeBytes <= 0 {
+		t.Errorf("cores %d, free %d", f.Cores, f.FreeBytes)
+	}
+	if f.Time.Before(before.Truncate(time.Second)) || f.Time.After(after) {
+		t.Errorf("clock %v not within [%v, %v]", f.Time, before, after)
+	}
+}
+
+func TestParseStatusFacts(t *testing.T) {
+	out := "kernel Linux 6.1.0-18-amd64\narch aarch64\nhost build1\ncores 16\nload 4.00 3.5 2.0 1/100 42\n" +
+		"df /dev/sda1 1000000 400000 600000 40% /gnu/store\nguix guix (GNU Guix) 1.4.0\ntime 1700000000.250000000\n"
+	f, err := ParseStatusFacts(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := StatusFacts{Kernel: "Linux 6.1.0-18-amd64", Architecture: "aarch64", HostName: "build1", Cores: 16, Load1: 4,
+		FreeBytes: 600000 * 1024, GuixVersion: "guix (GNU Guix) 1.4.0", Time: time.Unix(1700000000, 250000000)}
+	if f != want {
+		t.Errorf("got %+v\nwant %+v", f, want)
+	}
+	// A date without %N, no df, no guix: still a status.
+	f, err = ParseStatusFacts("kernel Linux 5\narch x86_64\nhost h\ncores \nload 0.5 0 0 1/1 1\ndf \nguix \ntime 1700000000.%N\n")
+	if err != nil || f.FreeBytes != -1 || f.GuixVersion != "" || f.Time != time.Unix(1700000000, 0) || f.Cores != 0 {
+		t.Errorf("%+v %v", f, err)
+	}
+	for _, bad := range []string{"", "Welcome to the machine!\n", "load 1 1 1\n", "time 17\n", "load x\ntime 1\n"} {
+		if _, err := ParseStatusFacts(bad); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+}
+
+func TestStatusFill(t *testing.T) {
+	now := time.Unix(1700000000, 0)
+	var st Status
+	st.fill(StatusFacts{Cores: 4, Load1: 2, FreeBytes: 50 << 20, Time: now.Add(-5 * time.Second)}, now)
+	if *st.NormalizedLoad != 0.5 || *st.ClockOffset != -5 || *st.FreeBytes != 50<<20 {
+		t.Errorf("%+v", st)
+	}
+	joined := strings.Join(st.Warnings, "\n")
+	for _, w := range []string{"clock is 5.0 s behind", "only 50.0 MiB free", "guix does not run"} {
+		if !strings.Contains(joined, w) {
+			t.Errorf("no warning %q in %q", w, st.Warnings)
+		}
+	}
+	// Ahead, or behind by less than the margin: no clock warning.
+	for _, d := range []time.Duration{3 * time.Second, -time.Second} {
+		st = Status{}
+		st.fill(StatusFacts{Cores: 1, FreeBytes: -1, GuixVersion: "guix 1", Time: now.Add(d)}, now)
+		if len(st.Warnings) != 0 || st.FreeBytes != nil {
+			t.Errorf("offset %v: %q", d, st.Warnings)
+		}
+	}
+}
+
+func TestSlotHolders(t *testing.T) {
+	dir := t.TempDir()
+	l, _, err := locking.AcquireSlot(dir, 3, "building /gnu/store/aaaa-x.drv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Slot 1 was used and released: its file says who held it, but nobody does now.
+	l1, _, _ := locking.AcquireSlot(dir, 3, "building /gnu/store/bbbb-y.drv")
+	l1.Release()
+	hs, err := SlotHolders(dir, 3)
+	if err != nil || len(hs) != 1 {
+		t.Fatalf("%+v %v", hs, err)
+	}
+	want := SlotHolder{Slot: 0, PID: os.Getpid(), Reason: "building /gnu/store/aaaa-x.drv", Derivation: "/gnu/store/aaaa-x.drv"}
+	if hs[0] != want {
+		t.Errorf("got %+v want %+v", hs[0], want)
+	}
+	l.Release()
+	if hs, err := SlotHolders(dir, 3); err != nil || len(hs) != 0 {
+		t.Errorf("after release: %+v %v", hs, err)
+	}
+	if hs, err := SlotHolders(filepath.Join(dir, "none"), 2); err != nil || len(hs) != 0 {
+		t.Errorf("no directory: %+v %v", hs, err)
+	}
+}
+
+func TestWriteStatusTable(t *testing.T) {
+	f := func(x float64) *float64 { return &x }
+	free := int64(20 << 30)
+	since := time.Date(2024, 5, 1, 10, 0, 0, 0, time.Local)
+	sts := []Status{
+		{Machine: "fast", Reachable: true, Kernel: "Linux 6.1", Architecture: "x86_64", HostName: "fast", Cores: 8,
+			NormalizedLoad: f(0.25), FreeBytes: &free, ClockOffset: f(-0.004), GuixVersion: "guix (GNU Guix) 8e2f32cee982d42a79e53fc1e9aa7b8ff0514714",
+			ParallelBuilds: 2, SlotsInUse: 1, Slots: []SlotHolder{{Slot: 1, PID: 42, Reason: "building /gnu/store/x.drv"}}},
+		{Machine: "slow:2222", Error: "cannot reach or authenticate to machine 'slow'", DownSince: &since, ParallelBuilds: 1,
+			Warnings: []string{"state is odd"}},
+	}
+	var b bytes.Buffer
+	if err := WriteStatusTable(&b, sts); err != nil {
+		t.Fatal(err)
+	}
+	want := `MACHINE    STATE                           KERNEL     ARCH    HOST  CORES  LOAD  FREE      CLOCK  GUIX          SLOTS
+fast       up                              Linux 6.1  x86_64  fast  8      0.25  20.0 GiB  -0.0s  8e2f32cee982  1/2
+slow:2222  DOWN since 2024-05-01 10:00:00  -          -       -     -      -     -         -      -             0/1
+fast: slot 1: process 42: building /gnu/store/x.drv
+slow:2222: unreachable: cannot reach or authenticate to machine 'slow'
+slow:2222: warning: state is odd
+`
+	if b.String() != want {
+		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
+	}
+
+	b.Reset()
+	if err := WriteStatusJSON(&b, nil, true); err != nil || b.String() != "[]\n" {
+		t.Errorf("empty JSON: %q %v", b.String(), err)
+	}
+	b.Reset()
+	WriteStatusJSON(&b, sts[1:], true)
+	var back []map[string]any
+	if err := json.Unmarshal(b.Bytes(), &back); err != nil || strings.Count(b.String(), "\n") != 1 {
+		t.Fatalf("compact JSON: %v %q", err, b.String())
+	}
+	if back[0]["reachable"] != false || back[0]["down_since"] == nil || back[0]["slots"] == nil {
+		t.Errorf("%v", back[0])
+	}
+}
+
+func TestHumanBytes(t *testing.T) {
+	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 1536 << 20: "1.5 GiB", 3 << 40: "3.0 TiB"} {
+		if got := humanBytes(n); got != want {
+			t.Errorf("%d: %q, want %q", n, got, want)
+		}
+	}
+}

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"offload/machines"
+)
+
+// What `offload machines` prints for a record is Scheme that reads back as the same
+// machine.
+func TestSchemeFieldsReadBack(t *testing.T) {
+	src := `(list (build-machine (name "we\"ird\\name") (port 2222) (systems '("x86_64-linux" "i686-linux"))
+  (user "bob") (private-key "/k") (host-key "ssh-ed25519 AAAA c") (parallel-builds 3) (speed 2.5)
+  (features '("kvm" "big")) (overload-threshold #f) (compression "none") (compression-level 9)
+  (daemon-socket "/run/s") (ssh-options '("-4" "-o" "X=y")))
+ (build-machine (name "plain") (systems '("aarch64-linux")) (user "al") (private-key "/k2") (speed 2)))`
+	ms, _, err := machines.Parse("m.scm", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var again bytes.Buffer
+	again.WriteString("(list")
+	for _, m := range ms {
+		again.WriteString(" (build-machine " + SchemeFields(m) + ")")
+	}
+	again.WriteString(")")
+	ms2, _, err := machines.Parse("again.scm", again.Bytes())
+	if err != nil {
+		t.Fatalf("%v\n%s", err, again.String())
+	}
+	for i := range ms {
+		a, b := *ms[i], *ms2[i]
+		a.Pos, b.Pos = machines.Pos{}, machines.Pos{}
+		if SchemeFields(&a) != SchemeFields(&b) {
+			t.Errorf("machine %d does not read back:\n%s\n%s", i, SchemeFields(&a), SchemeFields(&b))
+		}
+	}
+	if got := SchemeFields(ms[1]); !strings.Contains(got, "(speed 2.0)") || strings.Contains(got, "host-key") ||
+		!strings.Contains(got, "(port 22)") || !strings.Contains(got, "(overload-threshold 0.8)") {
+		t.Errorf("defaults: %s", got)
+	}
+}
+
+func TestSchemeReal(t *testing.T) {
+	for f, want := range map[float64]string{1: "1.0", 0.8: "0.8", 2.5: "2.5", -1: "-1.0", 1e21: "1e+21"} {
+		if got := schemeReal(f); got != want {
+			t.Errorf("%v: %q, want %q", f, got, want)
+		}
+	}
+}
