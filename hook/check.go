@@ -277,7 +277,7 @@ func (c *Checker) checkSlots(m *machines.Machine) Check {
 		ck.Status, ck.Detail, ck.Fix = CheckFailed, fmt.Sprintf("cannot lock a build slot: %v", err), fix
 		return ck
 	}
-	inUse := "free"
+	inUse := "a slot is free"
 	if slot == nil {
 		inUse = "all in use"
 	} else {

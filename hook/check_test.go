@@ -91,7 +91,7 @@ func TestCheckSlots(t *testing.T) {
 	state := t.TempDir()
 	c := &Checker{Conf: Config{StateDir: state}}
 	m := &machines.Machine{Name: "b", Port: 22, ParallelBuilds: 1}
-	if ck := c.checkSlots(m); ck.Status != CheckOK || !strings.Contains(ck.Detail, "free") {
+	if ck := c.checkSlots(m); ck.Status != CheckOK || !strings.Contains(ck.Detail, "a slot is free") {
 		t.Fatalf("%v", ck)
 	}
 	slot, _, err := acquireSlotForTest(filepath.Join(state, "b:22"))
