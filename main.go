@@ -32,6 +32,7 @@ type CLI struct {
 
 	Offload OffloadCmd `cmd:"" help:"Run as guix-daemon's build hook (the daemon starts it this way)."`
 	Archive ArchiveCmd `cmd:"" help:"Read, write and check store archives (nar) and export bundles."`
+	Explain ExplainCmd `cmd:"" help:"Show what the hook would do with a request right now, and why."`
 
 	Machines MachinesCmd `cmd:"" help:"Print the machines file with every field resolved, and its warnings."`
 	Test     TestCmd     `cmd:"" help:"Check each build machine the way the hook uses it; one line per check."`
@@ -41,7 +42,7 @@ type CLI struct {
 // ourCommands are the first words that this program handles itself; any other word is
 // a guix sub-command handed to the real guix.
 var ourCommands = map[string]bool{
-	"offload": true, "archive": true, "machines": true, "test": true, "status": true, "explain": true, "help": true,
+	"offload": true, "archive": true, "machines": true, "test": true, "status": true, "explain": true,
 }
 
 func main() {
