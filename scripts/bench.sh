@@ -1,6 +1,7 @@
 #!/bin/sh
 # Run the benchmarks of issue 7 and write BENCHMARKS.md (make bench).
 # BENCH_QUICK=1 runs small sizes (for development; BENCHMARKS.md then says so).
+# BENCH_FROM=FILE tabulates the saved output of an earlier run instead of running.
 # Each benchmark reports figures as UNIT and their baseline, measured in the same run,
 # as base-UNIT (see integration/bench_test.go); this script tabulates them with ratios.
 set -eu
@@ -8,13 +9,20 @@ cd "$(dirname "$0")/.."
 
 out=BENCHMARKS.md
 raw=$(mktemp)
-trap 'rm -f "$raw"' EXIT INT TERM
+status=$(mktemp)
+trap 'rm -f "$raw" "$status"' EXIT INT TERM
 
 cmd="go test -count=1 -run '^\$' -bench . -benchtime 1x -timeout 60m ./integration"
 mode=full
 if [ "${BENCH_QUICK:-}" = 1 ]; then mode="quick (BENCH_QUICK=1)"; cmd="BENCH_QUICK=1 $cmd"; fi
 echo "+ $cmd" >&2
-if ! sh -c "$cmd" | tee "$raw" >&2; then
+if [ -n "${BENCH_FROM:-}" ]; then
+	# Tabulate the saved output of an earlier run of $cmd instead of running it again.
+	cp "$BENCH_FROM" "$raw"; echo 0 >"$status"
+else
+	{ sh -c "$cmd"; echo $? >"$status"; } | tee "$raw" >&2
+fi
+if [ "$(cat "$status")" != 0 ] || ! grep -q '^Benchmark' "$raw"; then
 	echo "bench: go test failed; BENCHMARKS.md not written" >&2
 	exit 1
 fi
@@ -23,7 +31,7 @@ mem=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 {
 	echo "# Benchmarks"
 	echo
-	echo "Written by \`make bench\` (scripts/bench.sh) on $(date -u '+%Y-%m-%d %H:%M UTC'); $mode run."
+	echo "Written by \`make bench\` (scripts/bench.sh) on $(date -u -r "$raw" '+%Y-%m-%d %H:%M UTC'); $mode run."
 	echo "Every figure comes with a baseline measured in the same run; ratio = figure / baseline."
 	echo
 	echo "Machine: $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $mem memory, kernel $(uname -r), $(go version | cut -d' ' -f3-)."
@@ -39,7 +47,7 @@ mem=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 		for (i = 5; i + 1 <= NF; i += 2) { v[$(i + 1)] = $i; if ($(i + 1) !~ /^base-/) order[++n] = $(i + 1) }
 		for (j = 1; j <= n; j++) {
 			u = order[j]; b = ("base-" u) in v ? v["base-" u] : ""
-			r = (b != "" && b + 0 != 0) ? sprintf("%.2f", v[u] / b) : ""
+			r = (b != "" && b + 0 != 0) ? sprintf("%.3g", v[u] / b) : ""
 			printf "| %s | %s | %s | %s | %s |\n", name, u, v[u], b, r
 		}
 	}' "$raw"
