@@ -130,6 +130,9 @@ func run(t *demoTB) int {
 		failures++
 	}
 
+	step("   `offload test`: check each machine the way the hook uses it")
+	show(f, "test", f.MachinesFile())
+
 	step("2. A build for a system no machine has (aarch64-linux): declined, the daemon builds it locally")
 	arm := f.MakeDrv(drv.Spec{Name: "hello-arm", System: "aarch64-linux", Args: []string{"-c", "true"}, Nonce: "arm"})
 	if ans := answerOnly(ctx, f, arm, true); ans != "decline" {
