@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"offload/locking"
@@ -119,7 +120,7 @@ func (h *Hook) upload(ctx context.Context, m *machines.Machine, drv string, inpu
 	}
 	h.say("offload: sending %d store item%s to '%s'...", len(missing), plural(len(missing)), m.Display())
 	start := time.Now()
-	n, err := h.pipeExport(ctx, t, missing)
+	n, err := h.pipeExport(ctx, m, missing)
 	if err != nil {
 		return fmt.Errorf("sending %d store items: %w", len(missing), err)
 	}
@@ -129,7 +130,8 @@ func (h *Hook) upload(ctx context.Context, m *machines.Machine, drv string, inpu
 
 // pipeExport streams the local `guix archive --export PATHS` into `guix archive
 // --import` on the machine and returns the bytes sent.
-func (h *Hook) pipeExport(ctx context.Context, t sshexec.Target, paths []string) (int64, error) {
+func (h *Hook) pipeExport(ctx context.Context, m *machines.Machine, paths []string) (int64, error) {
+	t := Target(m)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// The first side to fail is the cause; the other side's error (EPIPE, killed) is
@@ -153,12 +155,16 @@ func (h *Hook) pipeExport(ctx context.Context, t sshexec.Target, paths []string)
 		pw.CloseWithError(err)
 	}()
 	cr := &countingReader{r: pr}
-	if err := h.Runner.RunRemote(ctx, t, []string{"guix", "archive", "--import"}, sshexec.Stdio{Stdin: cr}); err != nil {
+	stop := make(chan struct{})
+	go h.reportProgress("sending to '"+m.Display()+"'", cr, stop)
+	err := h.Runner.RunRemote(ctx, t, []string{"guix", "archive", "--import"}, sshexec.Stdio{Stdin: cr})
+	close(stop)
+	if err != nil {
 		fail(err)
 	}
 	pr.CloseWithError(errors.New("import ended"))
 	wg.Wait()
-	return cr.n, first
+	return cr.n.Load(), first
 }
 
 // build runs `guix build` on the machine with the daemon's limits, streaming its log
@@ -266,13 +272,17 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 			sshexec.Stdio{Stdout: pw, Stderr: stderr})
 		pw.CloseWithError(runErr)
 	}()
-	items, impErr := storeio.ImportBundle(pr, storeio.ImportOptions{
+	cr := &countingReader{r: pr}
+	stop := make(chan struct{})
+	go h.reportProgress("retrieving from '"+m.Display()+"'", cr, stop)
+	items, impErr := storeio.ImportBundle(cr, storeio.ImportOptions{
 		StoreDir: h.Conf.StoreDir,
 		Allowed:  outputs,
 		ACL:      acl,
 		Log:      h.Out,
 		Replace:  true, // the daemon asked for them: whatever is there is not valid
 	})
+	close(stop)
 	pr.CloseWithError(errors.New("import ended"))
 	if impErr != nil {
 		cancel() // stop the machine's export: we refuse what it sends
@@ -328,15 +338,36 @@ func plural(n int) string {
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
+// countingReader counts the bytes read through it (read by another goroutine).
 type countingReader struct {
 	r io.Reader
-	n int64
+	n atomic.Int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
+}
+
+// progressEvery is how often a long transfer says how far it got. Besides informing
+// the user, each line resets the daemon's max-silent-time clock, which also runs
+// while we transfer.
+const progressEvery = 15 * time.Second
+
+// reportProgress prints the bytes counted so far every progressEvery until stop is
+// closed.
+func (h *Hook) reportProgress(what string, c *countingReader, stop <-chan struct{}) {
+	t := time.NewTicker(progressEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			h.say("offload: %s: %s so far", what, mib(c.n.Load()))
+		}
+	}
 }
 
 // tailBuffer keeps the last max bytes written to it.
