@@ -102,6 +102,8 @@ type Hook struct {
 
 	// DryRun decides without taking a build slot (for `offload explain`).
 	DryRun bool
+	// ProgressEvery is how often long transfers report (default 15 s).
+	ProgressEvery time.Duration
 
 	state machines.State
 }

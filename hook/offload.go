@@ -350,15 +350,19 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// progressEvery is how often a long transfer says how far it got. Besides informing
-// the user, each line resets the daemon's max-silent-time clock, which also runs
-// while we transfer.
+// progressEvery is how often a long transfer says how far it got (Hook.ProgressEvery
+// overrides it). Besides informing the user, each line resets the daemon's
+// max-silent-time clock, which also runs while we transfer.
 const progressEvery = 15 * time.Second
 
 // reportProgress prints the bytes counted so far every progressEvery until stop is
 // closed.
 func (h *Hook) reportProgress(what string, c *countingReader, stop <-chan struct{}) {
-	t := time.NewTicker(progressEvery)
+	every := h.ProgressEvery
+	if every <= 0 {
+		every = progressEvery
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
