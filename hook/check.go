@@ -107,14 +107,7 @@ const maxSample = 16 << 20
 // machine's lines to w in the order of ms as soon as it and those before it are done,
 // and returns the number of failed checks.
 func (c *Checker) Run(ctx context.Context, ms []*machines.Machine, w io.Writer) (failed int, err error) {
-	var todo []*machines.Machine
-	seen := map[string]bool{}
-	for _, m := range ms {
-		if !seen[m.ID()] {
-			seen[m.ID()] = true
-			todo = append(todo, m)
-		}
-	}
+	todo := machines.Unique(ms)
 	results := make([]chan []Check, len(todo))
 	for i, m := range todo {
 		results[i] = make(chan []Check, 1)

@@ -153,14 +153,7 @@ func GatherStatus(ctx context.Context, r *sshexec.Runner, ms []*machines.Machine
 	if opt.Timeout <= 0 {
 		opt.Timeout = 10 * time.Second
 	}
-	var todo []*machines.Machine
-	seen := map[string]bool{}
-	for _, m := range ms {
-		if !seen[m.ID()] {
-			seen[m.ID()] = true
-			todo = append(todo, m)
-		}
-	}
+	todo := machines.Unique(ms)
 	out := make([]Status, len(todo))
 	var wg sync.WaitGroup
 	for i, m := range todo {

@@ -162,3 +162,17 @@ func defaultPrivateKey() string {
 	}
 	return filepath.Join(home, ".ssh", "id_rsa")
 }
+
+// Unique returns ms without the later entries of a machine already listed (same
+// name and port: a machine may be listed once per system).
+func Unique(ms []*Machine) []*Machine {
+	var out []*Machine
+	seen := map[string]bool{}
+	for _, m := range ms {
+		if !seen[m.ID()] {
+			seen[m.ID()] = true
+			out = append(out, m)
+		}
+	}
+	return out
+}

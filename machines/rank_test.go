@@ -144,3 +144,13 @@ func TestRankDoesNotReorderInput(t *testing.T) {
 		t.Errorf("Rank changed its input: %v %v", cands[0].M.Name, cands[1].M.Name)
 	}
 }
+
+func TestUnique(t *testing.T) {
+	a := &Machine{Name: "a", Port: 22}
+	a2 := &Machine{Name: "a", Port: 22, Systems: []string{"i686-linux"}}
+	b := &Machine{Name: "a", Port: 2222}
+	got := Unique([]*Machine{a, b, a2})
+	if len(got) != 2 || got[0] != a || got[1] != b {
+		t.Errorf("Unique = %v", got)
+	}
+}

@@ -92,7 +92,7 @@ func (s Store) Make(spec Spec) (*Derivation, error) {
 	}
 	real, _ := s.Real(d.Path)
 	if !s.Valid(d.Path) {
-		if err := writeFileAtomic(real, text, 0o444); err != nil {
+		if err := WriteFileAtomic(real, text, 0o444); err != nil {
 			return nil, fmt.Errorf("make derivation %s: %w", d.Path, err)
 		}
 		if err := s.Register(Info{Path: d.Path, References: refs}); err != nil {
@@ -120,7 +120,9 @@ func (s Store) Read(p string) (*Derivation, error) {
 	return Parse(p, text)
 }
 
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+// WriteFileAtomic writes data to path through a temporary file and a rename, so that
+// a reader never sees a half-written file; it creates the parent directory.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}

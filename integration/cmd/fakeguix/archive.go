@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"offload/integration/drv"
@@ -211,10 +210,10 @@ func (e *env) generateKey() error {
 	if err := os.MkdirAll(e.conf, 0o755); err != nil {
 		return fail("%v", err)
 	}
-	if err := writeAtomic(pub, k.Public().MarshalText(), 0o444); err != nil {
+	if err := drv.WriteFileAtomic(pub, k.Public().MarshalText(), 0o444); err != nil {
 		return fail("%v", err)
 	}
-	if err := writeAtomic(sec, k.MarshalText(), 0o400); err != nil {
+	if err := drv.WriteFileAtomic(sec, k.MarshalText(), 0o400); err != nil {
 		return fail("%v", err)
 	}
 	return nil
@@ -240,31 +239,10 @@ func (e *env) authorize() error {
 	if err := os.MkdirAll(e.conf, 0o755); err != nil {
 		return fail("%v", err)
 	}
-	if err := writeAtomic(e.confFile("acl"), acl.MarshalText(), 0o644); err != nil {
+	if err := drv.WriteFileAtomic(e.confFile("acl"), acl.MarshalText(), 0o644); err != nil {
 		return fail("%v", err)
 	}
 	return nil
-}
-
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(data)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), mode)
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
 }
 
 // hostileMode is $FAKEGUIX_HOSTILE, or else the content of the file named by
