@@ -134,9 +134,17 @@ func (s State) RecordSuccess(id string, p *Probe, now time.Time) error {
 // The daemon asks the hook again every few seconds; this keeps it from
 // repeating the same line each time.
 func (s State) Notice(id string, now time.Time, every time.Duration) (bool, error) {
+	due := func(h Health) bool {
+		return h.Noticed.IsZero() || now.Sub(h.Noticed) >= every || now.Before(h.Noticed)
+	}
+	// The common case, a notice given recently, reads the file and writes nothing:
+	// with many machines in backoff, a postponed request must stay cheap.
+	if h, err := s.Health(id); err == nil && !due(h) {
+		return false, nil
+	}
 	tell := false
 	err := s.update(id, func(h *Health) {
-		if h.Noticed.IsZero() || now.Sub(h.Noticed) >= every || now.Before(h.Noticed) {
+		if due(*h) {
 			h.Noticed = now
 			tell = true
 		}

@@ -201,3 +201,27 @@ func TestStateConcurrentWriters(t *testing.T) {
 		}
 	}
 }
+
+// TestNoticeNotDueWritesNothing: with many machines in backoff, every postponed
+// request asks Notice for each; when no notice is due the state file is not rewritten.
+func TestNoticeNotDueWritesNothing(t *testing.T) {
+	s := State{Dir: t.TempDir()}
+	id := "m:22"
+	if _, err := s.Notice(id, t0, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.Stat(s.file(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tell, err := s.Notice(id, t0.Add(time.Second), time.Minute); err != nil || tell {
+		t.Fatalf("Notice = %v, %v", tell, err)
+	}
+	after, err := os.Stat(s.file(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(before, after) {
+		t.Error("the state file was rewritten although no notice was due")
+	}
+}
