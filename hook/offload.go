@@ -9,9 +9,11 @@ import (
 	"os"
 	"path"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"offload/locking"
@@ -56,14 +58,46 @@ func (h *Hook) offload(ctx context.Context, m *machines.Machine, req Request, in
 // rootName names this build's remote GC roots after this host and process, so that
 // concurrent hooks and hosts never share one.
 func rootName(drv string) string {
+	return fmt.Sprintf("%s-%d-%s", rootHost(), os.Getpid(), strings.TrimSuffix(path.Base(drv), ".drv"))
+}
+
+// rootHost is this host's name as it starts our remote GC roots' names.
+func rootHost() string {
 	host, _ := os.Hostname()
-	host = strings.Map(func(r rune) rune {
-		if r == '/' || r == ' ' {
+	return strings.Map(func(r rune) rune {
+		if r == '/' || r == ' ' || r < ' ' {
 			return '_'
 		}
 		return r
 	}, host)
-	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), strings.TrimSuffix(path.Base(drv), ".drv"))
+}
+
+// staleRoots picks, from the names of the remote roots directory, those this host's
+// hooks made and whose process is gone: a hook killed by the daemon (SIGKILL) or cut
+// off from the machine could not remove them, and they would keep the outputs from
+// the machine's garbage collector for ever.
+func staleRoots(names []string, alive func(pid int) bool) []string {
+	prefix := rootHost() + "-"
+	var stale []string
+	for _, n := range names {
+		rest, ok := strings.CutPrefix(n, prefix)
+		if !ok || strings.ContainsAny(n, "/\x00") || strings.HasPrefix(n, "-") {
+			continue
+		}
+		pidText, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidText)
+		if !ok || err != nil || pid <= 0 || alive(pid) {
+			continue
+		}
+		stale = append(stale, n)
+	}
+	return stale
+}
+
+// processAlive tells whether a local process exists.
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // machineLock takes a machine's upload or download lock, saying who holds it while
@@ -314,8 +348,18 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 func (h *Hook) removeRoots(t sshexec.Target, root string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*h.connectTimeout())
 	defer cancel()
-	script := `rm -f -- "$1/$2.drv" "$1/$2" "$1/$2"-*`
-	_ = h.Runner.RunRemote(ctx, t, []string{"sh", "-c", script, "sh", rootsDir, root}, sshexec.Stdio{})
+	// Remove ours, and list what else is there (one round trip).
+	script := `rm -f -- "$1/$2.drv" "$1/$2" "$1/$2"-*; cd "$1" 2>/dev/null && ls -1A`
+	out, err := h.Runner.OutputRemote(ctx, t, []string{"sh", "-c", script, "sh", rootsDir, root}, nil)
+	if err != nil {
+		return
+	}
+	stale := staleRoots(strings.Fields(string(out)), processAlive)
+	if len(stale) == 0 {
+		return
+	}
+	// A second round trip only when earlier hooks of this host left roots behind.
+	_ = h.Runner.RunRemote(ctx, t, append([]string{"sh", "-c", `cd "$1" && shift && rm -f -- "$@"`, "sh", rootsDir}, stale...), sshexec.Stdio{})
 }
 
 func uniqueSorted(ps []string) []string {
