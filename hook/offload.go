@@ -325,8 +325,11 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 	if runErr != nil && impErr != nil && !errors.Is(ctx.Err(), context.Canceled) {
 		return fmt.Errorf("retrieving outputs from machine '%s': %w", m.Display(), runErr)
 	}
-	if impErr != nil {
+	if impErr != nil && storeio.IsRefusal(impErr) {
 		return fmt.Errorf("refusing what machine '%s' returned: %w", m.Display(), impErr)
+	}
+	if impErr != nil {
+		return fmt.Errorf("restoring the outputs from machine '%s' into %s: %w", m.Display(), h.Conf.StoreDir, impErr)
 	}
 	if runErr != nil {
 		return fmt.Errorf("retrieving outputs from machine '%s': %w", m.Display(), runErr)

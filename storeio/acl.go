@@ -155,3 +155,16 @@ func verifyWith(key *PublicKey, sigVal *Sexp, hash [32]byte) bool {
 	}
 	return verifyECDSA(key.q, hash, v.Find("r").Value(1), v.Find("s").Value(1))
 }
+
+// IsRefusal tells whether err says that an archive was refused for what it holds (a
+// malformed archive, a path not asked for, a missing or bad signature), as opposed to
+// a failure to read or write it (a broken pipe, a full disk).
+func IsRefusal(err error) bool {
+	for _, e := range []error{ErrInvalidArchive, ErrNotAllowed, ErrNoSignature, ErrCorruptSignature,
+		ErrInvalidHash, ErrUnauthorizedKey, ErrInvalidSignature, ErrInvalidSexp} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}

@@ -269,3 +269,16 @@ func TestCleanStaleTemps(t *testing.T) {
 		t.Errorf("left %q", got)
 	}
 }
+
+func TestIsRefusal(t *testing.T) {
+	goodNar := (&narBuilder{}).str(narMagic).file("good").Bytes()
+	_, err := ImportBundle(bytes.NewReader(rawBundle(rawItem(goodNar, goodPath, nil, nil))), ImportOptions{StoreDir: "/gnu/store", RealDir: t.TempDir(), Allowed: []string{"/gnu/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-x"}})
+	if !IsRefusal(err) {
+		t.Errorf("not-allowed path: IsRefusal(%v) = false", err)
+	}
+	// A store directory we cannot write to: a local failure, not the archive's fault.
+	_, err = ImportBundle(bytes.NewReader(rawBundle(rawItem(goodNar, goodPath, nil, nil))), ImportOptions{StoreDir: "/gnu/store", RealDir: filepath.Join(t.TempDir(), "missing")})
+	if err == nil || IsRefusal(err) {
+		t.Errorf("unwritable store: IsRefusal(%v) = true", err)
+	}
+}
