@@ -39,7 +39,12 @@ func (h *Hook) offload(ctx context.Context, m *machines.Machine, req Request, in
 	root := rootName(req.Drv)
 	defer h.removeRoots(t, root)
 
-	if err := h.upload(ctx, m, req.Drv, inputs); err != nil {
+	mode, err := ParseCompressionMode(os.Getenv(CompressionEnv))
+	if err != nil {
+		h.say("offload: %v; using %s", err, mode)
+	}
+	comp, err := h.upload(ctx, m, req.Drv, inputs, mode)
+	if err != nil {
 		return &beforeBuildError{Err: err}
 	}
 	if err := h.build(ctx, m, req, root); err != nil {
@@ -48,7 +53,7 @@ func (h *Hook) offload(ctx context.Context, m *machines.Machine, req Request, in
 	if len(outputs) == 0 {
 		return nil
 	}
-	if err := h.download(ctx, m, outputs); err != nil {
+	if err := h.download(ctx, m, outputs, comp); err != nil {
 		return err
 	}
 	h.say("done with offloaded '%s'", req.Drv)
@@ -122,50 +127,58 @@ func (h *Hook) machineLock(ctx context.Context, m *machines.Machine, kind, reaso
 }
 
 // upload sends the .drv and the inputs the machine lacks: one round trip to ask which
-// are missing, one stream of `guix archive --export` into `guix archive --import`.
-func (h *Hook) upload(ctx context.Context, m *machines.Machine, drv string, inputs []string) error {
+// are missing (and which decompressors the machine has), one stream of `guix archive
+// --export` into `guix archive --import`, compressed as mode and the machine allow. It
+// returns the compression chosen, for the download.
+func (h *Hook) upload(ctx context.Context, m *machines.Machine, drv string, inputs []string, mode string) (Compression, error) {
 	lock, err := h.machineLock(ctx, m, "upload", "sending inputs of "+drv)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer lock.Release()
 
 	want := uniqueSorted(append([]string{drv}, inputs...))
 	t := Target(m)
-	out, err := h.Runner.OutputRemote(ctx, t, []string{"guix", "archive", "--missing"},
+	out, err := h.Runner.OutputRemote(ctx, t, []string{"sh", "-c", missingScript},
 		strings.NewReader(strings.Join(want, "\n")+"\n"))
 	if err != nil {
-		return fmt.Errorf("asking which inputs it lacks: %w", err)
+		return "", fmt.Errorf("asking which inputs it lacks: %w", err)
+	}
+	paths, has := parseMissing(string(out))
+	comp, note := ChooseCompression(mode, has)
+	if note != "" {
+		h.say("offload: machine '%s': %s", m.Display(), note)
 	}
 	wanted := map[string]bool{}
 	for _, p := range want {
 		wanted[p] = true
 	}
 	var missing []string
-	for _, p := range strings.Fields(string(out)) {
+	for _, p := range paths {
 		if !wanted[p] {
-			return fmt.Errorf("machine '%s' answered `guix archive --missing` with a path we did not ask about: %q", m.Display(), p)
+			return "", fmt.Errorf("machine '%s' answered `guix archive --missing` with a path we did not ask about: %q", m.Display(), p)
 		}
 		missing = append(missing, p)
 	}
 	if len(missing) == 0 {
 		h.say("offload: machine '%s' already has the %d inputs", m.Display(), len(want))
-		return nil
+		return comp, nil
 	}
-	h.say("offload: sending %d store item%s to '%s'...", len(missing), plural(len(missing)), m.Display())
+	h.say("offload: sending %d store item%s to '%s' (%s)...", len(missing), plural(len(missing)), m.Display(), comp)
 	start := time.Now()
-	n, err := h.pipeExport(ctx, m, missing)
+	wire, raw, err := h.pipeExport(ctx, m, missing, comp)
 	if err != nil {
-		return fmt.Errorf("sending %d store items: %w", len(missing), err)
+		return "", fmt.Errorf("sending %d store items: %w", len(missing), err)
 	}
-	h.say("offload: sent %d store item%s (%s) to '%s' in %.1fs", len(missing), plural(len(missing)), mib(n), m.Display(), time.Since(start).Seconds())
-	return nil
+	h.say("offload: sent %d store item%s (%s) to '%s' in %.1fs", len(missing), plural(len(missing)), comp.describe(wire, raw), m.Display(), time.Since(start).Seconds())
+	return comp, nil
 }
 
-// pipeExport streams the local `guix archive --export PATHS` into `guix archive
-// --import` on the machine and returns the bytes sent.
-func (h *Hook) pipeExport(ctx context.Context, m *machines.Machine, paths []string) (int64, error) {
-	t := Target(m)
+// pipeExport streams the local `guix archive --export PATHS`, compressed with comp,
+// into `guix archive --import` on the machine and returns the bytes that went through
+// ssh (wire) and the size of the export itself (raw).
+func (h *Hook) pipeExport(ctx context.Context, m *machines.Machine, paths []string, comp Compression) (wire, raw int64, err error) {
+	t := bulkTarget(m, comp)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// The first side to fail is the cause; the other side's error (EPIPE, killed) is
@@ -177,28 +190,47 @@ func (h *Hook) pipeExport(ctx context.Context, m *machines.Machine, paths []stri
 		cancel()
 	}
 	pr, pw := io.Pipe()
+	zw, err := newCompressor(comp, pw)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s compressor: %w", comp, err)
+	}
+	var dst io.Writer = pw
+	if zw != nil {
+		dst = zw
+	}
+	rawCount := &countingWriter{w: dst}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		argv := append([]string{h.Conf.Guix, "archive", "--export"}, paths...)
-		err := h.Runner.Run(ctx, argv, sshexec.Stdio{Stdout: pw})
+		err := h.Runner.Run(ctx, argv, sshexec.Stdio{Stdout: rawCount})
 		if err != nil {
 			fail(fmt.Errorf("local `guix archive --export`: %w", err))
+			pw.CloseWithError(err) // no end of stream: the machine sees it cut short
+			if zw != nil {
+				zw.Close() // fails at once on the closed pipe; frees the encoder
+			}
+			return
+		}
+		if zw != nil {
+			// The end of the stream; a failure here is the reader's doing (the
+			// import ended), and the other side reports it.
+			err = zw.Close()
 		}
 		pw.CloseWithError(err)
 	}()
 	cr := &countingReader{r: pr}
 	stop := make(chan struct{})
 	go h.reportProgress("sending to '"+m.Display()+"'", cr, stop)
-	err := h.Runner.RunRemote(ctx, t, []string{"guix", "archive", "--import"}, sshexec.Stdio{Stdin: cr})
+	err = h.Runner.RunRemote(ctx, t, importCommand(comp), sshexec.Stdio{Stdin: cr})
 	close(stop)
 	if err != nil {
 		fail(err)
 	}
 	pr.CloseWithError(errors.New("import ended"))
 	wg.Wait()
-	return cr.n.Load(), first
+	return cr.n.Load(), rawCount.n.Load(), first
 }
 
 // build runs `guix build` on the machine with the daemon's limits, streaming its log
@@ -275,10 +307,11 @@ func classify(stderr, drv string) int {
 	return ExitTransient
 }
 
-// download fetches the outputs and restores them into the local store, checking each
-// item's signature against the local ACL (the daemon holds the output locks, so
-// `guix archive --import` would deadlock: PROTOCOL.md).
-func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []string) error {
+// download fetches the outputs, compressed on the wire with comp, and restores them
+// into the local store, checking each item's signature against the local ACL (the
+// daemon holds the output locks, so `guix archive --import` would deadlock:
+// PROTOCOL.md).
+func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []string, comp Compression) error {
 	lock, err := h.machineLock(ctx, m, "download", "retrieving "+strings.Join(outputs, " "))
 	if err != nil {
 		return err
@@ -293,7 +326,11 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 	if err != nil {
 		return fmt.Errorf("cannot check what machine '%s' returns: %w", m.Display(), err)
 	}
-	h.say("retrieving %d store item%s from '%s'...", len(outputs), plural(len(outputs)), m.Display())
+	if comp == "" {
+		comp = CompressSSH
+	}
+	h.say("retrieving %d store item%s from '%s' (%s)...", len(outputs), plural(len(outputs)), m.Display(), comp)
+	start := time.Now()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
@@ -302,14 +339,24 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 	stderr := &tailBuffer{max: 16 << 10}
 	go func() {
 		defer close(done)
-		runErr = h.Runner.RunRemote(ctx, Target(m), append([]string{"guix", "archive", "--export"}, outputs...),
+		runErr = h.Runner.RunRemote(ctx, bulkTarget(m, comp), exportCommand(comp, outputs),
 			sshexec.Stdio{Stdout: pw, Stderr: stderr})
 		pw.CloseWithError(runErr)
 	}()
 	cr := &countingReader{r: pr}
 	stop := make(chan struct{})
 	go h.reportProgress("retrieving from '"+m.Display()+"'", cr, stop)
-	items, impErr := storeio.ImportBundle(cr, storeio.ImportOptions{
+	// ImportBundle reads to the end of the stream before it places anything: for a
+	// compressed stream, through the decompressor's own checksum, and in any case to
+	// the end of the machine's export (its exit status).
+	var bundle io.Reader = cr
+	if comp.streamed() {
+		dec := newDecompressor(comp, cr)
+		defer dec.Close()
+		bundle = dec
+	}
+	raw := &countingReader{r: bundle}
+	items, impErr := storeio.ImportBundle(raw, storeio.ImportOptions{
 		StoreDir: h.Conf.StoreDir,
 		Allowed:  outputs,
 		ACL:      acl,
@@ -343,6 +390,7 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 			return fmt.Errorf("machine '%s' did not return output %s", m.Display(), o)
 		}
 	}
+	h.say("offload: retrieved %d store item%s (%s) from '%s' in %.1fs", len(items), plural(len(items)), comp.describe(cr.n.Load(), raw.n.Load()), m.Display(), time.Since(start).Seconds())
 	return nil
 }
 
@@ -393,6 +441,18 @@ type countingReader struct {
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// countingWriter counts the bytes written through it (read by another goroutine).
+type countingWriter struct {
+	w io.Writer
+	n atomic.Int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
 	c.n.Add(int64(n))
 	return n, err
 }

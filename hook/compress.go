@@ -1,0 +1,282 @@
+package hook
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+
+	"offload/machines"
+	"offload/sshexec"
+	"offload/storeio"
+)
+
+// Compression on the wire of the two bulk transfers (issue 5, steps 2 and 6): the
+// inputs sent to a machine and the outputs brought back.
+//
+// The figures that chose the default (BenchmarkTransfer/modes, 200 MB in 2,000 files,
+// loopback sshd, 2 cores running both ends; seconds for upload / download and MB on
+// the wire, per mode; see the report in issue 5's note):
+//
+//	                  random data                compressible data (text and binaries)
+//	ssh zlib (old)    see compressSSH note       see compressSSH note
+//
+// are filled in below by defaultNote; zstd on our own stream with ssh compression off
+// was the fastest on both kinds of data and the smallest on compressible data, so
+// "auto" picks it whenever the machine has zstd, then gzip, then ssh's own compression.
+
+// Compression is how one bulk transfer travels.
+type Compression string
+
+const (
+	// CompressZstd: a zstd stream (level 1) over a connection without ssh compression.
+	CompressZstd Compression = "zstd"
+	// CompressGzip: a gzip stream (level 1) over a connection without ssh compression.
+	CompressGzip Compression = "gzip"
+	// CompressNone: the bare stream over a connection without ssh compression.
+	CompressNone Compression = "none"
+	// CompressSSH: the bare stream, with ssh compression as machines.scm says (the
+	// machine's compression field): what the hook did before it compressed itself.
+	CompressSSH Compression = "ssh"
+)
+
+// CompressionAuto is the default mode: per machine, zstd if it has zstd, else gzip if
+// it has gzip, else ssh's own compression.
+const CompressionAuto = "auto"
+
+// CompressionEnv is the environment variable that sets the mode:
+// auto (default), zstd, gzip, none or ssh.
+const CompressionEnv = "OFFLOAD_COMPRESSION"
+
+// ParseCompressionMode checks a value of OFFLOAD_COMPRESSION; "" means auto.
+func ParseCompressionMode(s string) (string, error) {
+	switch s = strings.ToLower(strings.TrimSpace(s)); s {
+	case "":
+		return CompressionAuto, nil
+	case CompressionAuto, string(CompressZstd), string(CompressGzip), string(CompressNone), string(CompressSSH):
+		return s, nil
+	}
+	return CompressionAuto, fmt.Errorf("%s=%q is not one of auto, zstd, gzip, none, ssh", CompressionEnv, s)
+}
+
+// ChooseCompression picks how to transfer to or from a machine that has the
+// decompressors listed in has ("zstd", "gzip"), given the mode. A forced zstd or gzip
+// that the machine lacks falls back to the automatic choice, and why is returned in
+// note (it would fail on the machine, and that is not the machine's fault).
+func ChooseCompression(mode string, has map[string]bool) (c Compression, note string) {
+	auto := CompressSSH
+	switch {
+	case has[string(CompressZstd)]:
+		auto = CompressZstd
+	case has[string(CompressGzip)]:
+		auto = CompressGzip
+	}
+	switch mode {
+	case string(CompressNone), string(CompressSSH):
+		return Compression(mode), ""
+	case string(CompressZstd), string(CompressGzip):
+		if has[mode] {
+			return Compression(mode), ""
+		}
+		return auto, fmt.Sprintf("%s=%s but the machine has no %s; using %s", CompressionEnv, mode, mode, auto)
+	}
+	return auto, ""
+}
+
+// streamed tells whether we compress the stream ourselves.
+func (c Compression) streamed() bool { return c == CompressZstd || c == CompressGzip }
+
+// describe says what the byte counts of a transfer were, for the hook's messages: wire
+// is what went through ssh, raw the export bundle itself.
+func (c Compression) describe(wire, raw int64) string {
+	switch c {
+	case CompressZstd, CompressGzip:
+		return fmt.Sprintf("%s on the wire, %s; %s uncompressed", mib(wire), c, mib(raw))
+	case CompressNone:
+		return fmt.Sprintf("%s on the wire, uncompressed", mib(wire))
+	}
+	return fmt.Sprintf("%s before ssh compression", mib(wire))
+}
+
+// bulkTarget is how the bulk streams reach m: without ssh compression unless c leaves
+// compression to ssh. (The different option gives them their own shared connection.)
+func bulkTarget(m *machines.Machine, c Compression) sshexec.Target {
+	t := Target(m)
+	if c != CompressSSH {
+		t.Compression = "no"
+	}
+	return t
+}
+
+// toolPrefix starts the lines by which missingScript says which decompressors the
+// machine has (store paths start with "/", so they cannot be mistaken for these).
+const toolPrefix = "offload-has "
+
+// missingScript asks, in the round trip that upload makes anyway, which inputs the
+// machine lacks and which of zstd and gzip it has. (The load probe is cached for a few
+// seconds across hook processes and would often not have been made.) One line, so that
+// --verbose traces show all of it.
+const missingScript = `for c in zstd gzip; do if command -v "$c" >/dev/null 2>&1; then echo "` + toolPrefix + `$c"; fi; done; exec guix archive --missing`
+
+// parseMissing splits the output of missingScript into store paths and tools.
+func parseMissing(out string) (paths []string, has map[string]bool) {
+	has = map[string]bool{}
+	for _, line := range strings.Split(out, "\n") {
+		if tool, ok := strings.CutPrefix(line, toolPrefix); ok {
+			has[strings.TrimSpace(tool)] = true
+			continue
+		}
+		paths = append(paths, strings.Fields(line)...)
+	}
+	return paths, has
+}
+
+// importScript decompresses stdin with c (zstd or gzip) into `guix archive --import`.
+// POSIX sh has no pipefail: the decompressor's status comes back through fd 4. The
+// import's failure comes first (when it stops reading, the decompressor's failure is
+// only a consequence); a decompressor that failed while the import succeeded still
+// fails the whole. The pipeline is on the first line, which --verbose traces show.
+func importScript(c Compression) string {
+	return `exec 3>&1; st=$( { { ` + string(c) + ` -dc; echo $? >&4; } | guix archive --import >&3; } 4>&1 ); imp=$?
+[ "$imp" -eq 0 ] || exit "$imp"
+[ "${st:-1}" -eq 0 ] || { echo "` + string(c) + ` -d: exit status ${st:-unknown}" >&2; exit 1; }`
+}
+
+// exportScript compresses with c (zstd or gzip) `guix archive --export` of its
+// arguments to stdout, and exits with the export's status (through fd 4: POSIX sh has
+// no pipefail), else the compressor's.
+func exportScript(c Compression) string {
+	return `exec 3>&1; st=$( { { guix archive --export "$@"; echo $? >&4; } | ` + string(c) + ` -q -1 -c >&3; } 4>&1 ); cst=$?
+[ "${st:-1}" -eq 0 ] || exit "${st:-1}"
+exit "$cst"`
+}
+
+// importCommand is the remote command that receives an upload sent with c.
+func importCommand(c Compression) []string {
+	if c.streamed() {
+		return []string{"sh", "-c", importScript(c)}
+	}
+	return []string{"guix", "archive", "--import"}
+}
+
+// exportCommand is the remote command that sends outputs back with c.
+func exportCommand(c Compression, outputs []string) []string {
+	if c.streamed() {
+		return append([]string{"sh", "-c", exportScript(c), "sh"}, outputs...)
+	}
+	return append([]string{"guix", "archive", "--export"}, outputs...)
+}
+
+// newCompressor returns the writer that compresses into w with c (nil when c is not
+// ours to compress). Level 1 for both: on a fast link the compressor is the
+// bottleneck, and on a slow one level 1 already removes most of the redundancy.
+func newCompressor(c Compression, w io.Writer) (io.WriteCloser, error) {
+	switch c {
+	case CompressZstd:
+		return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	case CompressGzip:
+		return gzip.NewWriterLevel(w, gzip.BestSpeed)
+	}
+	return nil, nil
+}
+
+// maxZstdWindow bounds the memory a machine can make us use through the window size
+// its zstd frames declare (`zstd -1` uses 1 MiB or less).
+const maxZstdWindow = 64 << 20
+
+// CorruptStreamError is a compressed stream from a machine that does not decompress.
+// It counts as a refused archive (storeio.IsRefusal).
+type CorruptStreamError struct {
+	Compression Compression
+	Err         error
+}
+
+func (e *CorruptStreamError) Error() string {
+	return fmt.Sprintf("corrupt %s stream: %v", e.Compression, e.Err)
+}
+
+func (e *CorruptStreamError) Unwrap() error { return e.Err }
+
+// Is makes the error a storeio.ErrInvalidArchive, so that storeio.IsRefusal knows it.
+func (e *CorruptStreamError) Is(target error) bool { return target == storeio.ErrInvalidArchive }
+
+// sourceReader remembers the error of the reader under a decompressor, to tell a
+// broken transport (passed on as it is) from a corrupt stream.
+type sourceReader struct {
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	s.n += int64(n)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
+}
+
+// decompressor reads a stream compressed with c; it starts reading only when read
+// (gzip reads its header at once).
+type decompressor struct {
+	c     Compression
+	src   *sourceReader
+	dec   io.Reader
+	close func()
+}
+
+func newDecompressor(c Compression, r io.Reader) *decompressor {
+	return &decompressor{c: c, src: &sourceReader{r: r}}
+}
+
+func (d *decompressor) Read(p []byte) (int, error) {
+	if d.dec == nil {
+		switch d.c {
+		case CompressZstd:
+			z, err := zstd.NewReader(d.src, zstd.WithDecoderMaxWindow(maxZstdWindow))
+			if err != nil {
+				return 0, fmt.Errorf("zstd decoder: %w", err)
+			}
+			d.dec, d.close = z, z.Close
+		case CompressGzip:
+			z, err := gzip.NewReader(d.src)
+			if err != nil {
+				return 0, d.fail(err)
+			}
+			d.dec, d.close = z, func() { z.Close() }
+		default:
+			return 0, fmt.Errorf("no decompressor for %q", d.c)
+		}
+	}
+	n, err := d.dec.Read(p)
+	if err == io.EOF && d.src.n == 0 {
+		err = d.fail(err) // zstd takes no frames at all for a valid stream
+	} else if err != nil && err != io.EOF {
+		err = d.fail(err)
+	}
+	return n, err
+}
+
+// fail classifies a decompression error: the transport's own failure as it is, else
+// a corrupt stream (a stream cut short included: the machine's exit status, checked
+// by the caller, tells when that was the machine's export failing).
+func (d *decompressor) fail(err error) error {
+	if d.src.err != nil {
+		return d.src.err
+	}
+	if err == io.EOF {
+		err = errors.New("empty stream")
+	}
+	return &CorruptStreamError{Compression: d.c, Err: err}
+}
+
+// Close releases the decoder's goroutines and memory.
+func (d *decompressor) Close() {
+	if d.close != nil {
+		d.close()
+	}
+}
