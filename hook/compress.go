@@ -17,16 +17,24 @@ import (
 // Compression on the wire of the two bulk transfers (issue 5, steps 2 and 6): the
 // inputs sent to a machine and the outputs brought back.
 //
-// The figures that chose the default (BenchmarkTransfer/modes, 200 MB in 2,000 files,
-// loopback sshd, 2 cores running both ends; seconds for upload / download and MB on
-// the wire, per mode; see the report in issue 5's note):
+// The figures that chose the default: BenchmarkTransfer/modes-* (integration), one
+// run, 200 MB in 2,000 files and 21 items each way, real sshd on loopback, both ends
+// on the same 2 cores; seconds of the hook's own upload / download, MB on the wire
+// per direction (for ssh, the bundle before ssh's zlib; a deflate level 6 of the
+// upload, what ssh's zlib would send, is in brackets):
 //
-//	                  random data                compressible data (text and binaries)
-//	ssh zlib (old)    see compressSSH note       see compressSSH note
+//	mode   random data            /usr/bin + /usr/share files   whole offload (usr)
+//	ssh    4.8 / 4.7 s  200 [200]  8.4 / 8.5 s  200 [76]         18.1 s
+//	none   1.6 / 1.3 s  200        1.5 / 1.2 s  200               3.7 s
+//	gzip   2.5 / 5.8 s  200        3.9 / 3.7 s   88 / 81          8.7 s
+//	zstd   1.9 / 1.8 s  200        2.1 / 1.8 s   77 / 80          5.6 s
 //
-// are filled in below by defaultNote; zstd on our own stream with ssh compression off
-// was the fastest on both kinds of data and the smallest on compressible data, so
-// "auto" picks it whenever the machine has zstd, then gzip, then ssh's own compression.
+// ssh's zlib was the bottleneck (~25-40 MB/s). On loopback nothing beats no
+// compression, but zstd level 1 costs only ~0.3-0.6 s per 200 MB more (it stores
+// incompressible blocks as they are) and sends 2.6 times fewer bytes of real store
+// data, which pays on every link slower than about 1 Gb/s: at 100 Mb/s, 200 MB takes
+// 16 s raw and 6 s in zstd. gzip -1 (the machine's, downloading) is slow on random data.
+// So "auto" takes zstd when the machine has it, else gzip, else ssh's compression.
 
 // Compression is how one bulk transfer travels.
 type Compression string
@@ -138,20 +146,20 @@ func parseMissing(out string) (paths []string, has map[string]bool) {
 // POSIX sh has no pipefail: the decompressor's status comes back through fd 4. The
 // import's failure comes first (when it stops reading, the decompressor's failure is
 // only a consequence); a decompressor that failed while the import succeeded still
-// fails the whole. The pipeline is on the first line, which --verbose traces show.
+// fails the whole. One line, for --verbose traces and error messages.
 func importScript(c Compression) string {
-	return `exec 3>&1; st=$( { { ` + string(c) + ` -dc; echo $? >&4; } | guix archive --import >&3; } 4>&1 ); imp=$?
-[ "$imp" -eq 0 ] || exit "$imp"
-[ "${st:-1}" -eq 0 ] || { echo "` + string(c) + ` -d: exit status ${st:-unknown}" >&2; exit 1; }`
+	return `exec 3>&1; st=$( { { ` + string(c) + ` -dc; echo $? >&4; } | guix archive --import >&3; } 4>&1 ); imp=$?; ` +
+		`[ "$imp" -eq 0 ] || exit "$imp"; ` +
+		`[ "${st:-1}" -eq 0 ] || { echo "` + string(c) + ` -d: exit status ${st:-unknown}" >&2; exit 1; }`
 }
 
 // exportScript compresses with c (zstd or gzip) `guix archive --export` of its
 // arguments to stdout, and exits with the export's status (through fd 4: POSIX sh has
-// no pipefail), else the compressor's.
+// no pipefail), else the compressor's. One line, for --verbose traces and error
+// messages.
 func exportScript(c Compression) string {
-	return `exec 3>&1; st=$( { { guix archive --export "$@"; echo $? >&4; } | ` + string(c) + ` -q -1 -c >&3; } 4>&1 ); cst=$?
-[ "${st:-1}" -eq 0 ] || exit "${st:-1}"
-exit "$cst"`
+	return `exec 3>&1; st=$( { { guix archive --export "$@"; echo $? >&4; } | ` + string(c) + ` -q -1 -c >&3; } 4>&1 ); cst=$?; ` +
+		`[ "${st:-1}" -eq 0 ] || exit "${st:-1}"; exit "$cst"`
 }
 
 // importCommand is the remote command that receives an upload sent with c.

@@ -338,10 +338,11 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 	done := make(chan struct{})
 	stderr := &tailBuffer{max: 16 << 10}
 	go func() {
-		defer close(done)
-		runErr = h.Runner.RunRemote(ctx, bulkTarget(m, comp), exportCommand(comp, outputs),
+		err := h.Runner.RunRemote(ctx, bulkTarget(m, comp), exportCommand(comp, outputs),
 			sshexec.Stdio{Stdout: pw, Stderr: stderr})
-		pw.CloseWithError(runErr)
+		runErr = err
+		close(done) // before the pipe ends: an import that fails on that end can tell
+		pw.CloseWithError(err)
 	}()
 	cr := &countingReader{r: pr}
 	stop := make(chan struct{})
@@ -365,11 +366,17 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 	})
 	close(stop)
 	pr.CloseWithError(errors.New("import ended"))
+	machineFirst := false // the machine's export ended before the import failed
 	if impErr != nil {
+		select {
+		case <-done:
+			machineFirst = true
+		default:
+		}
 		cancel() // stop the machine's export: we refuse what it sends
 	}
 	<-done
-	if runErr != nil && impErr != nil && !errors.Is(ctx.Err(), context.Canceled) {
+	if runErr != nil && impErr != nil && machineFirst {
 		return fmt.Errorf("retrieving outputs from machine '%s': %w", m.Display(), runErr)
 	}
 	if impErr != nil && storeio.IsRefusal(impErr) {
