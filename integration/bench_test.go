@@ -9,6 +9,7 @@ package integration
 
 import (
 	"bufio"
+	"compress/flate"
 	"context"
 	"fmt"
 	"io"
@@ -262,8 +263,15 @@ func randomReader(seed uint64) io.Reader {
 // bytes each (a single file when files is 1 and flat), without holding them in memory.
 func addRandomItem(b testing.TB, f *farm.Farm, name string, seed uint64, files int, size int64) string {
 	b.Helper()
+	return addItemFrom(b, f, name, fmt.Sprintf("%d", seed), randomReader(seed), files, size)
+}
+
+// addItemFrom is addRandomItem with the files' bytes read from src; key tells items of
+// the same name apart.
+func addItemFrom(b testing.TB, f *farm.Farm, name, key string, src io.Reader, files int, size int64) string {
+	b.Helper()
 	st := f.Local.Drv()
-	p := drv.StorePath(st.Logical, fmt.Sprintf("bench:%s:%d:%d:%d", name, seed, files, size), name)
+	p := drv.StorePath(st.Logical, fmt.Sprintf("bench:%s:%s:%d:%d", name, key, files, size), name)
 	real, err := st.Real(p)
 	if err != nil {
 		b.Fatal(err)
@@ -274,7 +282,7 @@ func addRandomItem(b testing.TB, f *farm.Farm, name string, seed uint64, files i
 	}
 	defer os.RemoveAll(tmp)
 	root := filepath.Join(tmp, "item")
-	if err := writeRandomTree(root, seed, files, size); err != nil {
+	if err := writeTree(root, src, files, size); err != nil {
 		b.Fatal(err)
 	}
 	if err := os.Rename(root, real); err != nil {
@@ -289,7 +297,11 @@ func addRandomItem(b testing.TB, f *farm.Farm, name string, seed uint64, files i
 // writeRandomTree writes files files of size random bytes under root, 100 per
 // subdirectory; files == 0 makes root itself one regular file of size bytes.
 func writeRandomTree(root string, seed uint64, files int, size int64) error {
-	rnd := randomReader(seed)
+	return writeTree(root, randomReader(seed), files, size)
+}
+
+// writeTree is writeRandomTree with the bytes read from rnd.
+func writeTree(root string, rnd io.Reader, files int, size int64) error {
 	write := func(name string) error {
 		w, err := os.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o444)
 		if err != nil {
@@ -316,7 +328,12 @@ func writeRandomTree(root string, seed uint64, files int, size int64) error {
 	return nil
 }
 
-var sentRe = regexp.MustCompile(`sent (\d+) store items? \(([0-9.]+) MiB\) to '[^']*' in ([0-9.]+)s`)
+// The hook's lines after each transfer: items, MiB on the wire (then what it was
+// compressed with, and the size before), seconds.
+var (
+	sentRe      = regexp.MustCompile(`sent (\d+) store items? \(([0-9.]+) MiB[^)]*\) to '[^']*' in ([0-9.]+)s`)
+	retrievedRe = regexp.MustCompile(`retrieved (\d+) store items? \(([0-9.]+) MiB[^)]*\) from '[^']*' in ([0-9.]+)s`)
+)
 
 // BenchmarkTransfer: a whole offload of a derivation with a big input closure against
 // the bare `guix archive --export | ssh host guix archive --import` pipeline (the
@@ -396,6 +413,152 @@ func BenchmarkTransfer(b *testing.B) {
 			b.ReportMetric(mib*1.048576, "wire-MB")
 			b.ReportMetric(float64(cr.n)/1e6, "base-wire-MB")
 		})
+	}
+	// Compression on the wire (hook/compress.go): each OFFLOAD_COMPRESSION mode on
+	// incompressible and on compressible data, against "ssh" (ssh's zlib, as before).
+	files, size := pick(2000, 200), int64(100_000)
+	b.Run("modes-random", func(b *testing.B) { transferModes(b, randomReader(42), files, size) })
+	b.Run("modes-usr", func(b *testing.B) {
+		src, err := usrReader()
+		if err != nil {
+			b.Fatal(err)
+		}
+		transferModes(b, src, files, size)
+	})
+}
+
+// transferModes offloads, once per compression mode, a derivation whose input closure
+// is files files of size bytes read from src (in 20 items) and whose output is a copy
+// of it, each mode to a machine of its own that lacks everything, and reports the
+// upload and download times (the hook's own "sent" and "retrieved" lines), the whole
+// offload and the MB on the wire each way, against mode "ssh" in the same run.
+func transferModes(b *testing.B, src io.Reader, files int, size int64) {
+	modes := []string{"ssh", "none", "gzip", "zstd"}
+	f := farm.New(b, farm.Options{Machines: len(modes)})
+	const items = 20
+	var inputs []string
+	for i := range items {
+		inputs = append(inputs, addItemFrom(b, f, fmt.Sprintf("blob%d", i), "modes", src, files/items, size))
+	}
+	type figures struct{ up, down, whole, upMB, downMB, rawMB float64 }
+	var base figures
+	for i, mode := range modes {
+		b.Run(mode, func(b *testing.B) {
+			d := f.MakeDrv(drv.Spec{
+				Name:      "t-copy",
+				Args:      []string{"-c", `/bin/mkdir "$out" && for i in $IN; do /bin/cp -r "$FAKEGUIX_STORE/${i##*/}" "$out/"; done`},
+				Env:       map[string]string{"IN": strings.Join(inputs, " ")},
+				InputSrcs: inputs,
+				Nonce:     "modes-" + mode,
+			})
+			writeMachinesText(b, f, []string{machineEntry(f.Machines[i], 0, 1, "")})
+			t0 := time.Now()
+			res := offloadTB(b, f, d, "OFFLOAD_COMPRESSION="+mode)
+			whole := time.Since(t0)
+			if res.answer != "accept" || res.status != 0 {
+				b.Fatalf("offload: %s %d:\n%s", res.answer, res.status, res.messages)
+			}
+			sent, got := sentRe.FindStringSubmatch(res.messages), retrievedRe.FindStringSubmatch(res.messages)
+			if sent == nil || got == nil || !strings.Contains(res.messages, "("+mode+")...") {
+				b.Fatalf("no 'sent' and 'retrieved' lines, or not with %s:\n%s", mode, res.messages)
+			}
+			num := func(s string) float64 { v, _ := strconv.ParseFloat(s, 64); return v }
+			fig := figures{up: num(sent[3]), down: num(got[3]), whole: whole.Seconds(),
+				upMB: num(sent[2]) * 1.048576, downMB: num(got[2]) * 1.048576}
+			if mode == "ssh" {
+				base = fig
+				// What ssh's zlib (deflate level 6) makes of the upload: its bytes on
+				// the wire, which the hook cannot see.
+				all, err := f.Local.Drv().BuildInputs(d)
+				if err != nil {
+					b.Fatal(err)
+				}
+				exp := exec.Command(f.Bin.FakeGuix, append([]string{"archive", "--export"}, all...)...)
+				exp.Env = f.HookEnv()
+				out, err := exp.StdoutPipe()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := exp.Start(); err != nil {
+					b.Fatal(err)
+				}
+				cw := &countWriter{}
+				zw, _ := flate.NewWriter(cw, 6)
+				if _, err := io.Copy(zw, out); err != nil {
+					b.Fatal(err)
+				}
+				zw.Close()
+				if err := exp.Wait(); err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(cw.n)/1e6, "zlib6-up-MB")
+			}
+			b.Logf("%s: %s", mode, lineWith(res.messages, "sent "))
+			b.Logf("%s: %s", mode, lineWith(res.messages, "retrieved "))
+			b.ReportMetric(fig.up, "upload-s")
+			b.ReportMetric(base.up, "base-upload-s")
+			b.ReportMetric(fig.down, "download-s")
+			b.ReportMetric(base.down, "base-download-s")
+			b.ReportMetric(fig.whole, "whole-offload-s")
+			b.ReportMetric(base.whole, "base-whole-offload-s")
+			b.ReportMetric(fig.upMB, "up-wire-MB")
+			b.ReportMetric(base.upMB, "base-up-wire-MB")
+			b.ReportMetric(fig.downMB, "down-wire-MB")
+			b.ReportMetric(base.downMB, "base-down-wire-MB")
+		})
+	}
+}
+
+type countWriter struct{ n int64 }
+
+func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+
+// usrReader reads the regular files of /usr/bin and /usr/share, one from each in
+// turn, over and over: real programs and text (with the odd compressed man page), as
+// store items hold.
+func usrReader() (io.Reader, error) {
+	var lists [2][]string
+	for i, dir := range []string{"/usr/bin", "/usr/share"} {
+		filepath.WalkDir(dir, func(p string, e os.DirEntry, err error) error {
+			if err == nil && e.Type().IsRegular() {
+				lists[i] = append(lists[i], p)
+			}
+			return nil
+		})
+	}
+	if len(lists[0]) == 0 || len(lists[1]) == 0 {
+		return nil, fmt.Errorf("no files under /usr/bin or /usr/share")
+	}
+	return &filesReader{lists: lists}, nil
+}
+
+// filesReader is usrReader's reader.
+type filesReader struct {
+	lists [2][]string
+	n     int
+	cur   *os.File
+}
+
+func (r *filesReader) Read(p []byte) (int, error) {
+	for {
+		if r.cur == nil {
+			list := r.lists[r.n%2]
+			f, err := os.Open(list[(r.n/2)%len(list)])
+			r.n++
+			if err != nil {
+				continue
+			}
+			r.cur = f
+		}
+		n, err := r.cur.Read(p)
+		if n > 0 {
+			return n, nil
+		}
+		r.cur.Close()
+		r.cur = nil
+		if err != nil && err != io.EOF {
+			continue
+		}
 	}
 }
 
