@@ -7,6 +7,7 @@ need=""
 command -v ssh >/dev/null 2>&1 || need="$need openssh-client"
 [ -x /usr/sbin/sshd ] || need="$need openssh-server"
 command -v nix-store >/dev/null 2>&1 || need="$need nix-bin"
+command -v zstd >/dev/null 2>&1 || need="$need zstd"
 if [ -n "$need" ]; then
 	if [ "$(id -u)" -ne 0 ]; then
 		echo "install-deps: missing:$need; run as root or install them with apt-get" >&2
