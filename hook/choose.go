@@ -242,7 +242,7 @@ const probeScript = `cat /proc/loadavg && nproc && date +%s && { df -Pk "$1" 2>/
 // probe asks a machine for its load; a machine that does not answer in time counts as
 // unreachable (never as idle).
 func (h *Hook) probe(ctx context.Context, m *machines.Machine) (*machines.Probe, error) {
-	p, err := ProbeMachine(ctx, h.Runner, m, h.Conf.StoreDir, 2*h.connectTimeout())
+	p, err := ProbeMachine(ctx, h.Runner, h.target(m), m.Display(), h.Conf.StoreDir, 2*h.connectTimeout())
 	if p != nil {
 		p.Time = h.Now()
 	}
@@ -251,19 +251,19 @@ func (h *Hook) probe(ctx context.Context, m *machines.Machine) (*machines.Probe,
 
 // ProbeMachine reads a machine's load, cores, free store space and clock in one ssh
 // round trip, giving up after timeout.
-func ProbeMachine(ctx context.Context, r *sshexec.Runner, m *machines.Machine, storeDir string, timeout time.Duration) (*machines.Probe, error) {
+func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, name, storeDir string, timeout time.Duration) (*machines.Probe, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	out, err := r.OutputRemote(ctx, Target(m), []string{"sh", "-c", probeScript, "sh", storeDir}, nil)
+	out, err := r.OutputRemote(ctx, t, []string{"sh", "-c", probeScript, "sh", storeDir}, nil)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("machine '%s' did not answer within %s: %w", m.Display(), timeout, err)
+			return nil, fmt.Errorf("machine '%s' did not answer within %s: %w", name, timeout, err)
 		}
 		return nil, err
 	}
 	p, err := ParseProbe(string(out))
 	if err != nil {
-		return nil, fmt.Errorf("machine '%s': %w", m.Display(), err)
+		return nil, fmt.Errorf("machine '%s': %w", name, err)
 	}
 	p.Time = time.Now()
 	return p, nil

@@ -109,14 +109,25 @@ func (c Compression) describe(wire, raw int64) string {
 	return fmt.Sprintf("%s before ssh compression", mib(wire))
 }
 
-// bulkTarget is how the bulk streams reach m: without ssh compression unless c leaves
-// compression to ssh. (The different option gives them their own shared connection.)
-func bulkTarget(m *machines.Machine, c Compression) sshexec.Target {
+// target is how the offload's commands reach m. Unless the mode leaves compression to
+// ssh, ssh compression is off for all of them: the bulk streams carry their own, the
+// rest are small, and one setting for all lets them share one ssh connection (the
+// shared connection's compression is fixed when it is opened).
+func (h *Hook) target(m *machines.Machine) sshexec.Target {
 	t := Target(m)
-	if c != CompressSSH {
+	if mode, _ := ParseCompressionMode(h.Conf.Compression); mode != string(CompressSSH) {
 		t.Compression = "no"
 	}
 	return t
+}
+
+// bulkTarget is how the bulk streams reach m: as h.target, but with machines.scm's
+// compression when c leaves compression to ssh (a machine with neither zstd nor gzip).
+func (h *Hook) bulkTarget(m *machines.Machine, c Compression) sshexec.Target {
+	if c == CompressSSH {
+		return Target(m)
+	}
+	return h.target(m)
 }
 
 // toolPrefix starts the lines by which missingScript says which decompressors the

@@ -59,6 +59,7 @@ type Config struct {
 	StoreDir     string // $NIX_STORE_DIR
 	Guix         string // the local guix program, for `guix archive --export`
 	Fallback     string // $OFFLOAD_FALLBACK: "" (build locally when all machines are down) or "wait"
+	Compression  string // $OFFLOAD_COMPRESSION: auto (default), zstd, gzip, none or ssh
 	ProbeMaxAge  time.Duration
 	LockWait     time.Duration // bound on waiting for a machine's upload/download lock
 }
@@ -83,6 +84,7 @@ func ConfigFromEnv(getenv func(string) string) Config {
 		StateDir:     filepath.Join(state, "offload"),
 		StoreDir:     strings.TrimRight(store, "/"),
 		Fallback:     getenv("OFFLOAD_FALLBACK"),
+		Compression:  getenv(CompressionEnv),
 		ProbeMaxAge:  5 * time.Second,
 		LockWait:     30 * time.Minute,
 	}

@@ -35,11 +35,10 @@ const rootsDir = ".cache/guix/offload"
 
 // offload performs an accepted build on machine m (BEHAVIOUR.md 1, 2, 7, 12).
 func (h *Hook) offload(ctx context.Context, m *machines.Machine, req Request, inputs, outputs []string) error {
-	t := Target(m)
 	root := rootName(req.Drv)
-	defer h.removeRoots(t, root)
+	defer h.removeRoots(h.target(m), root)
 
-	mode, err := ParseCompressionMode(os.Getenv(CompressionEnv))
+	mode, err := ParseCompressionMode(h.Conf.Compression)
 	if err != nil {
 		h.say("offload: %v; using %s", err, mode)
 	}
@@ -138,8 +137,7 @@ func (h *Hook) upload(ctx context.Context, m *machines.Machine, drv string, inpu
 	defer lock.Release()
 
 	want := uniqueSorted(append([]string{drv}, inputs...))
-	t := Target(m)
-	out, err := h.Runner.OutputRemote(ctx, t, []string{"sh", "-c", missingScript},
+	out, err := h.Runner.OutputRemote(ctx, h.target(m), []string{"sh", "-c", missingScript},
 		strings.NewReader(strings.Join(want, "\n")+"\n"))
 	if err != nil {
 		return "", fmt.Errorf("asking which inputs it lacks: %w", err)
@@ -178,7 +176,7 @@ func (h *Hook) upload(ctx context.Context, m *machines.Machine, drv string, inpu
 // into `guix archive --import` on the machine and returns the bytes that went through
 // ssh (wire) and the size of the export itself (raw).
 func (h *Hook) pipeExport(ctx context.Context, m *machines.Machine, paths []string, comp Compression) (wire, raw int64, err error) {
-	t := bulkTarget(m, comp)
+	t := h.bulkTarget(m, comp)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// The first side to fail is the cause; the other side's error (EPIPE, killed) is
@@ -257,7 +255,7 @@ guix build -d -r "$d/$r.drv" "$drv" >/dev/null
 exec guix build -r "$d/$r" "$@" "$drv" >/dev/null`
 	remote := append([]string{"sh", "-c", script, "sh", rootsDir, root, req.Drv}, args...)
 	tail := &tailBuffer{max: 64 << 10}
-	err := h.Runner.RunRemote(ctx, Target(m), remote, sshexec.Stdio{Stderr: io.MultiWriter(h.Log, tail)})
+	err := h.Runner.RunRemote(ctx, h.target(m), remote, sshexec.Stdio{Stderr: io.MultiWriter(h.Log, tail)})
 	if err == nil {
 		return nil
 	}
@@ -338,7 +336,7 @@ func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []stri
 	done := make(chan struct{})
 	stderr := &tailBuffer{max: 16 << 10}
 	go func() {
-		err := h.Runner.RunRemote(ctx, bulkTarget(m, comp), exportCommand(comp, outputs),
+		err := h.Runner.RunRemote(ctx, h.bulkTarget(m, comp), exportCommand(comp, outputs),
 			sshexec.Stdio{Stdout: pw, Stderr: stderr})
 		runErr = err
 		close(done) // before the pipe ends: an import that fails on that end can tell

@@ -118,8 +118,19 @@ func TestCompressionModes(t *testing.T) {
 			if len(down) != 1 || !strings.Contains(down[0], wantSSH) {
 				t.Errorf("the download's ssh command is not with %s:\n%s", wantSSH, strings.Join(down, "\n"))
 			}
-			if missing := traced(r.messages, "--missing"); len(missing) != 1 || !strings.Contains(missing[0], "-o Compression=yes") {
-				t.Errorf("the small commands lost machines.scm's compression: %q", missing)
+			// The small commands use the same setting, so that every command of the
+			// offload shares one ssh connection (one ControlPath).
+			if missing := traced(r.messages, "--missing"); len(missing) != 1 || !strings.Contains(missing[0], wantSSH) {
+				t.Errorf("the small commands do not use %s: %q", wantSSH, missing)
+			}
+			paths := map[string]bool{}
+			for _, l := range traced(r.messages, "+ ssh ") {
+				if i := strings.Index(l, "ControlPath="); i >= 0 {
+					paths[strings.Fields(l[i:])[0]] = true
+				}
+			}
+			if len(paths) != 1 {
+				t.Errorf("the offload's commands use %d ssh connections, want 1: %v", len(paths), paths)
 			}
 			sent, got := lineWith(r.messages, "offload: sent "), lineWith(r.messages, "offload: retrieved ")
 			if c.want == "zstd" || c.want == "gzip" {
