@@ -41,6 +41,7 @@
    (list go-github-com-alecthomas-kong
          go-github-com-gofrs-flock
          go-github-com-google-shlex
+         go-github-com-klauspost-compress
          go-filippo-io-edwards25519
          go-golang-org-x-sys))
   (home-page "https://example.org/offload")
