@@ -21,7 +21,8 @@ vet:
 	$(GO) vet ./...
 
 test: deps
-	@test -z "$$(gofmt -l . | tee /dev/stderr)" || { echo "gofmt: files above need formatting" >&2; exit 1; }
+	@# (not `tee /dev/stderr`: reopening stderr truncates a log file it points to)
+	@unformatted=$$(gofmt -l .); test -z "$$unformatted" || { echo "$$unformatted" >&2; echo "gofmt: files above need formatting" >&2; exit 1; }
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 12m ./...
 
