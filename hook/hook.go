@@ -194,7 +194,10 @@ func (h *Hook) accepted(ctx context.Context, in *bufio.Reader, req Request, d de
 		tried[m.ID()] = true
 		err := h.offload(ctx, m, req, inputs, outputs)
 		var early *beforeBuildError
-		if !errors.As(err, &early) {
+		var local *localError
+		if !errors.As(err, &early) || errors.As(err, &local) {
+			// The build started (its outcome stands), or our own side failed (no
+			// machine is to blame, and none would do better).
 			return err
 		}
 		// The machine failed before the build started on it: nothing ran there, so

@@ -29,6 +29,13 @@ type beforeBuildError struct{ Err error }
 func (e *beforeBuildError) Error() string { return e.Err.Error() }
 func (e *beforeBuildError) Unwrap() error { return e.Err }
 
+// localError is a failure on our side (the local guix could not export): no machine
+// is to blame, and no other machine would do better.
+type localError struct{ Err error }
+
+func (e *localError) Error() string { return e.Err.Error() }
+func (e *localError) Unwrap() error { return e.Err }
+
 // rootsDir is where the remote GC roots of builds in flight live, relative to the
 // remote user's home directory (where ssh starts remote commands).
 const rootsDir = ".cache/guix/offload"
@@ -204,7 +211,7 @@ func (h *Hook) pipeExport(ctx context.Context, m *machines.Machine, paths []stri
 		argv := append([]string{h.Conf.Guix, "archive", "--export"}, paths...)
 		err := h.Runner.Run(ctx, argv, sshexec.Stdio{Stdout: rawCount})
 		if err != nil {
-			fail(fmt.Errorf("local `guix archive --export`: %w", err))
+			fail(&localError{fmt.Errorf("local `guix archive --export`: %w", err)})
 			pw.CloseWithError(err) // no end of stream: the machine sees it cut short
 			if zw != nil {
 				zw.Close() // fails at once on the closed pipe; frees the encoder

@@ -58,3 +58,30 @@ func TestNoMachineLeftAfterFailure(t *testing.T) {
 		t.Errorf("error does not name the machine: %s", r.messages)
 	}
 }
+
+// TestLocalExportFailureBlamesNoMachine: when our own guix cannot export the inputs
+// (here: no signing key), the hook fails without putting the machine in backoff or
+// trying the next one.
+func TestLocalExportFailureBlamesNoMachine(t *testing.T) {
+	f := farm.New(t, farm.Options{Machines: 2})
+	writeMachines(f, nil)
+	if err := os.Remove(filepath.Join(f.Local.Conf, "signing-key.sec")); err != nil {
+		t.Fatal(err)
+	}
+	d := okDrv(f, "localfail")
+	r := offload(t, f, d, buildOpts{})
+	if r.answer != "accept" || r.status != 1 {
+		t.Fatalf("answer %s status %d:\n%s", r.answer, r.status, r.messages)
+	}
+	if !strings.Contains(r.messages, "local `guix archive --export`") || strings.Contains(r.messages, "trying machine") {
+		t.Errorf("want a local failure and no failover:\n%s", r.messages)
+	}
+	// Both machines are still up: the next request is accepted, not declined as down.
+	if err := os.WriteFile(filepath.Join(f.Local.Conf, "signing-key.sec"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := startHook(t, f, buildOpts{})
+	if ans, err := h.Request(true, d.System, d.Path, nil); err != nil || ans != "accept" {
+		t.Fatalf("next request: %q %v %q", ans, err, h.Messages())
+	}
+}
