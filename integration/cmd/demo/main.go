@@ -63,8 +63,9 @@ func main() {
 		os.Exit(1)
 	}
 	t := &demoTB{dir: dir}
-	defer t.close()
-	os.Exit(run(t))
+	code := run(t)
+	t.close() // not deferred: os.Exit would skip it and leave the sshd servers running
+	os.Exit(code)
 }
 
 func step(format string, args ...any) {
