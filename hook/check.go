@@ -33,6 +33,9 @@ const (
 	CheckSSH    = "ssh"    // connects, with the pinned host key
 	CheckGuix   = "guix"   // `guix --version` runs there
 	CheckDaemon = "daemon" // its guix-daemon answers a query
+	// CheckCompression says which compressor the transfers will use (never fails:
+	// without zstd or gzip they still work, through ssh's compression, only slower).
+	CheckCompression = "compression"
 	CheckImport = "import" // it accepts an archive signed by our key
 	CheckExport = "export" // we accept its archives
 	CheckSlots  = "slots"  // the hook's slot and lock files for it are usable here
@@ -143,7 +146,7 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 	t := Target(m)
 	if err := c.remote(ctx, t, []string{"true"}, nil, nil); err != nil {
 		add(CheckSSH, CheckFailed, err.Error(), sshFix(m, err))
-		skipRest("cannot connect", CheckGuix, CheckDaemon, CheckImport, CheckExport)
+		skipRest("cannot connect", CheckGuix, CheckDaemon, CheckCompression, CheckImport, CheckExport)
 		out = append(out, c.checkSlots(m))
 		return out
 	}
@@ -153,7 +156,7 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 	if err := c.remote(ctx, t, []string{"guix", "--version"}, nil, &version); err != nil {
 		add(CheckGuix, CheckFailed, "`guix --version` failed there: "+err.Error(),
 			fmt.Sprintf("install Guix on %s, or make `guix` found on the PATH that ssh gives %s (non-interactive shells)", m.Name, m.User))
-		skipRest("guix does not run there", CheckDaemon, CheckImport, CheckExport)
+		skipRest("guix does not run there", CheckDaemon, CheckCompression, CheckImport, CheckExport)
 		out = append(out, c.checkSlots(m))
 		return out
 	}
@@ -166,24 +169,27 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 		// No local item to send: ask about a path that cannot exist.
 		probe = c.Conf.StoreDir + "/00000000000000000000000000000000-offload-test"
 	}
+	// The same question the hook asks before sending: which items it lacks, and
+	// which compressors it has.
 	var missing bytes.Buffer
-	err := c.remote(ctx, t, []string{"guix", "archive", "--missing"}, strings.NewReader(probe+"\n"), &missing)
-	answer := strings.Fields(missing.String())
+	err := c.remote(ctx, t, []string{"sh", "-c", missingScript}, strings.NewReader(probe+"\n"), &missing)
+	answer, has := parseMissing(missing.String())
 	switch {
 	case err != nil:
 		add(CheckDaemon, CheckFailed, "`guix archive --missing` failed there: "+err.Error(),
 			fmt.Sprintf("start guix-daemon on %s and check that %s can use its socket %s", m.Name, m.User, m.DaemonSocket))
-		skipRest("its daemon does not answer", CheckImport, CheckExport)
+		skipRest("its daemon does not answer", CheckCompression, CheckImport, CheckExport)
 		out = append(out, c.checkSlots(m))
 		return out
 	case len(answer) > 1 || len(answer) == 1 && answer[0] != probe:
 		add(CheckDaemon, CheckFailed, fmt.Sprintf("`guix archive --missing` answered %q, asked about %s only", missing.String(), probe),
 			fmt.Sprintf("check the guix and guix-daemon installed on %s", m.Name))
-		skipRest("its daemon answers wrongly", CheckImport, CheckExport)
+		skipRest("its daemon answers wrongly", CheckCompression, CheckImport, CheckExport)
 		out = append(out, c.checkSlots(m))
 		return out
 	}
 	add(CheckDaemon, CheckOK, "it answered `guix archive --missing`", "")
+	add(CheckCompression, CheckOK, compressionDetail(m, has), "")
 	hadItem := len(answer) == 0 && smp.path != ""
 
 	imported := false
@@ -205,6 +211,18 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 	}
 	out = append(out, c.checkSlots(m))
 	return out
+}
+
+// compressionDetail says how transfers to m will be compressed (OFFLOAD_COMPRESSION=auto).
+func compressionDetail(m *machines.Machine, has map[string]bool) string {
+	switch c, _ := ChooseCompression(CompressionAuto, has); c {
+	case CompressZstd:
+		return "transfers use zstd"
+	case CompressGzip:
+		return fmt.Sprintf("transfers use gzip, slower than zstd: install zstd on %s", m.Name)
+	default:
+		return fmt.Sprintf("neither zstd nor gzip found: transfers use ssh's compression, much slower; install zstd on %s", m.Name)
+	}
 }
 
 // checkExport has the machine export item and checks its signature against our ACL,

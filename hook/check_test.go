@@ -111,3 +111,20 @@ func TestCheckSlots(t *testing.T) {
 		t.Fatalf("unusable: %v", ck)
 	}
 }
+
+func TestCompressionDetail(t *testing.T) {
+	m := &machines.Machine{Name: "build1"}
+	cases := []struct {
+		has  map[string]bool
+		want string
+	}{
+		{map[string]bool{"zstd": true, "gzip": true}, "transfers use zstd"},
+		{map[string]bool{"gzip": true}, "transfers use gzip, slower than zstd: install zstd on build1"},
+		{map[string]bool{}, "neither zstd nor gzip found: transfers use ssh's compression, much slower; install zstd on build1"},
+	}
+	for _, c := range cases {
+		if got := compressionDetail(m, c.has); got != c.want {
+			t.Errorf("compressionDetail(%v) = %q, want %q", c.has, got, c.want)
+		}
+	}
+}

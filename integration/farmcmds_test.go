@@ -55,7 +55,7 @@ func checkLines(t *testing.T, out string, m *farm.Machine) map[string]string {
 		lines[check] = verdict
 		order = append(order, check)
 	}
-	want := []string{"ssh", "guix", "daemon", "import", "export", "slots"}
+	want := []string{"ssh", "guix", "daemon", "compression", "import", "export", "slots"}
 	if !reflect.DeepEqual(order, want) {
 		t.Fatalf("machine %s: checks %q, want %q in that order; output:\n%s", prefix, order, want, out)
 	}
@@ -102,7 +102,10 @@ func TestOffloadTestGoodMachines(t *testing.T) {
 	}
 	for _, m := range f.Machines {
 		lines := checkLines(t, out, m)
-		wantOK(t, lines, "ssh", "guix", "daemon", "import", "export", "slots")
+		wantOK(t, lines, "ssh", "guix", "daemon", "compression", "import", "export", "slots")
+		if lines["compression"] != "ok (transfers use zstd)" {
+			t.Errorf("compression: %s", lines["compression"])
+		}
 		if !strings.Contains(lines["guix"], "GNU Guix") {
 			t.Errorf("guix version not shown: %s", lines["guix"])
 		}
@@ -113,8 +116,8 @@ func TestOffloadTestGoodMachines(t *testing.T) {
 			t.Errorf("machine %d was not asked to export the item: %q", m.Port, m.Invocations())
 		}
 	}
-	if strings.Count(out, "\n") != 12 {
-		t.Errorf("want 12 lines (6 checks x 2 machines):\n%s", out)
+	if strings.Count(out, "\n") != 14 {
+		t.Errorf("want 14 lines (7 checks x 2 machines):\n%s", out)
 	}
 	after := storeEntries(t, f)
 	if !reflect.DeepEqual(before, after) {
@@ -160,7 +163,7 @@ func TestOffloadTestBrokenMachines(t *testing.T) {
 		t.Errorf("stderr does not sum up: %q", errOut)
 	}
 
-	wantOK(t, checkLines(t, out, good), "ssh", "guix", "daemon", "import", "export", "slots")
+	wantOK(t, checkLines(t, out, good), "ssh", "guix", "daemon", "compression", "import", "export", "slots")
 
 	l := checkLines(t, out, wrongKey)
 	wantFailed(t, l, "ssh", "update host-key", "`ssh-keyscan -p "+itoa(wrongKey.Port)+" 127.0.0.1`")
@@ -182,7 +185,7 @@ func TestOffloadTestBrokenMachines(t *testing.T) {
 	}
 
 	l = checkLines(t, out, refuses)
-	wantOK(t, l, "ssh", "guix", "daemon", "slots")
+	wantOK(t, l, "ssh", "guix", "daemon", "compression", "slots")
 	wantFailed(t, l, "import", "run `guix archive --authorize < "+filepath.Join(f.Local.Conf, "signing-key.pub")+"` on 127.0.0.1")
 	if !strings.Contains(l["import"], "unauthorized public key") {
 		t.Errorf("import failure does not show the machine's reason: %s", l["import"])
@@ -205,7 +208,7 @@ func TestOffloadTestUntrustedMachine(t *testing.T) {
 		t.Fatalf("status %d, want 1\n%s%s", status, out, errOut)
 	}
 	l := checkLines(t, out, f.Machines[0])
-	wantOK(t, l, "ssh", "guix", "daemon", "import", "slots")
+	wantOK(t, l, "ssh", "guix", "daemon", "compression", "import", "slots")
 	wantFailed(t, l, "export", "run `guix archive --authorize < KEY` here, KEY being 127.0.0.1's /etc/guix/signing-key.pub")
 	if !strings.Contains(l["export"], "unauthorized public key") || !strings.Contains(l["export"], d.Path) {
 		t.Errorf("export failure does not say why and what: %s", l["export"])
