@@ -36,9 +36,9 @@ const (
 	// CheckCompression says which compressor the transfers will use (never fails:
 	// without zstd or gzip they still work, through ssh's compression, only slower).
 	CheckCompression = "compression"
-	CheckImport = "import" // it accepts an archive signed by our key
-	CheckExport = "export" // we accept its archives
-	CheckSlots  = "slots"  // the hook's slot and lock files for it are usable here
+	CheckImport      = "import" // it accepts an archive signed by our key
+	CheckExport      = "export" // we accept its archives
+	CheckSlots       = "slots"  // the hook's slot and lock files for it are usable here
 )
 
 // Check is the outcome of one check on one machine.
