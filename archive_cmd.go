@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"offload/hook"
 	"offload/storeio"
 )
 
@@ -38,11 +39,7 @@ type ArchiveVerifyCmd struct {
 func (c *ArchiveVerifyCmd) Run(ctx context.Context) error {
 	path := c.ACL
 	if path == "" {
-		conf := os.Getenv("GUIX_CONFIGURATION_DIRECTORY")
-		if conf == "" {
-			conf = "/etc/guix"
-		}
-		path = filepath.Join(conf, "acl")
+		path = filepath.Join(hook.ConfigFromEnv(os.Getenv).ConfDir, "acl")
 	}
 	acl, err := storeio.LoadACL(path)
 	if err != nil {

@@ -160,6 +160,9 @@ func freeSlots(dir string, n int) int {
 // across hook processes, since postponed requests come back every 5 s.
 func (h *Hook) sayDown(m *machines.Machine, health machines.Health, now time.Time) {
 	if !h.DryRun {
+		if !health.NoticeDue(now, time.Minute) {
+			return // said recently: no need to read the state again
+		}
 		if ok, err := h.state.Notice(m.ID(), now, time.Minute); err == nil && !ok {
 			return
 		}

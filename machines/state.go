@@ -134,9 +134,7 @@ func (s State) RecordSuccess(id string, p *Probe, now time.Time) error {
 // The daemon asks the hook again every few seconds; this keeps it from
 // repeating the same line each time.
 func (s State) Notice(id string, now time.Time, every time.Duration) (bool, error) {
-	due := func(h Health) bool {
-		return h.Noticed.IsZero() || now.Sub(h.Noticed) >= every || now.Before(h.Noticed)
-	}
+	due := func(h Health) bool { return h.NoticeDue(now, every) }
 	// The common case, a notice given recently, reads the file and writes nothing:
 	// with many machines in backoff, a postponed request must stay cheap.
 	if h, err := s.Health(id); err == nil && !due(h) {
@@ -150,6 +148,13 @@ func (s State) Notice(id string, now time.Time, every time.Duration) (bool, erro
 		}
 	})
 	return tell, err
+}
+
+// NoticeDue tells whether a notice about this machine is due: none given yet, or the
+// last one older than every. Callers holding a Health just read can skip Notice (and
+// its second read of the file) when it is not.
+func (h Health) NoticeDue(now time.Time, every time.Duration) bool {
+	return h.Noticed.IsZero() || now.Sub(h.Noticed) >= every || now.Before(h.Noticed)
 }
 
 // update changes the state of machine id under its lock and replaces the

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -205,17 +206,7 @@ func TestClosureTopoAndScan(t *testing.T) {
 	}
 }
 
-func sortedCopy(ss ...string) []string {
-	out := append([]string(nil), ss...)
-	for i := range out {
-		for j := i + 1; j < len(out); j++ {
-			if out[j] < out[i] {
-				out[i], out[j] = out[j], out[i]
-			}
-		}
-	}
-	return out
-}
+func sortedCopy(ss ...string) []string { return slices.Sorted(slices.Values(ss)) }
 
 func TestCheckPath(t *testing.T) {
 	s := Store{Logical: "/gnu/store"}

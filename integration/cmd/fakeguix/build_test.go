@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -88,17 +89,7 @@ func TestBuildSuccess(t *testing.T) {
 	}
 }
 
-func sorted(ss ...string) []string {
-	out := append([]string(nil), ss...)
-	for i := range out {
-		for j := i + 1; j < len(out); j++ {
-			if out[j] < out[i] {
-				out[i], out[j] = out[j], out[i]
-			}
-		}
-	}
-	return out
-}
+func sorted(ss ...string) []string { return slices.Sorted(slices.Values(ss)) }
 
 func TestBuildVerbosity(t *testing.T) {
 	m := newSides(t, 2)[1]
