@@ -109,8 +109,7 @@ func isUint(s string) bool {
 // passThrough replaces this process with the real guix, so that argv, every open fd,
 // the environment and the exit status reach the daemon untouched.
 func passThrough(args []string) int {
-	self, _ := os.Executable()
-	guix, err := hook.FindGuix(os.Getenv, self)
+	guix, err := sshexec.NewLookup().Guix()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "offload: cannot run `guix %s`: %v\n", args[0], err)
 		return 1

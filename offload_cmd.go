@@ -27,12 +27,7 @@ func (c *OffloadCmd) Run(ctx context.Context, g *Globals) error {
 	conf.MaxSilentTime = c.MaxSilentTime
 	conf.PrintBuildTrace = c.PrintBuildTrace == 1
 	conf.BuildTimeout = c.BuildTimeout
-	self, _ := os.Executable()
-	guix, err := hook.FindGuix(os.Getenv, self)
-	if err != nil {
-		guix = "guix" // only needed to send inputs; the error shows if that happens
-	}
-	conf.Guix = guix
+	conf.Guix, conf.GuixErr = sshexec.NewLookup().Guix() // the error shows only if guix is needed
 
 	h := &hook.Hook{
 		Conf:   conf,
@@ -54,8 +49,11 @@ func buildLog() io.Writer {
 	return os.Stderr
 }
 
+// newRunner is the runner of the hook and the commands, with the ssh program found as
+// sshexec.Lookup says (the daemon's PATH may have none).
 func newRunner(stateDir string, g *Globals) *sshexec.Runner {
 	r := &sshexec.Runner{StateDir: stateDir}
+	r.SSH, r.NoSSH = sshexec.NewLookup().SSH()
 	if g.Verbose {
 		r.Trace = os.Stderr
 	}

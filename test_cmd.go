@@ -35,12 +35,7 @@ func (c *TestCmd) Run(ctx context.Context, g *Globals) error {
 	if err != nil {
 		return err
 	}
-	self, _ := os.Executable()
-	if guix, err := hook.FindGuix(os.Getenv, self); err == nil {
-		conf.Guix = guix
-	} else {
-		conf.Guix = "guix"
-	}
+	conf.Guix, conf.GuixErr = sshexec.NewLookup().Guix()
 	ck := &hook.Checker{Conf: conf, Runner: farmRunner(conf.StateDir, g), Item: c.Item, Timeout: c.Timeout}
 	failed, err := ck.Run(ctx, ms, os.Stdout)
 	if err != nil {

@@ -58,6 +58,7 @@ type Config struct {
 	StateDir     string // $GUIX_STATE_DIRECTORY/offload
 	StoreDir     string // $NIX_STORE_DIR
 	Guix         string // the local guix program, for `guix archive --export`
+	GuixErr      error  // why no local guix was found (Guix is then ""); reported when needed
 	Fallback     string // $OFFLOAD_FALLBACK: "" (build locally when all machines are down) or "wait"
 	Compression  string // $OFFLOAD_COMPRESSION: auto (default), zstd, gzip, none or ssh
 	ProbeMaxAge  time.Duration
@@ -202,7 +203,7 @@ func (h *Hook) accepted(ctx context.Context, in *bufio.Reader, req Request, d de
 		}
 		// The machine failed before the build started on it: nothing ran there, so
 		// another machine may take the build.
-		if rerr := h.state.RecordFailure(m.ID(), early.Err, h.Now()); rerr != nil {
+		if rerr := h.state.RecordFailure(m.StateKey(), early.Err, h.Now()); rerr != nil {
 			h.say("offload: %v", rerr)
 		}
 		d.release()

@@ -45,7 +45,7 @@ func TestPassThrough(t *testing.T) {
 	cmd = exec.Command(f.Bin.Offload, "gc", "--list-busy")
 	cmd.Env = []string{"PATH=" + selfDir, "HOME=" + t.TempDir()}
 	b, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(b), "cannot find the real guix") || !strings.Contains(string(b), "this program") {
+	if err == nil || !strings.Contains(string(b), "cannot find the guix program") || !strings.Contains(string(b), "this program") {
 		t.Fatalf("without guix: %v %q", err, b)
 	}
 	if strings.Count(strings.TrimSpace(string(b)), "\n") != 0 {

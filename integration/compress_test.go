@@ -61,6 +61,12 @@ func sameAsMachine(t *testing.T, m *farm.Machine, d *drv.Derivation) {
 }
 
 // traced returns the lines of the --verbose trace that contain sub.
+// isSSHTrace tells a traced ssh command line ("+ /usr/bin/ssh -i ...") from the others.
+func isSSHTrace(l string) bool {
+	f := strings.Fields(l)
+	return len(f) > 1 && f[0] == "+" && filepath.Base(f[1]) == "ssh"
+}
+
 func traced(messages, sub string) []string {
 	var lines []string
 	for _, l := range strings.Split(messages, "\n") {
@@ -114,7 +120,7 @@ func TestCompressionModes(t *testing.T) {
 				t.Errorf("the upload's ssh command is not %q with %s:\n%s", c.sendsWith, wantSSH, strings.Join(up, "\n"))
 			}
 			down := traced(r.messages, "guix archive --export")
-			down = slicesFilter(down, func(l string) bool { return strings.HasPrefix(l, "+ ssh ") })
+			down = slicesFilter(down, isSSHTrace)
 			if len(down) != 1 || !strings.Contains(down[0], wantSSH) {
 				t.Errorf("the download's ssh command is not with %s:\n%s", wantSSH, strings.Join(down, "\n"))
 			}
@@ -124,7 +130,7 @@ func TestCompressionModes(t *testing.T) {
 				t.Errorf("the small commands do not use %s: %q", wantSSH, missing)
 			}
 			paths := map[string]bool{}
-			for _, l := range traced(r.messages, "+ ssh ") {
+			for _, l := range slicesFilter(traced(r.messages, "ssh"), isSSHTrace) {
 				if i := strings.Index(l, "ControlPath="); i >= 0 {
 					paths[strings.Fields(l[i:])[0]] = true
 				}

@@ -51,8 +51,11 @@ type Runner struct {
 	// (known_hosts.d/) and the ssh control sockets (ssh/) live under it in
 	// directories only the owner can enter.
 	StateDir string
-	// SSH is the ssh program; "" means "ssh" from PATH.
+	// SSH is the ssh program; "" means "ssh" from PATH (Lookup.SSH finds it without).
 	SSH string
+	// NoSSH, when not nil, says that this host has no ssh (a *MissingProgramError from
+	// Lookup.SSH): every remote command fails with it before anything is started.
+	NoSSH error
 	// ConnectTimeout is passed as -o ConnectTimeout; 0 means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
 	// ControlPersist is how long an idle shared connection stays open; 0 means

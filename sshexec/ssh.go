@@ -147,6 +147,9 @@ func (r *Runner) SSHArgv(t Target, remote []string) ([]string, error) {
 // sshArgv builds ssh's argv: extra goes just before "--" (e.g. -O exit); remote may be
 // empty only when extra is not.
 func (r *Runner) sshArgv(t Target, extra, remote []string) ([]string, error) {
+	if r.NoSSH != nil {
+		return nil, r.NoSSH
+	}
 	if t.Name == "" || strings.HasPrefix(t.Name, "-") || strings.ContainsAny(t.Name, " \t\r\n'\"\\") {
 		return nil, fmt.Errorf("invalid machine name %q", t.Name)
 	}
