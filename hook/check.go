@@ -151,6 +151,11 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 		return out
 	}
 	add(CheckSSH, CheckOK, fmt.Sprintf("%s@%s port %d, host key as pinned", m.User, m.Name, m.Port), "")
+	// The machine answers: whatever backoff it earned ends now (the user just fixed it,
+	// perhaps), and the next request may use it.
+	if err := (machines.State{Dir: c.Conf.StateDir}).RecordSuccess(m.StateKey(), nil, time.Now()); err != nil {
+		add(CheckSlots, CheckFailed, err.Error(), fmt.Sprintf("make %s writable by this user", c.Conf.StateDir))
+	}
 
 	var version bytes.Buffer
 	if err := c.remote(ctx, t, []string{"guix", "--version"}, nil, &version); err != nil {

@@ -170,7 +170,7 @@ func GatherStatus(ctx context.Context, r *sshexec.Runner, ms []*machines.Machine
 func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, opt StatusOptions) Status {
 	st := Status{Machine: m.Display(), Name: m.Name, Port: m.Port, ParallelBuilds: m.ParallelBuilds, Slots: []SlotHolder{}}
 
-	health, err := machines.State{Dir: opt.StateDir}.Health(m.ID())
+	health, err := machines.State{Dir: opt.StateDir}.Health(m.StateKey())
 	if err != nil {
 		st.Warnings = append(st.Warnings, err.Error())
 	}
@@ -198,6 +198,12 @@ func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, 
 		var facts StatusFacts
 		if facts, err = ParseStatusFacts(string(b)); err == nil {
 			st.fill(facts, now)
+			// It answers: its backoff ends now, and the next request may use it.
+			if err := (machines.State{Dir: opt.StateDir}).RecordSuccess(m.StateKey(), nil, now); err != nil {
+				st.Warnings = append(st.Warnings, err.Error())
+			} else {
+				st.DownSince, st.Failures, st.RetryAfter, st.LastError = nil, 0, nil, ""
+			}
 			return st
 		}
 	}

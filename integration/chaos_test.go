@@ -376,7 +376,7 @@ func TestChaosDiskFull(t *testing.T) {
 	// low on disk. Seed the probe cache with what a roomy remote would answer.
 	m := f.Machines[0]
 	st := machines.State{Dir: filepath.Join(f.State, "offload")}
-	if err := st.RecordSuccess(m.Name+":"+strconv.Itoa(m.Port), &machines.Probe{Load1: 0, Cores: 2, FreeBytes: 1 << 40}, time.Now()); err != nil {
+	if err := st.RecordSuccess(m.StateKey(), &machines.Probe{Load1: 0, Cores: 2, FreeBytes: 1 << 40}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	drill(t, "local store: a 2 MiB tmpfs; output: 8 MB; the machine's probe cache seeded as roomy (its df would see the same tmpfs)")

@@ -407,7 +407,7 @@ func TestOffloadStatus(t *testing.T) {
 	down.Server.Stop()
 	since := time.Now().Add(-time.Hour).Truncate(time.Second)
 	state := machines.State{Dir: filepath.Join(f.State, "offload")}
-	if err := state.RecordFailure(down.Name+":"+itoa(down.Port), errors.New("connection refused"), since); err != nil {
+	if err := state.RecordFailure(down.StateKey(), errors.New("connection refused"), since); err != nil {
 		t.Fatal(err)
 	}
 	d := okDrv(f, "status")
@@ -504,7 +504,7 @@ func TestOffloadStatus(t *testing.T) {
 	}
 	// The status command only reads the hook's state: the stopped machine's record
 	// is as the hook left it.
-	h, err := state.Health(downID)
+	h, err := state.Health(down.StateKey())
 	if err != nil || h.Failures != 1 || !h.DownSince.Equal(since) {
 		t.Errorf("state changed by status: %+v %v", h, err)
 	}

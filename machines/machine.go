@@ -1,6 +1,8 @@
 package machines
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/user"
@@ -61,6 +63,23 @@ func (p Pos) String() string {
 // state files. Two records with the same ID are the same machine.
 func (m *Machine) ID() string {
 	return m.Name + ":" + strconv.Itoa(m.Port)
+}
+
+// StateKey names the machine's backoff and probe-cache state: its ID and a hash of
+// what makes a connection to it (name, port, user, private key, host key), so that an
+// edited machines file starts from a clean slate on the next request instead of
+// inheriting the backoff that the old settings earned.
+func (m *Machine) StateKey() string {
+	h := sha256.New()
+	hostKey := strings.Fields(m.HostKey)
+	if len(hostKey) > 2 {
+		hostKey = hostKey[:2] // the comment does not change the key
+	}
+	for _, s := range append([]string{m.Name, strconv.Itoa(m.Port), m.User, m.PrivateKey}, hostKey...) {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	return m.ID() + "-" + hex.EncodeToString(h.Sum(nil))[:12]
 }
 
 // Display returns the name used in messages: the name, with the port when it

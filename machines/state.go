@@ -21,8 +21,8 @@ const (
 )
 
 // State keeps one small file per machine under Dir (the caller passes
-// $GUIX_STATE_DIRECTORY/offload): its connection failures and its last
-// load probe. Many hook processes share these files: writers take a lock
+// $GUIX_STATE_DIRECTORY/offload), named by Machine.StateKey: its connection
+// failures and its last load probe. Many hook processes share these files: writers take a lock
 // and replace the file by rename, so readers never see a torn file and no
 // update is lost.
 type State struct{ Dir string }

@@ -25,6 +25,7 @@ import (
 
 	"offload/integration/daemon"
 	"offload/integration/drv"
+	"offload/machines"
 	"offload/sshexec"
 	"offload/sshexec/sshtest"
 	"offload/storeio"
@@ -47,6 +48,9 @@ type Binaries struct {
 	FakeDaemon string
 	Offload    string // "" when Options.NoOffload
 	GuixDir    string // a directory holding `guix` (= fakeguix), for PATH
+	// DaemonDir holds guix-daemon (integration/cmd/guixdaemon, which only starts the
+	// hook as its child) and guix (= fakeguix) beside it, as on a real installation.
+	DaemonDir string
 }
 
 // Store is one side's fake store and configuration directory.
@@ -80,6 +84,14 @@ type Machine struct {
 
 // Target is how sshexec reaches the machine.
 func (m *Machine) Target() sshexec.Target { return m.Server.Target() }
+
+// StateKey names the hook's state file of the machine as WriteMachinesFile describes it
+// (machines.Machine.StateKey).
+func (m *Machine) StateKey() string {
+	tg := m.Target()
+	mm := machines.Machine{Name: m.Name, Port: m.Port, User: tg.User, PrivateKey: tg.PrivateKey, HostKey: tg.HostKey}
+	return mm.StateKey()
+}
 
 // Invocations returns the guix command lines run on the machine so far.
 func (m *Machine) Invocations() []string { return readLines(m.GuixLog) }
@@ -243,6 +255,40 @@ func (f *Farm) HookEnv() []string {
 	}
 }
 
+// GuixSystemEnv is the hook's environment as Guix System's guix-daemon service gives
+// it (../shared/spec/DEPLOYMENT.md): PATH holds only the directories of tar and gzip,
+// GUIX_LOCPATH and LC_ALL are set, there is no HOME, USER, OFFLOAD_GUIX or OFFLOAD_SSH.
+// The rest is the farm's own plumbing: where its store, configuration and state live,
+// and the stand-in's settings.
+func (f *Farm) GuixSystemEnv() []string {
+	tools := filepath.Join(f.Dir, "tar-gzip-bin")
+	if _, err := os.Stat(tools); err != nil {
+		os.MkdirAll(tools, 0o755)
+		for _, p := range []string{"tar", "gzip"} {
+			if real, err := exec.LookPath(p); err == nil {
+				os.Symlink(real, filepath.Join(tools, p))
+			}
+		}
+	}
+	return []string{
+		"PATH=" + tools,
+		"GUIX_LOCPATH=/run/current-system/locale",
+		"LC_ALL=en_US.utf8",
+		"NIX_STORE_DIR=" + f.Local.Logical,
+		"GUIX_CONFIGURATION_DIRECTORY=" + f.Local.Conf,
+		"GUIX_STATE_DIRECTORY=" + f.State,
+		"FAKEGUIX_STORE=" + f.Local.Physical,
+		"FAKEGUIX_DB=" + f.Local.DB,
+		"FAKEGUIX_LOG=" + f.LocalLog,
+	}
+}
+
+// DaemonHookArgv is HookArgv started through the guix-daemon stand-in of
+// Bin.DaemonDir, so that the hook's parent is a guix-daemon with guix beside it.
+func (f *Farm) DaemonHookArgv(system string, maxSilent int, trace bool, timeout int) []string {
+	return append([]string{filepath.Join(f.Bin.DaemonDir, "guix-daemon")}, f.HookArgv(system, maxSilent, trace, timeout)...)
+}
+
 // HookArgv is how guix-daemon starts the hook: OFFLOAD offload SYSTEM
 // MAX-SILENT-TIME PRINT-BUILD-TRACE BUILD-TIMEOUT.
 func (f *Farm) HookArgv(system string, maxSilent int, trace bool, timeout int) []string {
@@ -370,12 +416,23 @@ func binaries(t testing.TB, offload bool) Binaries {
 		if binErr = os.MkdirAll(filepath.Join(binDir, "guixbin"), 0o755); binErr == nil {
 			binErr = os.Symlink("../fakeguix", filepath.Join(binDir, "guixbin", "guix"))
 		}
+		if binErr != nil {
+			return
+		}
+		// The daemon's directory: guix-daemon (the hook's parent) with guix beside it.
+		if binErr = goBuild(filepath.Join(binDir, "daemonbin", "guix-daemon"), "offload/integration/cmd/guixdaemon"); binErr == nil {
+			binErr = os.Symlink("../fakeguix", filepath.Join(binDir, "daemonbin", "guix"))
+		}
+		if binErr == nil {
+			// Unprivileged hooks run these too.
+			binErr = os.Chmod(binDir, 0o755)
+		}
 	})
 	if binErr != nil {
 		t.Fatalf("farm: build test programs: %v", binErr)
 	}
 	b := Binaries{Dir: binDir, FakeGuix: filepath.Join(binDir, "fakeguix"), FakeDaemon: filepath.Join(binDir, "fakedaemon"),
-		GuixDir: filepath.Join(binDir, "guixbin")}
+		GuixDir: filepath.Join(binDir, "guixbin"), DaemonDir: filepath.Join(binDir, "daemonbin")}
 	if offload {
 		offOnce.Do(func() { offloadErr = goBuild(filepath.Join(binDir, "offload"), "offload") })
 		if offloadErr != nil {
