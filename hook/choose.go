@@ -38,34 +38,65 @@ type candidate struct {
 	m     *machines.Machine
 	slot  *locking.Lock
 	probe *machines.Probe
+	live  bool // probed over ssh for this request, not taken from the cache
 	err   error
 }
 
-// decideExcluding applies the rules of BEHAVIOUR.md 4, 9, 11 and issue 9: decline when
-// nothing matches (or when every matching machine is down and the daemon can build
-// locally), postpone when matching machines are busy, overloaded or (with no local
-// slot) down, accept the best usable one otherwise.
+// decideExcluding applies the choice rules (docs/choice.md): decline when nothing
+// matches (or when every matching machine is down and the daemon can build locally),
+// postpone when matching machines are busy, overloaded or (with no local slot) down,
+// accept the best usable one that is reachable now otherwise.
 func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[string]bool) decision {
-	all := h.loadMachines()
+	matching := h.matchingMachines(req, exclude)
+	if len(matching) == 0 {
+		return decision{answer: "decline"}
+	}
+	if h.Runner.NoSSH != nil {
+		// Offloading cannot work from this host until ssh is installed; no machine is
+		// to blame, and the daemon can build it here.
+		h.say("offload: %v", h.Runner.NoSSH)
+		return decision{answer: "decline"}
+	}
+	now := h.Now()
+	cands, down, busy := h.takeSlots(req, matching, now)
+	h.probeAll(ctx, cands, now)
+	for _, c := range cands {
+		if c.probe == nil {
+			down = append(down, c.m)
+		}
+	}
+	best, nbusy, ndown := h.pick(ctx, cands)
+	busy += nbusy
+	down = append(down, ndown...)
+	if best != nil {
+		return decision{answer: "accept", machine: best.m, slot: best.slot}
+	}
+	if busy == 0 && len(down) > 0 {
+		return h.allDown(req, down)
+	}
+	return decision{answer: "postpone"}
+}
+
+// matchingMachines reads the machines file and keeps the machines that can build req
+// and are not excluded, each once.
+func (h *Hook) matchingMachines(req Request, exclude map[string]bool) []*machines.Machine {
 	var matching []*machines.Machine
 	seen := map[string]bool{}
-	for _, m := range all {
+	for _, m := range h.loadMachines() {
 		if ok, _ := m.Matches(req.System, req.Features); !ok || seen[m.ID()] || exclude[m.ID()] {
 			continue
 		}
 		seen[m.ID()] = true
 		matching = append(matching, m)
 	}
-	if len(matching) == 0 {
-		return decision{answer: "decline"}
-	}
+	return matching
+}
 
-	now := h.Now()
-	var cands []*candidate
-	var down []*machines.Machine
-	busy := 0
+// takeSlots skips the machines in backoff and takes a free build slot on each of the
+// others (in a dry run it only counts them); machines without a free slot are busy.
+func (h *Hook) takeSlots(req Request, matching []*machines.Machine, now time.Time) (cands []*candidate, down []*machines.Machine, busy int) {
 	for _, m := range matching {
-		health, err := h.state.Health(m.ID())
+		health, err := h.state.Health(m.StateKey())
 		if err != nil {
 			h.say("offload: %v", err) // a damaged state file counts as healthy
 		}
@@ -100,21 +131,27 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 		}
 		cands = append(cands, c)
 	}
+	return cands, down, busy
+}
 
-	h.probeAll(ctx, cands, now)
-
+// pick ranks the probed candidates and returns the best usable one that is reachable
+// now, with the build slot still held; it releases every other slot. Overloaded and
+// low-on-disk machines count as busy (they may get better); a usable machine that is
+// not reachable now counts as down.
+func (h *Hook) pick(ctx context.Context, cands []*candidate) (best *candidate, busy int, down []*machines.Machine) {
 	var cs []machines.Candidate
 	for _, c := range cands {
 		cs = append(cs, machines.Candidate{M: c.m, Probe: c.probe, Err: c.err})
-		if c.probe == nil {
-			down = append(down, c.m)
-		}
 	}
-	var best *candidate
 	for _, v := range machines.Rank(cs, h.Rand) {
 		c := findCandidate(cands, v.M)
 		switch {
 		case v.Usable && best == nil:
+			if err := h.reachable(ctx, c); err != nil {
+				h.say("offload: %v", err)
+				down = append(down, c.m)
+				break
+			}
 			best = c
 			if h.DryRun {
 				h.say("offload: %s", v.Reason)
@@ -127,7 +164,7 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 				h.say("offload: %s", v.Reason)
 			}
 		case c.probe != nil:
-			busy++ // overloaded or low on disk: it may get better
+			busy++
 			h.say("offload: %s", v.Reason)
 		default:
 			h.say("offload: %s", v.Reason)
@@ -136,13 +173,28 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 			c.slot.Release()
 		}
 	}
-	if best != nil {
-		return decision{answer: "accept", machine: best.m, slot: best.slot}
+	return best, busy, down
+}
+
+// reachable checks, before the hook commits to c, that its machine answers now: the
+// probe cache saves the load probe, never the connection (after "# accept" there is
+// no way back to a local build). A machine probed for this request is reachable; one
+// whose probe came from the cache needs a live shared connection or a fresh one. A
+// machine that has neither is recorded for backoff.
+func (h *Hook) reachable(ctx context.Context, c *candidate) error {
+	if c.live || h.DryRun {
+		return nil
 	}
-	if busy == 0 && len(down) > 0 {
-		return h.allDown(req, down)
+	ctx, cancel := context.WithTimeout(ctx, 2*h.connectTimeout())
+	defer cancel()
+	err := h.Runner.Connect(ctx, h.target(c.m))
+	if err == nil {
+		return nil
 	}
-	return decision{answer: "postpone"}
+	if rerr := h.state.RecordFailure(c.m.StateKey(), err, h.Now()); rerr != nil {
+		h.say("offload: %v", rerr)
+	}
+	return fmt.Errorf("machine '%s' answered a probe recently but cannot be reached now: %w", c.m.Display(), err)
 }
 
 // freeSlots counts the slots nobody holds, without taking one (for explain).
@@ -163,7 +215,7 @@ func (h *Hook) sayDown(m *machines.Machine, health machines.Health, now time.Tim
 		if !health.NoticeDue(now, time.Minute) {
 			return // said recently: no need to read the state again
 		}
-		if ok, err := h.state.Notice(m.ID(), now, time.Minute); err == nil && !ok {
+		if ok, err := h.state.Notice(m.StateKey(), now, time.Minute); err == nil && !ok {
 			return
 		}
 	}
@@ -198,7 +250,7 @@ func (h *Hook) allDown(req Request, down []*machines.Machine) decision {
 	if req.WantsLocal && h.Conf.Fallback != "wait" {
 		var parts []string
 		for _, m := range down {
-			health, _ := h.state.Health(m.ID())
+			health, _ := h.state.Health(m.StateKey())
 			parts = append(parts, downSince(m, health))
 		}
 		h.say("offload: every machine for %s is down: %s; building locally", req.System, strings.Join(parts, ", "))
@@ -212,7 +264,7 @@ func (h *Hook) allDown(req Request, down []*machines.Machine) decision {
 func (h *Hook) probeAll(ctx context.Context, cands []*candidate, now time.Time) {
 	var wg sync.WaitGroup
 	for _, c := range cands {
-		if health, err := h.state.Health(c.m.ID()); err == nil {
+		if health, err := h.state.Health(c.m.StateKey()); err == nil {
 			if p := health.FreshProbe(now, h.Conf.ProbeMaxAge); p != nil {
 				c.probe = p
 				continue
@@ -224,13 +276,13 @@ func (h *Hook) probeAll(ctx context.Context, cands []*candidate, now time.Time) 
 			p, err := h.probe(ctx, c.m)
 			if err != nil {
 				c.err = err
-				if rerr := h.state.RecordFailure(c.m.ID(), err, h.Now()); rerr != nil {
+				if rerr := h.state.RecordFailure(c.m.StateKey(), err, h.Now()); rerr != nil {
 					h.say("offload: %v", rerr)
 				}
 				return
 			}
-			c.probe = p
-			if rerr := h.state.RecordSuccess(c.m.ID(), p, h.Now()); rerr != nil {
+			c.probe, c.live = p, true
+			if rerr := h.state.RecordSuccess(c.m.StateKey(), p, h.Now()); rerr != nil {
 				h.say("offload: %v", rerr)
 			}
 		}(c)

@@ -43,15 +43,28 @@ func (r *Runner) ensureMaster(ctx context.Context, t Target) error {
 	if err != nil {
 		return err
 	}
+	// When ssh connected but could not listen on the socket, commands connect on their
+	// own, which works, only slower.
 	if err := r.run(ctx, argv, Stdio{}); err != nil {
 		return r.sshError(t, nil, err)
 	}
-	if !masterAlive(sock) {
-		// ssh connected but could not listen on the socket; commands then connect on
-		// their own, which works, only slower.
-		return nil
-	}
 	return nil
+}
+
+// Connect makes sure t can be reached now, before the hook commits a build to it: a
+// live shared connection will do, else it opens one (with sharing off, it runs `true`
+// there). The errors are those of RunRemote.
+func (r *Runner) Connect(ctx context.Context, t Target) error {
+	if r.ControlPersist < 0 {
+		return r.RunRemote(ctx, t, []string{"true"}, Stdio{})
+	}
+	if _, err := r.SSHArgv(t, []string{"true"}); err != nil {
+		return err
+	}
+	if err := r.prepare(t); err != nil {
+		return err
+	}
+	return r.ensureMaster(ctx, t)
 }
 
 // masterAlive reports whether a master listens on sock.
