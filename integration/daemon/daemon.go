@@ -33,6 +33,9 @@ type Options struct {
 	// Log, when set, receives everything the hook writes on fd 4, as it
 	// arrives.
 	Log io.Writer
+	// Credential, when set, runs the hook as that user (a daemon that runs as an
+	// unprivileged user, as Guix's guix-daemon user does).
+	Credential *syscall.Credential
 }
 
 // Hook is a running build hook.
@@ -96,7 +99,7 @@ func StartWith(ctx context.Context, argv, env []string, opts Options) (*Hook, er
 	cmd.Stdout = outW // the same pipe for fds 1 and 2, as the daemon does
 	cmd.Stderr = outW
 	cmd.ExtraFiles = []*os.File{devnull, logW} // fd 3, fd 4
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: opts.Credential}
 	stdin, err := cmd.StdinPipe()
 	if err == nil {
 		err = cmd.Start()
