@@ -11,8 +11,13 @@ BIN     := offload
 
 all: build
 
+# SSH fixes the ssh program in the binary (sshexec.BuiltinSSH), for a daemon whose PATH
+# has none: make SSH=/usr/bin/ssh. Left empty, offload looks in PATH and the usual places.
+SSH ?=
+LDFLAGS := $(if $(SSH),-X offload/sshexec.BuiltinSSH=$(SSH))
+
 build:
-	$(GO) build -o $(BIN) .
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) .
 
 deps:
 	sh scripts/install-deps.sh

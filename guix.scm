@@ -6,7 +6,13 @@
 ;;; The dependency list mirrors go.mod (keep the two in step); Guix builds with the
 ;;; versions it packages, which speak the same API for what offload uses.
 ;;; This file follows the Guix manual's rules for go-build-system packages; it cannot
-;;; be built on the machines this project is developed on (no Guix there).
+;;; be built on the machines this project is developed on (no Guix there). The code
+;;; builds with Go 1.24 (checked with go1.24.6 against the oldest dependency versions
+;;; Guix packaged in 2025: kong 1.12, flock 0.12, klauspost/compress 1.18, x/sys 0.33).
+;;;
+;;; On Guix System the daemon's PATH holds only tar and gzip: the binary finds its ssh
+;;; through the path fixed at build time (sshexec.BuiltinSSH), set here to the openssh
+;;; input.
 
 (use-modules (guix packages)
              (guix gexp)
@@ -15,6 +21,7 @@
              ((guix licenses) #:prefix license:)
              (gnu packages golang)
              (gnu packages golang-build)
+             (gnu packages golang-compression)
              (gnu packages golang-xyz)
              (gnu packages golang-crypto)
              (gnu packages ssh))
@@ -33,7 +40,11 @@
     ;; go.mod declares the module "offload"; go-build-system unpacks the source
     ;; under that import path.
     #:import-path "offload"
+    #:go go-1.24
     #:install-source? #f
+    #:build-flags
+    #~(list (string-append "-ldflags=-X offload/sshexec.BuiltinSSH="
+                           #$(this-package-input "openssh") "/bin/ssh"))
     ;; The tests start sshd and need nix-store; they run with `make test`.
     #:tests? #f))
   (inputs (list openssh))                  ;the ssh client offload drives
