@@ -164,6 +164,13 @@ func describe(fi os.FileInfo, err error) string {
 	return fi.Mode().String()
 }
 
+// TestForgedSignatureRefused: a signature over the right hash, by an authorized key,
+// whose s is forged (s+1 mod n) is refused by the signature arithmetic itself ("wrong-sig"
+// in TestHostileOutputs is caught earlier, by the hash comparison).
+func TestForgedSignatureRefused(t *testing.T) {
+	assertHostileRefused(t, "forged-s", "invalid signature")
+}
+
 // TestFailureBeforeBuildBacksOff: a machine that fails before the build started on it
 // (here it refuses our inputs: it does not trust our key) is recorded as down, and the
 // next request, made at once (well within the 5 s of the first backoff), does not try
