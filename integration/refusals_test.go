@@ -43,7 +43,7 @@ func TestRefusesUnaskedMissingAnswer(t *testing.T) {
 			d := okDrv(f, "missing-"+c.name)
 			r := offload(t, f, d, buildOpts{})
 			if r.answer != "accept" || r.status != 1 {
-				t.Fatalf("answer %s status %d, want accept and the transient 1:\n%s", r.answer, r.status, r.messages)
+				t.Errorf("answer %s status %d, want accept and the transient 1:\n%s", r.answer, r.status, r.messages)
 			}
 			want := "machine '" + m.Name + ":" + itoa(m.Port) + "' answered `guix archive --missing` with a path we did not ask about: " + strconv.Quote(words[0])
 			if !strings.Contains(r.messages, want) {
@@ -53,7 +53,11 @@ func TestRefusesUnaskedMissingAnswer(t *testing.T) {
 			if n := countContaining(local, "archive --export"); n != 0 {
 				t.Errorf("the local export ran %d times after the hostile answer: %q", n, local)
 			}
-			for _, w := range append(words, secret) {
+			never := words
+			if c.words != nil {
+				never = append(never, secret)
+			}
+			for _, w := range never {
 				if hasWord(local, w) {
 					t.Errorf("a local guix command line holds %q: %q", w, local)
 				}
