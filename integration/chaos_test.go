@@ -448,7 +448,7 @@ func treeSnapshot(root string, skip ...string) map[string]string {
 func TestChaosHostile(t *testing.T) {
 	needChaos(t)
 	passwd := func() string { b, _ := os.ReadFile("/etc/passwd"); return fmt.Sprintf("%x", sha256.Sum256(b)) }
-	for _, mode := range []string{"unsigned", "unknown-key", "extra-path", "truncated", "dotdot", "abs-symlink", "wrong-sig"} {
+	for _, mode := range []string{"unsigned", "unknown-key", "extra-path", "truncated", "dotdot", "abs-symlink", "wrong-sig", "forged-s"} {
 		t.Run(mode, func(t *testing.T) {
 			f := farm.New(t, farm.Options{})
 			writeMachines(f, nil)

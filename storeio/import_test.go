@@ -282,3 +282,69 @@ func TestIsRefusal(t *testing.T) {
 		t.Errorf("unwritable store: IsRefusal(%v) = true", err)
 	}
 }
+
+// TestImportRefusesMalformedDeriver: an item whose deriver is not a store path is
+// refused, although it is properly signed by an authorized key over the right hash (so
+// the deriver check is the only one that can refuse it), and nothing is left behind.
+func TestImportRefusesMalformedDeriver(t *testing.T) {
+	key, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	acl := &ACL{}
+	acl.Add(key.Public())
+	src := filepath.Join(t.TempDir(), "good")
+	if err := os.WriteFile(src, []byte("good"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bundle := func(deriver string) []byte {
+		var buf bytes.Buffer
+		bw := NewBundleWriter(&buf, key)
+		if err := bw.Add(src, ItemInfo{Path: goodPath, Deriver: deriver}); err != nil {
+			t.Fatal(err)
+		}
+		if err := bw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	// The same item with a well-formed deriver is accepted: only the deriver differs.
+	okDeriver := "/gnu/store/cccccccccccccccccccccccccccccccc-good.drv"
+	if _, err := ImportBundle(bytes.NewReader(bundle(okDeriver)), ImportOptions{StoreDir: "/gnu/store", RealDir: t.TempDir(), ACL: acl, Allowed: []string{goodPath}}); err != nil {
+		t.Fatalf("well-formed deriver refused: %v", err)
+	}
+	for _, deriver := range []string{
+		"/etc/passwd",
+		"/gnu/store/../etc/passwd.drv",
+		"/gnu/store/cccccccccccccccccccccccccccccccc-good.drv/x",
+		"/gnu/store/short-good.drv",
+		"/gnu/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-bad-hash-part.drv",
+		"/gnu/store/cccccccccccccccccccccccccccccccc-bad name\n.drv",
+		"--foo",
+		"relative/cccccccccccccccccccccccccccccccc-good.drv",
+	} {
+		t.Run(deriver, func(t *testing.T) {
+			b := bundle(deriver)
+			// Correctly signed: the signature check alone would accept it.
+			listed, err := ListBundle(bytes.NewReader(b))
+			if err != nil || len(listed) != 1 || listed[0].Deriver != deriver {
+				t.Fatalf("listed %+v, %v", listed, err)
+			}
+			if _, err := VerifySignature(listed[0].Signature, listed[0].Hash, acl); err != nil {
+				t.Fatalf("the test bundle is not properly signed: %v", err)
+			}
+			store := t.TempDir()
+			done, err := ImportBundle(bytes.NewReader(b), ImportOptions{StoreDir: "/gnu/store", RealDir: store, ACL: acl, Allowed: []string{goodPath}})
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !errors.Is(err, ErrInvalidArchive) || !strings.Contains(err.Error(), "deriver") {
+				t.Errorf("error %v, want ErrInvalidArchive about the deriver", err)
+			}
+			if len(done) != 0 {
+				t.Errorf("%d items reported done", len(done))
+			}
+			assertEmptyDir(t, store)
+		})
+	}
+}

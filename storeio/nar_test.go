@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -355,5 +356,59 @@ func TestDumpStreamsLargeFile(t *testing.T) {
 	h2.Write((&narBuilder{}).str(")").Bytes())
 	if !bytes.Equal(h.Sum(nil), h2.Sum(nil)) {
 		t.Fatal("dump of a 5 MiB file differs from the format")
+	}
+}
+
+// nestedDirsNar is a nar of depth directories nested in one another (the root is the
+// first), the innermost holding one file.
+func nestedDirsNar(depth int) []byte {
+	var b narBuilder
+	b.str(narMagic)
+	for i := range depth {
+		b.str("(", "type", "directory")
+		if i < depth-1 {
+			b.str("entry", "(", "name", "d", "node")
+		}
+	}
+	b.str("entry", "(", "name", "f", "node").file("deep").str(")")
+	for i := range depth {
+		b.str(")") // the directory
+		if i < depth-1 {
+			b.str(")") // the entry holding it
+		}
+	}
+	return b.Bytes()
+}
+
+// TestRestoreDepthLimit: maxDepth nested directories are restored; one more is refused
+// with our own message, and nothing is left behind.
+func TestRestoreDepthLimit(t *testing.T) {
+	parent := t.TempDir()
+	ok := filepath.Join(parent, "ok")
+	if err := Restore(bytes.NewReader(nestedDirsNar(maxDepth)), ok); err != nil {
+		t.Fatalf("%d nested directories refused: %v", maxDepth, err)
+	}
+	if _, err := os.Stat(filepath.Join(ok, strings.Repeat("d/", maxDepth-1), "f")); err != nil {
+		t.Fatalf("the innermost file is missing: %v", err)
+	}
+	if err := removeTree(ok); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, depth := range []int{maxDepth + 1, 4 * maxDepth} {
+		err := Restore(bytes.NewReader(nestedDirsNar(depth)), filepath.Join(parent, "deep"))
+		if err == nil {
+			t.Fatalf("%d nested directories accepted", depth)
+		}
+		want := fmt.Sprintf("directories nested deeper than %d", maxDepth)
+		if !errors.Is(err, ErrInvalidArchive) || !strings.Contains(err.Error(), want) {
+			t.Errorf("depth %d: error %v, want ErrInvalidArchive and %q", depth, err, want)
+		}
+		assertEmptyDir(t, parent)
+		// The structural check alone (no file system) refuses it too.
+		if _, err := ListBundle(bytes.NewReader(append(append((&narBuilder{}).int(1).Bytes(), nestedDirsNar(depth)...),
+			(&narBuilder{}).int(0x4558494e).str(goodPath).int(0).str("").int(0).int(0).Bytes()...))); !errors.Is(err, ErrInvalidArchive) || !strings.Contains(err.Error(), want) {
+			t.Errorf("depth %d: ListBundle: %v, want %q", depth, err, want)
+		}
 	}
 }

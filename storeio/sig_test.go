@@ -346,3 +346,42 @@ func TestRSASignatures(t *testing.T) {
 		t.Fatalf("rsa key not in ACL: %v", err)
 	}
 }
+
+// TestSignatureHashAlgorithm: a signature whose (hash ALG #..#) names another algorithm
+// than sha256 is refused as an invalid hash, although its digest bytes are the item's
+// SHA-256 and its r, s are valid over them (the algorithm name is not part of the ECDSA
+// arithmetic: only the name check can refuse it).
+func TestSignatureHashAlgorithm(t *testing.T) {
+	k, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	acl := &ACL{}
+	acl.Add(k.Public())
+	hash := sha256.Sum256([]byte("item"))
+	sig, err := k.Sign(hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := VerifySignature(sig, hash, acl); err != nil {
+		t.Fatalf("the unmodified signature: %v", err)
+	}
+	for _, alg := range []string{"sha512", "sha1", "md5", "sha3-256", "SHA256", "sha256x", "sha25"} {
+		s, err := ParseSexp(sig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := s.Find("hash")
+		if h == nil || len(h.List) != 3 || string(h.Value(1)) != "sha256" {
+			t.Fatalf("no (hash sha256 ...) in our signature:\n%s", sig)
+		}
+		h.List[1] = NewAtom(alg)
+		text := []byte(s.String())
+		if !bytes.Contains(text, []byte("(hash "+alg+" ")) {
+			t.Fatalf("%s: the algorithm name was not replaced:\n%s", alg, text)
+		}
+		if _, err := VerifySignature(text, hash, acl); !errors.Is(err, ErrInvalidHash) {
+			t.Errorf("(hash %s #<the sha256 digest>#): %v, want %v", alg, err, ErrInvalidHash)
+		}
+	}
+}

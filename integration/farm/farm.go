@@ -96,8 +96,10 @@ func (m *Machine) StateKey() string {
 // Invocations returns the guix command lines run on the machine so far.
 func (m *Machine) Invocations() []string { return readLines(m.GuixLog) }
 
-// SetHostile makes the machine's `guix archive --export` misbehave in the
-// given way (see fakeguix's hostile.go); "" makes it behave again.
+// SetHostile makes the machine's `guix archive --export` (or, for the modes
+// named "missing-...", `guix archive --missing`) misbehave in the given way:
+// a mode and its arguments, separated by spaces (see fakeguix's hostile.go);
+// "" makes it behave again.
 func (m *Machine) SetHostile(t testing.TB, mode string) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(m.Dir, "hostile"), []byte(mode), 0o644); err != nil {

@@ -57,6 +57,7 @@ func (e *env) archive(ctx context.Context, args []string) error {
 // missing prints the store paths read from stdin (whitespace separated)
 // that are not valid.
 func (e *env) missing() error {
+	mode, args := e.hostile()
 	sc := bufio.NewScanner(e.stdin)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	sc.Split(bufio.ScanWords)
@@ -68,6 +69,9 @@ func (e *env) missing() error {
 	}
 	if err := sc.Err(); err != nil {
 		return fail("%v", err)
+	}
+	if err := e.missingHostile(w, mode, args); err != nil {
+		return err
 	}
 	return w.Flush()
 }
@@ -124,7 +128,7 @@ func (e *env) export(paths []string, recursive bool) error {
 	if err != nil {
 		return err
 	}
-	if mode := e.hostileMode(); mode != "" {
+	if mode, _ := e.hostile(); mode != "" && !strings.HasPrefix(mode, "missing-") {
 		return e.exportHostile(mode, infos, key)
 	}
 	bw := storeio.NewBundleWriter(e.stdout, key)
@@ -245,16 +249,22 @@ func (e *env) authorize() error {
 	return nil
 }
 
-// hostileMode is $FAKEGUIX_HOSTILE, or else the content of the file named by
+// hostile returns the hostile mode and its arguments: the words of
+// $FAKEGUIX_HOSTILE, or else of the content of the file named by
 // $FAKEGUIX_HOSTILE_FILE (so that a test can turn a build machine hostile
-// while its sshd, and so its environment, stays the same).
-func (e *env) hostileMode() string {
-	if mode := e.getenv("FAKEGUIX_HOSTILE"); mode != "" {
-		return mode
+// while its sshd, and so its environment, stays the same). Modes named
+// "missing-..." change `archive --missing`, the others `archive --export`.
+func (e *env) hostile() (mode string, args []string) {
+	text := e.getenv("FAKEGUIX_HOSTILE")
+	if text == "" {
+		if f := e.getenv("FAKEGUIX_HOSTILE_FILE"); f != "" {
+			b, _ := os.ReadFile(f)
+			text = string(b)
+		}
 	}
-	if f := e.getenv("FAKEGUIX_HOSTILE_FILE"); f != "" {
-		b, _ := os.ReadFile(f)
-		return strings.TrimSpace(string(b))
+	words := strings.Fields(text)
+	if len(words) == 0 {
+		return "", nil
 	}
-	return ""
+	return words[0], words[1:]
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -280,6 +281,7 @@ func TestImportRefusals(t *testing.T) {
 		{"unsigned", "lacks a valid signature"},
 		{"unknown-key", "unauthorized public key"},
 		{"wrong-sig", "Trojan horse"},
+		{"forged-s", "invalid signature"},
 		{"truncated", ""},
 		{"dotdot", ""},
 		{"abs-symlink", ""},
@@ -327,6 +329,75 @@ func TestHostileExtraPath(t *testing.T) {
 	acl.Add(a.key.Public())
 	if err := storeio.VerifyBundle(strings.NewReader(exp.stdout), acl, new(bytes.Buffer)); err != nil {
 		t.Errorf("the extra item is not properly signed: %v", err)
+	}
+}
+
+// forged-s keeps the hash, the key and r, and changes only s.
+func TestHostileForgedS(t *testing.T) {
+	a := newSides(t, 1)[0]
+	item := a.addItem(t, "item", map[string]string{"": "x"})
+	good := a.guix(t, nil, nil, "archive", "--export", item)
+	forged := a.guix(t, nil, []string{"FAKEGUIX_HOSTILE=forged-s"}, "archive", "--export", item)
+	gi, err1 := storeio.ListBundle(strings.NewReader(good.stdout))
+	fi, err2 := storeio.ListBundle(strings.NewReader(forged.stdout))
+	if err1 != nil || err2 != nil || len(gi) != 1 || len(fi) != 1 || gi[0].Hash != fi[0].Hash {
+		t.Fatalf("bundles: %v %v %+v %+v", err1, err2, gi, fi)
+	}
+	gs, _ := storeio.ParseSexp(gi[0].Signature)
+	fs, err := storeio.ParseSexp(fi[0].Signature)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(fs.Find("hash").Value(2), fi[0].Hash[:]) || !fs.Find("public-key").Equal(gs.Find("public-key")) ||
+		bytes.Equal(fs.Find("s").Value(1), gs.Find("s").Value(1)) {
+		t.Errorf("forged-s signature:\n%s\ngenuine:\n%s", fi[0].Signature, gi[0].Signature)
+	}
+	acl, _ := storeio.ParseACL([]byte("(acl)"))
+	acl.Add(a.key.Public())
+	if _, err := storeio.VerifySignature(fi[0].Signature, fi[0].Hash, acl); !errors.Is(err, storeio.ErrInvalidSignature) {
+		t.Errorf("forged-s verifies as %v, want invalid signature", err)
+	}
+}
+
+// omit-output leaves out the last requested item; the others are signed as usual.
+func TestHostileOmitOutput(t *testing.T) {
+	a := newSides(t, 1)[0]
+	one := a.addItem(t, "one", map[string]string{"": "1"})
+	two := a.addItem(t, "two", map[string]string{"": "2"})
+	exp := a.guix(t, nil, []string{"FAKEGUIX_HOSTILE=omit-output"}, "archive", "--export", one, two)
+	items, err := storeio.ListBundle(strings.NewReader(exp.stdout))
+	if err != nil || exp.status != 0 || len(items) != 1 || (items[0].Path != one && items[0].Path != two) {
+		t.Fatalf("omit-output bundle: %d %+v %v", exp.status, items, err)
+	}
+	acl, _ := storeio.ParseACL([]byte("(acl)"))
+	acl.Add(a.key.Public())
+	if err := storeio.VerifyBundle(strings.NewReader(exp.stdout), acl, new(bytes.Buffer)); err != nil {
+		t.Errorf("the item left is not properly signed: %v", err)
+	}
+}
+
+// The missing-* modes add words to the answer of --missing, after the genuine one, and
+// leave --export alone.
+func TestHostileMissing(t *testing.T) {
+	a := newSides(t, 1)[0]
+	valid := a.addItem(t, "valid", map[string]string{"": "v"})
+	ghost := drv.StorePath(a.store.Logical, "ghost", "ghost")
+	other := drv.StorePath(a.store.Logical, "other", "other")
+	for _, c := range []struct{ mode, want string }{
+		{"missing-unasked " + other, ghost + "\n" + other + "\n"},
+		{"missing-option", ghost + "\n--foo\n-x\n"},
+	} {
+		r := a.guix(t, []byte(valid+" "+ghost+"\n"), []string{"FAKEGUIX_HOSTILE=" + c.mode}, "archive", "--missing")
+		if r.status != 0 || r.stdout != c.want {
+			t.Errorf("%s: %d %q %q, want %q", c.mode, r.status, r.stdout, r.stderr, c.want)
+		}
+		exp := a.guix(t, nil, []string{"FAKEGUIX_HOSTILE=" + c.mode}, "archive", "--export", valid)
+		if items, err := storeio.ListBundle(strings.NewReader(exp.stdout)); exp.status != 0 || err != nil || len(items) != 1 {
+			t.Errorf("%s: export %d %q %v", c.mode, exp.status, exp.stderr, err)
+		}
+	}
+	if r := a.guix(t, []byte(valid+"\n"), []string{"FAKEGUIX_HOSTILE=missing-unasked"}, "archive", "--missing"); r.status != 1 {
+		t.Errorf("missing-unasked without a path: %d %q", r.status, r.stdout)
 	}
 }
 

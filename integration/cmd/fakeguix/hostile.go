@@ -7,6 +7,9 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"math/big"
+	"strings"
 
 	"offload/integration/drv"
 	"offload/storeio"
@@ -26,9 +29,14 @@ import (
 //	             second entry "x", a regular file: a restorer that follows
 //	             symlinks would overwrite the target
 //	wrong-sig    a valid signature by the right key, over other data
+//	forged-s     the right hash and key, but s replaced by s+1 mod n: only
+//	             the signature arithmetic can tell
+//	omit-output  the last requested item is left out (the others are
+//	             exported as usual)
 //
 // These items are written with the small raw writer below because
-// storeio's writer refuses to produce them.
+// storeio's writer refuses to produce them. The modes of `archive
+// --missing` are in missingHostile.
 func (e *env) exportHostile(mode string, infos []*drv.Info, key *storeio.SecretKey) error {
 	items := make([]rawItem, 0, len(infos)+1)
 	for _, info := range infos {
@@ -66,6 +74,18 @@ func (e *env) exportHostile(mode string, infos []*drv.Info, key *storeio.SecretK
 		sign = func(hash [32]byte) ([]byte, error) {
 			return key.Sign(sha256.Sum256(append(hash[:], "other data"...)))
 		}
+	case "forged-s":
+		sign = func(hash [32]byte) ([]byte, error) {
+			sig, err := key.Sign(hash)
+			if err != nil {
+				return nil, err
+			}
+			return forgeS(sig)
+		}
+	case "omit-output":
+		if len(items) > 0 {
+			items = items[:len(items)-1]
+		}
 	case "truncated":
 		var b bytes.Buffer
 		if err := writeRawBundle(&b, items, sign); err != nil {
@@ -78,6 +98,60 @@ func (e *env) exportHostile(mode string, infos []*drv.Info, key *storeio.SecretK
 	}
 	if err := writeRawBundle(e.stdout, items, sign); err != nil {
 		return fail("%v", err)
+	}
+	return nil
+}
+
+// ed25519Order is n, the order of the Ed25519 base point (FORMATS.md).
+var ed25519Order = func() *big.Int {
+	n, _ := new(big.Int).SetString("27742317777372353535851937790883648493", 10)
+	return n.Add(n, new(big.Int).Lsh(big.NewInt(1), 252))
+}()
+
+// forgeS returns the ECDSA signature sig with s replaced by s+1 mod n, everything
+// else (hash, r, key) unchanged.
+func forgeS(sig []byte) ([]byte, error) {
+	sx, err := storeio.ParseSexp(sig)
+	if err != nil {
+		return nil, err
+	}
+	ecdsa := sx.Find("ecdsa")
+	if ecdsa == nil || ecdsa.Find("s") == nil || len(ecdsa.Find("s").List) != 2 {
+		return nil, fmt.Errorf("no (ecdsa ... (s #..#)) in %s", sig)
+	}
+	v := ecdsa.Find("s").List[1]
+	s := new(big.Int).SetBytes(v.Atom)
+	s.Add(s, big.NewInt(1)).Mod(s, ed25519Order)
+	v.Atom = s.FillBytes(make([]byte, 32))
+	return []byte(sx.String()), nil
+}
+
+// missingHostile adds to the answer of `archive --missing` (written to w after the
+// genuinely missing paths) what a hostile machine would:
+//
+//	missing-unasked PATH...  the paths given, which the request did not ask about
+//	missing-option           option-like words: --foo and -x
+//
+// Other modes (those of `archive --export`) add nothing.
+func (e *env) missingHostile(w io.Writer, mode string, args []string) error {
+	var extra []string
+	switch mode {
+	case "missing-unasked":
+		if len(args) == 0 {
+			return fail("FAKEGUIX_HOSTILE mode %q needs the paths to answer", mode)
+		}
+		extra = args
+	case "missing-option":
+		extra = []string{"--foo", "-x"}
+	default:
+		if strings.HasPrefix(mode, "missing-") {
+			return fail("unknown FAKEGUIX_HOSTILE mode %q", mode)
+		}
+	}
+	for _, x := range extra {
+		if _, err := fmt.Fprintln(w, x); err != nil {
+			return err
+		}
 	}
 	return nil
 }

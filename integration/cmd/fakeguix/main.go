@@ -12,7 +12,8 @@
 // (default PHYSICAL/../db), GUIX_CONFIGURATION_DIRECTORY (signing-key.sec,
 // signing-key.pub, acl; default /etc/guix), FAKEGUIX_LOG (append one line per
 // invocation), FAKEGUIX_HOSTILE or the content of the file
-// $FAKEGUIX_HOSTILE_FILE (make `archive --export` misbehave, see hostile.go).
+// $FAKEGUIX_HOSTILE_FILE (make `archive --export` or `archive --missing`
+// misbehave, see hostile.go).
 package main
 
 import (
