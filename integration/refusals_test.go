@@ -197,7 +197,7 @@ func TestFailureBeforeBuildBacksOff(t *testing.T) {
 	}
 	// The state file says it is down because of this failure (not of a probe).
 	st := machines.State{Dir: filepath.Join(f.State, "offload")}
-	h, err := st.Health(id)
+	h, err := st.Health(m.StateKey())
 	if err != nil {
 		t.Fatal(err)
 	}
