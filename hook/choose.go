@@ -20,6 +20,9 @@ type decision struct {
 	answer  string // "accept", "decline", "postpone"
 	machine *machines.Machine
 	slot    *locking.Lock
+	// queued: slot is a place in the machine's queue, not a build slot; the build
+	// waits for one of the machine's build slots after the accept (waitForSlot).
+	queued bool
 }
 
 func (d *decision) release() {
@@ -30,7 +33,7 @@ func (d *decision) release() {
 }
 
 func (h *Hook) decide(ctx context.Context, req Request) decision {
-	return h.decideExcluding(ctx, req, nil)
+	return h.decideExcluding(ctx, req, nil, true)
 }
 
 // candidate is a matching machine on which we hold a free slot, waiting for its probe.
@@ -39,14 +42,18 @@ type candidate struct {
 	slot  *locking.Lock
 	probe *machines.Probe
 	live  bool // probed over ssh for this request, not taken from the cache
-	err   error
+	// queued: every build slot is taken and slot is a place in the machine's queue.
+	queued bool
+	err    error
 }
 
 // decideExcluding applies the choice rules (docs/choice.md): decline when nothing
 // matches (or when every matching machine is down and the daemon can build locally),
 // postpone when matching machines are busy, overloaded or (with no local slot) down,
-// accept the best usable one that is reachable now otherwise.
-func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[string]bool) decision {
+// accept the best usable one that is reachable now otherwise. With queue, a machine
+// whose build slots are all taken may still be chosen, after every machine with a free
+// slot, when a place in its queue is free (one per slot).
+func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[string]bool, queue bool) decision {
 	matching := h.matchingMachines(req, exclude)
 	if len(matching) == 0 {
 		return decision{answer: "decline"}
@@ -58,7 +65,7 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 		return decision{answer: "decline"}
 	}
 	now := h.Now()
-	cands, down, busy := h.takeSlots(req, matching, now)
+	cands, down, busy := h.takeSlots(req, matching, now, queue)
 	h.probeAll(ctx, cands, now)
 	for _, c := range cands {
 		if c.probe == nil {
@@ -69,7 +76,7 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 	busy += nbusy
 	down = append(down, ndown...)
 	if best != nil {
-		return decision{answer: "accept", machine: best.m, slot: best.slot}
+		return decision{answer: "accept", machine: best.m, slot: best.slot, queued: best.queued}
 	}
 	if busy == 0 && len(down) > 0 {
 		return h.allDown(req, down)
@@ -93,8 +100,9 @@ func (h *Hook) matchingMachines(req Request, exclude map[string]bool) []*machine
 }
 
 // takeSlots skips the machines in backoff and takes a free build slot on each of the
-// others (in a dry run it only counts them); machines without a free slot are busy.
-func (h *Hook) takeSlots(req Request, matching []*machines.Machine, now time.Time) (cands []*candidate, down []*machines.Machine, busy int) {
+// others (in a dry run it only counts them), else, with queue, a free place in its
+// queue; machines with neither are busy.
+func (h *Hook) takeSlots(req Request, matching []*machines.Machine, now time.Time, queue bool) (cands []*candidate, down []*machines.Machine, busy int) {
 	for _, m := range matching {
 		health, err := h.state.Health(m.StateKey())
 		if err != nil {
@@ -108,15 +116,20 @@ func (h *Hook) takeSlots(req Request, matching []*machines.Machine, now time.Tim
 		slots := max(m.ParallelBuilds, 1)
 		c := &candidate{m: m}
 		if h.DryRun {
-			free := freeSlots(filepath.Join(h.Conf.StateDir, m.ID()), slots)
+			free := freeSlots(locking.SlotDir(h.Conf.StateDir, m.ID()), slots)
 			h.say("offload: machine '%s' has %d of %d build slots free", m.Display(), free, slots)
 			if free == 0 {
 				busy++
 				continue
 			}
 		} else {
-			slot, _, err := locking.AcquireSlot(filepath.Join(h.Conf.StateDir, m.ID()), slots,
+			slot, _, err := locking.AcquireSlot(locking.SlotDir(h.Conf.StateDir, m.ID()), slots,
 				fmt.Sprintf("building %s", req.Drv))
+			if err == nil && slot == nil && queue {
+				slot, _, err = locking.AcquireSlot(locking.QueueDir(h.Conf.StateDir, m.ID()), slots,
+					fmt.Sprintf("waiting to build %s", req.Drv))
+				c.queued = slot != nil
+			}
 			if err != nil {
 				h.say("offload: machine '%s': %v", m.Display(), err)
 				busy++
@@ -143,7 +156,7 @@ func (h *Hook) pick(ctx context.Context, cands []*candidate) (best *candidate, b
 	for _, c := range cands {
 		cs = append(cs, machines.Candidate{M: c.m, Probe: c.probe, Err: c.err})
 	}
-	for _, v := range machines.Rank(cs, h.Rand) {
+	for _, v := range freeFirst(machines.Rank(cs, h.Rand), cands) {
 		c := findCandidate(cands, v.M)
 		switch {
 		case v.Usable && best == nil:
@@ -233,6 +246,20 @@ func downSince(m *machines.Machine, health machines.Health) string {
 		part += ": " + health.LastError
 	}
 	return part + ")"
+}
+
+// freeFirst puts the machines with a free build slot before those where the build would
+// wait in the queue, keeping the ranking's order within each group.
+func freeFirst(vs []machines.Verdict, cands []*candidate) []machines.Verdict {
+	var free, queued []machines.Verdict
+	for _, v := range vs {
+		if findCandidate(cands, v.M).queued {
+			queued = append(queued, v)
+		} else {
+			free = append(free, v)
+		}
+	}
+	return append(free, queued...)
 }
 
 func findCandidate(cs []*candidate, m *machines.Machine) *candidate {

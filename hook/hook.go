@@ -189,6 +189,11 @@ func (h *Hook) accepted(ctx context.Context, in *bufio.Reader, req Request, d de
 	if err != nil {
 		return err
 	}
+	if d.queued {
+		if err := h.waitForSlot(ctx, req, &d); err != nil {
+			return err
+		}
+	}
 	tried := map[string]bool{}
 	for {
 		m := d.machine
@@ -208,7 +213,7 @@ func (h *Hook) accepted(ctx context.Context, in *bufio.Reader, req Request, d de
 		}
 		d.release()
 		h.say("offload: machine '%s' failed before the build started: %v", m.Display(), early.Err)
-		d = h.decideExcluding(ctx, req, tried)
+		d = h.decideExcluding(ctx, req, tried, false)
 		if d.slot == nil {
 			return fmt.Errorf("no other machine could take %s after '%s' failed: %w", req.Drv, m.Display(), early.Err)
 		}

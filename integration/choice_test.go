@@ -88,12 +88,14 @@ func TestMachinesFileMissingOrBroken(t *testing.T) {
 	}
 }
 
-// TestPostponeWhenBusy: parallel-builds 1; while one build holds the slot, another
-// request is postponed, and accepted once the slot is free.
+// TestPostponeWhenBusy: parallel-builds 1; while one build holds the slot, the next
+// request is accepted into the machine's queue (one place per slot), a third is
+// postponed, and accepted once the slot is free.
 func TestPostponeWhenBusy(t *testing.T) {
 	f := farm.New(t, farm.Options{})
 	writeMachines(f, nil)
 	slow := sleepDrv(f, "busy", 3)
+	queued := okDrv(f, "queued")
 	other := okDrv(f, "other")
 	h1 := startHook(t, f, buildOpts{})
 	if ans, err := h1.Request(false, slow.System, slow.Path, nil); err != nil || ans != "accept" {
@@ -102,32 +104,43 @@ func TestPostponeWhenBusy(t *testing.T) {
 	if err := f.SendPaths(h1, slow); err != nil {
 		t.Fatal(err)
 	}
+	hq := startHook(t, f, buildOpts{})
+	if ans, err := hq.Request(false, queued.System, queued.Path, nil); err != nil || ans != "accept" {
+		t.Fatalf("second, into the queue: %q %v %q", ans, err, hq.Messages())
+	}
 	h2 := startHook(t, f, buildOpts{})
 	ans, err := h2.Request(false, other.System, other.Path, nil)
 	if err != nil || ans != "postpone" {
-		t.Fatalf("second while busy: %q %v %q", ans, err, h2.Messages())
+		t.Fatalf("third while busy and the queue full: %q %v %q", ans, err, h2.Messages())
 	}
 	if !contains(h2.Messages(), "busy") {
 		t.Errorf("no message saying why: %q", h2.Messages())
 	}
+	if err := f.SendPaths(hq, queued); err != nil {
+		t.Fatal(err)
+	}
 	if st, _, _ := h1.Wait(); st != 0 {
 		t.Fatalf("first build: status %d %q", st, h1.Messages())
+	}
+	if st, _, _ := hq.Wait(); st != 0 || !contains(hq.Messages(), "takes the first that frees") {
+		t.Fatalf("queued build: status %d %q", st, hq.Messages())
 	}
 	// The daemon asks again; the same process now accepts.
 	ans, err = h2.Request(false, other.System, other.Path, nil)
 	if err != nil || ans != "accept" {
-		t.Fatalf("second after: %q %v %q", ans, err, h2.Messages())
+		t.Fatalf("third after: %q %v %q", ans, err, h2.Messages())
 	}
 	if err := f.SendPaths(h2, other); err != nil {
 		t.Fatal(err)
 	}
 	if st, _, _ := h2.Wait(); st != 0 {
-		t.Fatalf("second build: status %d %q", st, h2.Messages())
+		t.Fatalf("third build: status %d %q", st, h2.Messages())
 	}
 }
 
-// TestSlotsAreAHardLimit: N hooks at once against parallel-builds K: K accepted, the
-// rest postponed; a hook killed with SIGKILL frees its slot at once.
+// TestSlotsAreAHardLimit: N hooks at once against parallel-builds K: K accepted onto
+// the build slots and K into the queue, the rest postponed; hooks killed with SIGKILL
+// free their slots at once.
 func TestSlotsAreAHardLimit(t *testing.T) {
 	const k, n = 2, 6
 	f := farm.New(t, farm.Options{ParallelBuilds: k})
@@ -156,20 +169,31 @@ func TestSlotsAreAHardLimit(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if answers["accept"] != k || answers["postpone"] != n-k {
-		t.Fatalf("answers %v, want %d accept and %d postpone", answers, k, n-k)
+	if answers["accept"] != 2*k || answers["postpone"] != n-2*k {
+		t.Fatalf("answers %v, want %d accept (%d building, %d queued) and %d postpone", answers, 2*k, k, k, n-2*k)
 	}
-	// Accepted hooks wait for their path lines and hold their slots; kill one.
-	accepted[0].h.Kill()
-	accepted[0].h.Wait()
+	// Accepted hooks wait for their path lines and hold their slots or queue places;
+	// kill them.
+	for _, a := range accepted {
+		a.h.Kill()
+		a.h.Wait()
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		l, _, err := locking.AcquireSlot(slotDir(f, f.Machines[0]), k, "test")
-		if err != nil {
-			t.Fatal(err)
+		var got []*locking.Lock
+		for range k {
+			l, _, err := locking.AcquireSlot(slotDir(f, f.Machines[0]), k, "test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l != nil {
+				got = append(got, l)
+			}
 		}
-		if l != nil {
+		for _, l := range got {
 			l.Release()
+		}
+		if len(got) == k {
 			break
 		}
 		if time.Now().After(deadline) {

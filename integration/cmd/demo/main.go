@@ -141,14 +141,17 @@ func run(t *demoTB) int {
 		failures++
 	}
 
-	step("3. Every build slot is taken (parallel-builds 1 on each machine): postponed, the daemon asks again later")
+	step("3. Every build slot is taken (parallel-builds 1 on each machine), and the place in each machine's queue too: postponed, the daemon asks again later")
 	var held []*locking.Lock
 	for _, m := range f.Machines {
-		l, _, err := locking.AcquireSlot(filepath.Join(f.State, "offload", fmt.Sprintf("%s:%d", m.Name, m.Port)), 1, "a build of the demo")
-		if err != nil || l == nil {
-			t.Fatalf("taking the slot of %s:%d: %v", m.Name, m.Port, err)
+		id := fmt.Sprintf("%s:%d", m.Name, m.Port)
+		for _, dir := range []string{locking.SlotDir(filepath.Join(f.State, "offload"), id), locking.QueueDir(filepath.Join(f.State, "offload"), id)} {
+			l, _, err := locking.AcquireSlot(dir, 1, "a build of the demo")
+			if err != nil || l == nil {
+				t.Fatalf("taking %s: %v", dir, err)
+			}
+			held = append(held, l)
 		}
-		held = append(held, l)
 	}
 	if ans := answerOnly(ctx, f, ok, false); ans != "postpone" {
 		say("UNEXPECTED answer %q", ans)
