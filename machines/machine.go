@@ -130,17 +130,6 @@ func (e *Error) Error() string {
 	return e.Pos.String() + ": " + e.Msg
 }
 
-// DefaultFile returns the machines file Guix reads:
-// $GUIX_CONFIGURATION_DIRECTORY/machines.scm, by default
-// /etc/guix/machines.scm.
-func DefaultFile() string {
-	dir := os.Getenv("GUIX_CONFIGURATION_DIRECTORY")
-	if dir == "" {
-		dir = "/etc/guix"
-	}
-	return filepath.Join(dir, "machines.scm")
-}
-
 // Load reads and parses the machines file at path. A missing file gives an
 // error wrapping fs.ErrNotExist, which callers treat as "no machines"; a
 // file that cannot be used gives an *Error.

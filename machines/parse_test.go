@@ -415,16 +415,6 @@ func TestLoadMissing(t *testing.T) {
 	}
 }
 
-func TestDefaultFile(t *testing.T) {
-	t.Setenv("GUIX_CONFIGURATION_DIRECTORY", "")
-	if got := DefaultFile(); got != "/etc/guix/machines.scm" {
-		t.Errorf("DefaultFile() = %q", got)
-	}
-	t.Setenv("GUIX_CONFIGURATION_DIRECTORY", "/tmp/conf")
-	if got := DefaultFile(); got != "/tmp/conf/machines.scm" {
-		t.Errorf("DefaultFile() = %q", got)
-	}
-}
 
 func TestMatches(t *testing.T) {
 	m := &Machine{Name: "m", Port: 22, Systems: []string{"x86_64-linux", "i686-linux"}, Features: []string{"kvm", "big-mem"}}

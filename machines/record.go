@@ -155,10 +155,6 @@ func wantStrings(field string, v *val) ([]string, error) {
 	return out, nil
 }
 
-var fieldNames = []string{"name", "port", "systems", "system", "user", "private-key", "host-key",
-	"parallel-builds", "speed", "features", "overload-threshold", "compression",
-	"compression-level", "daemon-socket", "ssh-options"}
-
 var fieldSetters map[string]func(ev *evaluator, m *Machine, v *val) error
 
 func init() {

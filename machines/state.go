@@ -1,6 +1,7 @@
 package machines
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,7 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/gofrs/flock"
+	"offload/locking"
 )
 
 // Backoff bounds: after the n-th failure in a row a machine is left alone
@@ -164,11 +165,11 @@ func (s State) update(id string, change func(*Health)) error {
 		return fmt.Errorf("create state directory: %w", err)
 	}
 	path := s.file(id)
-	lock := flock.New(path + ".lock")
-	if err := lock.Lock(); err != nil {
+	lock, err := locking.Acquire(context.Background(), path+".lock", "updating the machine's state")
+	if err != nil {
 		return fmt.Errorf("lock machine state %s: %w", path, err)
 	}
-	defer lock.Unlock()
+	defer lock.Release()
 
 	h, err := s.Health(id)
 	if err != nil {

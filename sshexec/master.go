@@ -2,12 +2,11 @@ package sshexec
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"os"
-	"syscall"
 	"time"
+
+	"offload/locking"
 )
 
 // ensureMaster makes sure a shared connection to t runs in the background before a
@@ -29,11 +28,11 @@ func (r *Runner) ensureMaster(ctx context.Context, t Target) error {
 	if masterAlive(sock) {
 		return nil
 	}
-	unlock, err := lockFile(ctx, sock+".lock")
+	lock, err := locking.Acquire(ctx, sock+".lock", "starting the shared ssh connection")
 	if err != nil {
 		return fmt.Errorf("machine '%s': lock for the shared ssh connection: %w", t.Name, err)
 	}
-	defer unlock()
+	defer lock.Release()
 	if masterAlive(sock) {
 		return nil // another process started it while we waited
 	}
@@ -75,29 +74,4 @@ func masterAlive(sock string) bool {
 	}
 	c.Close()
 	return true
-}
-
-// lockFile takes an exclusive flock on path, polling until ctx is done, and returns the
-// function that releases it.
-func lockFile(ctx context.Context, path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, err
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 }
