@@ -84,4 +84,3 @@ func BenchmarkSixBuilds(b *testing.B) {
 	b.ReportMetric(float64(n/parallel*secs), "base-all-done-s")
 	b.ReportMetric(float64(postpones), "postpones")
 }
-

@@ -415,7 +415,6 @@ func TestLoadMissing(t *testing.T) {
 	}
 }
 
-
 func TestMatches(t *testing.T) {
 	m := &Machine{Name: "m", Port: 22, Systems: []string{"x86_64-linux", "i686-linux"}, Features: []string{"kvm", "big-mem"}}
 	tests := []struct {
