@@ -7,6 +7,9 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 BIN     := offload
 
+# staticcheck, at a pinned version (fetched through the Go module proxy on first use).
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 .PHONY: all build deps test test-short vet demo bench chaos fuzz install clean
 
 all: build
@@ -29,6 +32,7 @@ test: deps
 	@# (not `tee /dev/stderr`: reopening stderr truncates a log file it points to)
 	@unformatted=$$(gofmt -l .); test -z "$$unformatted" || { echo "$$unformatted" >&2; echo "gofmt: files above need formatting" >&2; exit 1; }
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 	$(GO) test -count=1 -timeout 12m ./...
 
 demo: deps

@@ -17,7 +17,7 @@ import (
 	"offload/sshexec"
 )
 
-// Exit codes the daemon understands (PROTOCOL.md, "The exchange" item 5).
+// Exit codes the daemon understands (docs/hook.md, "The daemon's side").
 const (
 	ExitOK          = 0
 	ExitTransient   = 1

@@ -9,7 +9,7 @@ import (
 )
 
 // Queued builds. The daemon asks again about a postponed build only at its next poll,
-// 5 s later (../shared/spec/DEPLOYMENT.md), so a slot that frees meanwhile stays idle.
+// 5 s later (docs/hook.md), so a slot that frees meanwhile stays idle.
 // Instead, when every build slot of a machine is taken, the hook may accept a build
 // into the machine's queue, which has one place per slot: it holds the place, then
 // takes the first build slot that frees, within slotPoll. A machine still never runs

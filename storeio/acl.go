@@ -7,7 +7,8 @@ import (
 	"os"
 )
 
-// Signature verdicts, in the order Guix checks them (FORMATS.md). Callers match them
+// Signature verdicts, in the order Guix checks them: the signed hash, then the key
+// in the ACL, then the signature itself. Callers match them
 // with errors.Is; the messages are Guix's.
 var (
 	ErrNoSignature      = errors.New("imported file lacks a signature")

@@ -13,7 +13,8 @@ import (
 // a local failure.
 var ErrInvalidArchive = errors.New("invalid archive")
 
-// wireReader reads the primitives of FORMATS.md ("Primitives") with io.ReadFull only,
+// wireReader reads the archive primitives (8-byte little-endian integers; strings as
+// a length, the bytes and zero padding to a multiple of 8) with io.ReadFull only,
 // so it never consumes a byte beyond what it was asked for. When h is set, every byte
 // read is also written to h (the hash a signature covers).
 type wireReader struct {
