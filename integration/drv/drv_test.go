@@ -52,7 +52,7 @@ func TestEscapesRoundTrip(t *testing.T) {
 		Outputs: []Output{{Name: "out", Path: "/gnu/store/x-a"}},
 		System:  "x86_64-linux", Builder: "/bin/sh",
 		Args: []string{"a\"b", `c\d`, "e\nf", "g\th", "i\rj", ""},
-		Env:  []EnvVar{{"k", "v\\\"\n"}},
+		Env:  []EnvVar{{Name: "k", Value: "v\\\"\n"}},
 	}
 	text := d.Bytes()
 	if !bytes.Contains(text, []byte(`"a\"b","c\\d","e\nf","g\th","i\rj",""`)) {

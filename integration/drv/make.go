@@ -56,18 +56,18 @@ func (s Store) Make(spec Spec) (*Derivation, error) {
 		}
 	}
 	for k, v := range spec.Env {
-		d.Env = append(d.Env, EnvVar{k, v})
+		d.Env = append(d.Env, EnvVar{Name: k, Value: v})
 	}
 	if len(spec.Features) > 0 {
-		d.Env = append(d.Env, EnvVar{"requiredSystemFeatures", strings.Join(spec.Features, " ")})
+		d.Env = append(d.Env, EnvVar{Name: "requiredSystemFeatures", Value: strings.Join(spec.Features, " ")})
 	}
 	if spec.Nonce != "" {
-		d.Env = append(d.Env, EnvVar{"NONCE", spec.Nonce})
+		d.Env = append(d.Env, EnvVar{Name: "NONCE", Value: spec.Nonce})
 	}
 	for _, o := range outs {
-		d.Env = append(d.Env, EnvVar{o, ""})
+		d.Env = append(d.Env, EnvVar{Name: o, Value: ""})
 	}
-	d.normalize()
+	d.Normalize()
 
 	// Like Nix: output paths hash the text with the outputs left empty.
 	blank := sha256.Sum256(d.Bytes())

@@ -1,4 +1,4 @@
-package drv
+package storeio
 
 import (
 	"bytes"
@@ -25,7 +25,7 @@ type EnvVar struct {
 }
 
 // Derivation is the content of a .drv file. Slices keep file order, so
-// Parse followed by Bytes reproduces the file byte for byte.
+// ParseDerivation followed by Bytes reproduces the file byte for byte.
 type Derivation struct {
 	Path      string // the .drv store path (not part of the text)
 	Outputs   []Output
@@ -144,8 +144,8 @@ func writeString(b *bytes.Buffer, s string) {
 	b.WriteByte('"')
 }
 
-// Parse reads the ATerm text of a .drv file. path is recorded as d.Path.
-func Parse(path string, text []byte) (*Derivation, error) {
+// ParseDerivation reads the ATerm text of a .drv file. path is recorded as d.Path.
+func ParseDerivation(path string, text []byte) (*Derivation, error) {
 	p := &parser{s: text}
 	d, err := p.derivation()
 	if err != nil {
@@ -351,9 +351,9 @@ func (p *parser) derivation() (*Derivation, error) {
 	return d, nil
 }
 
-// normalize sorts everything the daemon keeps sorted (outputs by name,
+// Normalize sorts everything the daemon keeps sorted (outputs by name,
 // input derivations by path, their outputs, sources, env by name).
-func (d *Derivation) normalize() {
+func (d *Derivation) Normalize() {
 	sort.Slice(d.Outputs, func(i, j int) bool { return d.Outputs[i].Name < d.Outputs[j].Name })
 	sort.Slice(d.InputDrvs, func(i, j int) bool { return d.InputDrvs[i].Path < d.InputDrvs[j].Path })
 	for _, in := range d.InputDrvs {
