@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"offload/machines"
+	"offload/storeio"
 )
 
 // Explain writes to w what the hook would answer right now to a request for system
@@ -86,109 +87,15 @@ func (p *prefixWriter) Write(b []byte) (int, error) {
 	return len(b), err
 }
 
-// DrvRequest reads the system and required features of a .drv file (ATerm:
-// Derive([outputs],[inputDrvs],[inputSrcs],"SYSTEM","BUILDER",[args],[env])).
+// DrvRequest reads the system and required features of a .drv file.
 func DrvRequest(path string) (system string, features []string, err error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "", nil, err
 	}
-	p := &aterm{s: string(b)}
-	v, err := p.value()
+	d, err := storeio.ParseDerivation(path, b)
 	if err != nil {
-		return "", nil, fmt.Errorf("%s: %w", path, err)
+		return "", nil, err
 	}
-	d, ok := v.([]any)
-	if !ok || len(d) != 7 || p.pos != len(p.s) && strings.TrimSpace(p.s[p.pos:]) != "" {
-		return "", nil, fmt.Errorf("%s: not a derivation", path)
-	}
-	system, ok = d[3].(string)
-	if !ok {
-		return "", nil, fmt.Errorf("%s: not a derivation", path)
-	}
-	env, _ := d[6].([]any)
-	for _, e := range env {
-		kv, ok := e.([]any)
-		if ok && len(kv) == 2 && kv[0] == "requiredSystemFeatures" {
-			s, _ := kv[1].(string)
-			features = strings.Fields(s)
-		}
-	}
-	return system, features, nil
-}
-
-// aterm reads the small ATerm subset .drv files use: strings, lists [..], tuples
-// (..) and the Derive constructor; lists and tuples both come back as []any.
-type aterm struct {
-	s   string
-	pos int
-}
-
-func (p *aterm) value() (any, error) {
-	if strings.HasPrefix(p.s[p.pos:], "Derive(") {
-		p.pos += len("Derive")
-	}
-	if p.pos >= len(p.s) {
-		return nil, errors.New("unexpected end of derivation")
-	}
-	switch c := p.s[p.pos]; c {
-	case '"':
-		return p.str()
-	case '[', '(':
-		end := map[byte]byte{'[': ']', '(': ')'}[c]
-		p.pos++
-		var items []any
-		for {
-			if p.pos >= len(p.s) {
-				return nil, errors.New("unexpected end of derivation")
-			}
-			if p.s[p.pos] == end {
-				p.pos++
-				return items, nil
-			}
-			if len(items) > 0 {
-				if p.s[p.pos] != ',' {
-					return nil, fmt.Errorf("expected ',' at offset %d", p.pos)
-				}
-				p.pos++
-			}
-			v, err := p.value()
-			if err != nil {
-				return nil, err
-			}
-			items = append(items, v)
-		}
-	default:
-		return nil, fmt.Errorf("unexpected %q at offset %d", c, p.pos)
-	}
-}
-
-func (p *aterm) str() (string, error) {
-	var b strings.Builder
-	for p.pos++; p.pos < len(p.s); p.pos++ {
-		c := p.s[p.pos]
-		switch c {
-		case '"':
-			p.pos++
-			return b.String(), nil
-		case '\\':
-			p.pos++
-			if p.pos >= len(p.s) {
-				return "", errors.New("unexpected end of derivation")
-			}
-			switch e := p.s[p.pos]; e {
-			case 'n':
-				b.WriteByte('\n')
-			case 't':
-				b.WriteByte('\t')
-			case 'r':
-				b.WriteByte('\r')
-			default:
-				b.WriteByte(e)
-			}
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return "", errors.New("unterminated string in derivation")
+	return d.System, d.Features(), nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"offload/storeio"
 	"os"
 	"path/filepath"
 	"sort"
@@ -49,28 +50,7 @@ func (s Store) Env() []string {
 // CheckPath reports whether p is a well-formed item path of s:
 // LOGICAL/ + 32 Nix base-32 characters + "-" + a name.
 func (s Store) CheckPath(p string) error {
-	base, ok := strings.CutPrefix(p, s.Logical+"/")
-	if !ok {
-		return fmt.Errorf("%q is not in the store %s", p, s.Logical)
-	}
-	if len(base) < 34 || base[32] != '-' {
-		return fmt.Errorf("%q is not a store item path", p)
-	}
-	for i := range 32 {
-		if !strings.ContainsRune(nixBase32Chars, rune(base[i])) {
-			return fmt.Errorf("%q has an invalid hash part", p)
-		}
-	}
-	name := base[33:]
-	if name[0] == '.' {
-		return fmt.Errorf("%q has a name starting with a dot", p)
-	}
-	for _, c := range []byte(name) {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("+-._?=", c) >= 0) {
-			return fmt.Errorf("%q has an invalid character in its name", p)
-		}
-	}
-	return nil
+	return storeio.ValidateStorePath(s.Logical, p)
 }
 
 // Real returns the physical file name of item p.
