@@ -1,14 +1,13 @@
 package machines
 
 import (
-	"encoding/base64"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
-	"strings"
 	"syscall"
+
+	"offload/sshexec"
 )
 
 // LintFiles checks what Parse cannot: each host-key must be an OpenSSH public
@@ -89,23 +88,11 @@ func unreadable(m *Machine, key string, euid int) (warning, errMsg string) {
 		m.ID(), key, euid), ""
 }
 
-// checkHostKey checks an OpenSSH public key line, "TYPE BASE64 [COMMENT]", whose
-// base64 blob starts with TYPE; it returns what is wrong, or "".
+// checkHostKey checks a host-key as ssh will need it (sshexec.ParseHostKey); it
+// returns what is wrong, or "".
 func checkHostKey(line string) string {
-	f := strings.Fields(line)
-	if len(f) < 2 {
-		return fmt.Sprintf("%q is not a public key line \"TYPE BASE64 [comment]\" (as in /etc/ssh/ssh_host_ed25519_key.pub)", line)
-	}
-	blob, err := base64.StdEncoding.DecodeString(f[1])
-	if err != nil {
-		return fmt.Sprintf("of type %s: invalid base64", f[0])
-	}
-	if len(blob) < 4 {
-		return fmt.Sprintf("of type %s is truncated", f[0])
-	}
-	n := binary.BigEndian.Uint32(blob)
-	if uint64(n) > uint64(len(blob)-4) || string(blob[4:4+n]) != f[0] {
-		return fmt.Sprintf("does not hold a key of type %s", f[0])
+	if _, err := sshexec.ParseHostKey(line); err != nil {
+		return err.Error()
 	}
 	return ""
 }

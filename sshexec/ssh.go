@@ -185,8 +185,8 @@ func (r *Runner) sshArgv(t Target, extra, remote []string) ([]string, error) {
 
 	switch {
 	case t.HostKey != "":
-		if _, err := parseHostKey(t.HostKey); err != nil {
-			return nil, fmt.Errorf("machine '%s': host-key: %w", t.Name, err)
+		if _, err := ParseHostKey(t.HostKey); err != nil {
+			return nil, fmt.Errorf("machine '%s': host-key %w", t.Name, err)
 		}
 		file, alias, err := r.knownHosts(t)
 		if err != nil {
@@ -329,22 +329,24 @@ func hostAlias(t Target) string {
 	return name + "_" + strconv.Itoa(t.port())
 }
 
-// parseHostKey checks an OpenSSH public key line and returns its type.
-func parseHostKey(line string) (string, error) {
+// ParseHostKey checks an OpenSSH public key line, "TYPE BASE64 [COMMENT]" as in
+// /etc/ssh/ssh_host_ed25519_key.pub, whose base64 blob starts with TYPE, and returns
+// TYPE. The error says what is wrong, to follow "host-key ".
+func ParseHostKey(line string) (string, error) {
 	f := strings.Fields(line)
 	if len(f) < 2 {
-		return "", fmt.Errorf("%q is not a public key line \"TYPE BASE64 [comment]\"", line)
+		return "", fmt.Errorf("%q is not a public key line \"TYPE BASE64 [comment]\" (as in /etc/ssh/ssh_host_ed25519_key.pub)", line)
 	}
 	blob, err := base64.StdEncoding.DecodeString(f[1])
 	if err != nil {
-		return "", fmt.Errorf("key of type %s: invalid base64: %w", f[0], err)
+		return "", fmt.Errorf("of type %s: invalid base64", f[0])
 	}
 	if len(blob) < 4 {
-		return "", fmt.Errorf("key of type %s is truncated", f[0])
+		return "", fmt.Errorf("of type %s is truncated", f[0])
 	}
 	n := binary.BigEndian.Uint32(blob)
 	if uint64(n) > uint64(len(blob)-4) || string(blob[4:4+n]) != f[0] {
-		return "", fmt.Errorf("key data does not hold a key of type %s", f[0])
+		return "", fmt.Errorf("does not hold a key of type %s", f[0])
 	}
 	return f[0], nil
 }
@@ -492,7 +494,7 @@ func (r *Runner) unreachable(t Target, stderr string) error {
 		e.HostKeyMismatch = true
 	}
 	if e.HostKeyMismatch {
-		e.PinnedType, _ = parseHostKey(t.HostKey)
+		e.PinnedType, _ = ParseHostKey(t.HostKey)
 	}
 	return e
 }
