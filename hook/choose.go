@@ -318,10 +318,6 @@ func (h *Hook) probeAll(ctx context.Context, cands []*candidate, now time.Time) 
 	wg.Wait()
 }
 
-// probeScript reads, in one round trip, what the choice needs: the load average, the
-// number of cores, the free space in the store and the machine's clock.
-const probeScript = `cat /proc/loadavg && nproc && date +%s && { df -Pk "$1" 2>/dev/null | tail -n 1; true; }`
-
 // probe asks a machine for its load; a machine that does not answer in time counts as
 // unreachable (never as idle).
 func (h *Hook) probe(ctx context.Context, m *machines.Machine) (*machines.Probe, error) {
@@ -333,23 +329,21 @@ func (h *Hook) probe(ctx context.Context, m *machines.Machine) (*machines.Probe,
 }
 
 // ProbeMachine reads a machine's load, cores, free store space and clock in one ssh
-// round trip, giving up after timeout.
+// round trip (AskMachine), giving up after timeout.
 func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, name, storeDir string, timeout time.Duration) (*machines.Probe, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	out, err := r.OutputRemote(ctx, t, []string{"sh", "-c", probeScript, "sh", storeDir}, nil)
+	f, err := AskMachine(ctx, r, t, storeDir, false)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("machine '%s' did not answer within %s: %w", name, timeout, err)
 		}
 		return nil, err
 	}
-	p, err := ParseProbe(string(out))
-	if err != nil {
-		return nil, fmt.Errorf("machine '%s': %w", name, err)
+	if f.Cores < 1 {
+		return nil, fmt.Errorf("machine '%s': no core count in its answer", name)
 	}
-	p.Time = time.Now()
-	return p, nil
+	return &machines.Probe{Load1: f.Load1, Cores: f.Cores, FreeBytes: f.FreeBytes, Time: time.Now()}, nil
 }
 
 func (h *Hook) connectTimeout() time.Duration {
@@ -357,35 +351,6 @@ func (h *Hook) connectTimeout() time.Duration {
 		return h.Runner.ConnectTimeout
 	}
 	return 5 * time.Second
-}
-
-// ParseProbe parses the output of probeScript.
-func ParseProbe(out string) (*machines.Probe, error) {
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) < 3 {
-		return nil, fmt.Errorf("unexpected load probe output %q", out)
-	}
-	f := strings.Fields(lines[0])
-	if len(f) < 1 {
-		return nil, fmt.Errorf("unexpected /proc/loadavg %q", lines[0])
-	}
-	load, err := strconv.ParseFloat(f[0], 64)
-	if err != nil {
-		return nil, fmt.Errorf("unexpected /proc/loadavg %q", lines[0])
-	}
-	cores, err := strconv.Atoi(strings.TrimSpace(lines[1]))
-	if err != nil || cores < 1 {
-		return nil, fmt.Errorf("unexpected core count %q", lines[1])
-	}
-	p := &machines.Probe{Load1: load, Cores: cores, FreeBytes: -1}
-	if len(lines) >= 4 {
-		if df := strings.Fields(lines[3]); len(df) >= 4 {
-			if kb, err := strconv.ParseInt(df[3], 10, 64); err == nil {
-				p.FreeBytes = kb * 1024
-			}
-		}
-	}
-	return p, nil
 }
 
 // Target is how sshexec reaches a machine.

@@ -2,6 +2,7 @@ package hook
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -108,22 +109,18 @@ func TestClassify(t *testing.T) {
 	}
 }
 
-func TestParseProbe(t *testing.T) {
-	p, err := ParseProbe("0.52 0.40 0.33 1/234 5678\n4\n1764000000\n/dev/sda1 102400000 2048 1048576 1% /gnu/store\n")
+// TestProbeScriptBasic: without "full", the script gives the hook's facts only (no
+// guix process), and they parse.
+func TestProbeScriptBasic(t *testing.T) {
+	out, err := exec.Command("/bin/sh", "-c", factsScript, "sh", t.TempDir(), "basic").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Load1 != 0.52 || p.Cores != 4 || p.FreeBytes != 1048576*1024 {
-		t.Errorf("got %+v", p)
+	if strings.Contains(string(out), "guix ") || strings.Contains(string(out), "kernel ") {
+		t.Errorf("the basic probe asked for status facts: %q", out)
 	}
-	// df may fail (no such directory): free space unknown, the probe still counts.
-	p, err = ParseProbe("3.0 0 0 1/1 1\n2\n1764000000\n")
-	if err != nil || p.FreeBytes != -1 || p.NormalizedLoad() != 1.0 {
-		t.Errorf("got %+v, %v", p, err)
-	}
-	for _, bad := range []string{"", "x\n2\n1\n", "0.1 0 0\nzero\n1\n", "0.1 0 0\n0\n1\n"} {
-		if _, err := ParseProbe(bad); err == nil {
-			t.Errorf("ParseProbe(%q) accepted garbage", bad)
-		}
+	f, err := ParseFacts(string(out))
+	if err != nil || f.Cores < 1 || f.FreeBytes <= 0 {
+		t.Errorf("%+v %v", f, err)
 	}
 }

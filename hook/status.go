@@ -62,79 +62,6 @@ type SlotHolder struct {
 // ClockBehindWarning is how far behind a machine's clock may be before status warns.
 const ClockBehindWarning = 2 * time.Second
 
-// statusScript prints, in one round trip, one "KEY VALUE" line per fact; the clock
-// comes last, closest to the moment the answer reaches us.
-const statusScript = `s=$1
-echo "kernel $(uname -s) $(uname -r)"
-echo "arch $(uname -m)"
-echo "host $(uname -n)"
-echo "cores $(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null)"
-echo "load $(cat /proc/loadavg 2>/dev/null)"
-echo "df $(df -Pk "$s" 2>/dev/null | tail -n 1)"
-echo "guix $(guix --version 2>/dev/null | head -n 1)"
-echo "time $(date +%s.%N)"`
-
-// StatusFacts is what statusScript reports.
-type StatusFacts struct {
-	Kernel, Architecture, HostName, GuixVersion string
-	Cores                                       int
-	Load1                                       float64
-	FreeBytes                                   int64 // -1 unknown
-	Time                                        time.Time
-}
-
-// ParseStatusFacts parses statusScript's output. Facts a machine could not give
-// (no nproc, no df) stay zero or -1; a missing clock or load is an error, since the
-// output is then not from the script.
-func ParseStatusFacts(out string) (StatusFacts, error) {
-	f := StatusFacts{FreeBytes: -1}
-	var haveTime, haveLoad bool
-	for _, line := range strings.Split(out, "\n") {
-		key, val, _ := strings.Cut(line, " ")
-		val = strings.TrimSpace(val)
-		switch key {
-		case "kernel":
-			f.Kernel = val
-		case "arch":
-			f.Architecture = val
-		case "host":
-			f.HostName = val
-		case "cores":
-			f.Cores, _ = strconv.Atoi(val)
-		case "load":
-			fs := strings.Fields(val)
-			if len(fs) > 0 {
-				if l, err := strconv.ParseFloat(fs[0], 64); err == nil && l >= 0 {
-					f.Load1, haveLoad = l, true
-				}
-			}
-		case "df":
-			if fs := strings.Fields(val); len(fs) >= 4 {
-				if kb, err := strconv.ParseInt(fs[3], 10, 64); err == nil {
-					f.FreeBytes = kb * 1024
-				}
-			}
-		case "guix":
-			f.GuixVersion = val
-		case "time":
-			sec, frac, _ := strings.Cut(val, ".")
-			s, err := strconv.ParseInt(sec, 10, 64)
-			if err != nil {
-				return f, fmt.Errorf("unexpected clock %q in status output", val)
-			}
-			ns := int64(0)
-			if len(frac) == 9 { // %N unsupported leaves "%N" or "N": whole seconds then
-				ns, _ = strconv.ParseInt(frac, 10, 64)
-			}
-			f.Time, haveTime = time.Unix(s, ns), true
-		}
-	}
-	if !haveTime || !haveLoad {
-		return f, fmt.Errorf("unexpected status output %q", out)
-	}
-	return f, nil
-}
-
 // StatusOptions say where the hook's state is and how long a machine may take.
 type StatusOptions struct {
 	StateDir string // $GUIX_STATE_DIRECTORY/offload
@@ -144,8 +71,8 @@ type StatusOptions struct {
 }
 
 // GatherStatus asks every machine of ms (once per name and port) for its status, in
-// parallel, one ssh round trip each, and reads the hook's state and slot files. It
-// changes nothing: the backoff state is read, not written.
+// parallel, one ssh round trip each, and reads the hook's state and slot files. A
+// machine that answers ends its backoff (the state is written only then).
 func GatherStatus(ctx context.Context, r *sshexec.Runner, ms []*machines.Machine, opt StatusOptions) []Status {
 	if opt.Now == nil {
 		opt.Now = time.Now
@@ -183,7 +110,7 @@ func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, 
 		st.Failures, st.RetryAfter, st.LastError = health.Failures, &t, health.LastError
 	}
 
-	holders, err := SlotHolders(filepath.Join(opt.StateDir, m.ID()), max(m.ParallelBuilds, 1))
+	holders, err := SlotHolders(locking.SlotDir(opt.StateDir, m.ID()), max(m.ParallelBuilds, 1))
 	if err != nil {
 		st.Warnings = append(st.Warnings, err.Error())
 	}
@@ -192,20 +119,17 @@ func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, 
 
 	cctx, cancel := context.WithTimeout(ctx, opt.Timeout)
 	defer cancel()
-	b, err := r.OutputRemote(cctx, Target(m), []string{"sh", "-c", statusScript, "sh", opt.StoreDir}, nil)
+	facts, err := AskMachine(cctx, r, Target(m), opt.StoreDir, true)
 	now := opt.Now()
 	if err == nil {
-		var facts StatusFacts
-		if facts, err = ParseStatusFacts(string(b)); err == nil {
-			st.fill(facts, now)
-			// It answers: its backoff ends now, and the next request may use it.
-			if err := (machines.State{Dir: opt.StateDir}).RecordSuccess(m.StateKey(), nil, now); err != nil {
-				st.Warnings = append(st.Warnings, err.Error())
-			} else {
-				st.DownSince, st.Failures, st.RetryAfter, st.LastError = nil, 0, nil, ""
-			}
-			return st
+		st.fill(facts, now)
+		// It answers: its backoff ends now, and the next request may use it.
+		if err := (machines.State{Dir: opt.StateDir}).RecordSuccess(m.StateKey(), nil, now); err != nil {
+			st.Warnings = append(st.Warnings, err.Error())
+		} else {
+			st.DownSince, st.Failures, st.RetryAfter, st.LastError = nil, 0, nil, ""
 		}
+		return st
 	}
 	if cctx.Err() != nil && ctx.Err() == nil {
 		err = fmt.Errorf("no answer within %s: %w", opt.Timeout, err)
@@ -214,7 +138,7 @@ func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, 
 	return st
 }
 
-func (st *Status) fill(f StatusFacts, now time.Time) {
+func (st *Status) fill(f Facts, now time.Time) {
 	st.Reachable = true
 	st.Kernel, st.Architecture, st.HostName, st.GuixVersion = f.Kernel, f.Architecture, f.HostName, f.GuixVersion
 	st.Cores = f.Cores
