@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 
 	"offload/hook"
 	"offload/machines"
+	"offload/sshexec"
 )
 
 // MachinesCmd is `offload machines`: the machines file as the hook reads it.
@@ -36,19 +38,43 @@ func (e *lintErrors) Error() string {
 }
 func (e *lintErrors) ExitCode() int { return 1 }
 
-func (c *MachinesCmd) Run(ctx context.Context) error {
+func (c *MachinesCmd) Run(ctx context.Context, g *Globals) error {
+	conf := hook.ConfigFromEnv(os.Getenv)
 	file := c.File
 	if file == "" {
-		file = hook.ConfigFromEnv(os.Getenv).MachinesFile
+		file = conf.MachinesFile
 	}
-	return listMachines(file, c.JSON, os.Stdout, os.Stderr)
+	return listMachines(ctx, file, c.JSON, guixLoadOptions(newRunner(conf.StateDir, g)), os.Stdout, os.Stderr)
 }
 
-// listMachines prints the machines of file on out (Scheme lines, or JSON), then the
-// warnings and errors (on out as text; on errOut with --json, so that out stays
-// JSON). It returns an error when the file cannot be used or a machine cannot be.
-func listMachines(file string, asJSON bool, out, errOut io.Writer) error {
-	ms, warns, err := machines.Load(file)
+// guixLoadOptions lets machines.LoadWith have the real guix evaluate a file that
+// offload's evaluator cannot, as the hook does, through r.
+func guixLoadOptions(r *sshexec.Runner) machines.LoadOptions {
+	self, _ := os.Executable()
+	guix, findErr := hook.FindGuix(os.Getenv, self)
+	if findErr != nil {
+		guix = "guix"
+	}
+	return machines.LoadOptions{
+		GuixProgram: guix,
+		Guix: func(ctx context.Context, script, file string) ([]byte, error) {
+			if findErr != nil {
+				return nil, findErr
+			}
+			var out bytes.Buffer
+			err := r.Run(ctx, []string{guix, "repl", "--", script, file}, sshexec.Stdio{Stdout: &out})
+			return out.Bytes(), err
+		},
+	}
+}
+
+// listMachines prints which way the file was read (";; read by offload's own
+// evaluator") and its machines on out (Scheme lines, or JSON), then the warnings and
+// errors (on out as text; on errOut with --json, so that out stays JSON). It returns an
+// error when the file cannot be used or a machine cannot be.
+func listMachines(ctx context.Context, file string, asJSON bool, opts machines.LoadOptions, out, errOut io.Writer) error {
+	loaded, err := machines.LoadWith(ctx, file, opts)
+	ms, warns := loaded.Machines, loaded.Warnings
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("no machines file %s: the hook offloads nothing", file)
 	}
@@ -60,11 +86,13 @@ func listMachines(file string, asJSON bool, out, errOut io.Writer) error {
 
 	msgs := out
 	if asJSON {
+		fmt.Fprintf(errOut, ";; %s\n", loaded.How)
 		if err := writeMachinesJSON(out, ms); err != nil {
 			return err
 		}
 		msgs = errOut
 	} else {
+		fmt.Fprintf(out, ";; %s\n", loaded.How)
 		for _, m := range ms {
 			if _, err := fmt.Fprintf(out, "%s: %s\n", m.Pos, SchemeFields(m)); err != nil {
 				return err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"strings"
 	"testing"
 
@@ -48,5 +49,38 @@ func TestSchemeReal(t *testing.T) {
 		if got := schemeReal(f); got != want {
 			t.Errorf("%v: %q, want %q", f, got, want)
 		}
+	}
+}
+
+// `offload machines` says first which way the file was read; with --json on stderr,
+// so that stdout stays JSON.
+func TestMachinesHowLine(t *testing.T) {
+	guixRuns := 0
+	opts := machines.LoadOptions{GuixProgram: "/gnu/store/g/bin/guix", Guix: func(context.Context, string, string) ([]byte, error) {
+		guixRuns++
+		return []byte(";; offload-machines\n(offload-machines 1 (output \"\"))\n"), nil
+	}}
+	var out, errOut bytes.Buffer
+	if err := listMachines(context.Background(), "machines/testdata/guix-system.scm", false, opts, &out, &errOut); err == nil {
+		t.Errorf("the fixture's host keys are not real keys: want lint errors")
+	}
+	if first, _, _ := strings.Cut(out.String(), "\n"); first != ";; read by offload's own evaluator" || guixRuns != 0 {
+		t.Errorf("first line %q, %d guix runs", first, guixRuns)
+	}
+	out.Reset()
+	errOut.Reset()
+	if err := listMachines(context.Background(), "machines/testdata/guix-system-vm.scm", false, opts, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := out.String(), ";; evaluated by /gnu/store/g/bin/guix repl (the file uses primitive-load)\n"; got != want || guixRuns != 1 {
+		t.Errorf("output %q, want %q (%d guix runs)", got, want, guixRuns)
+	}
+	out.Reset()
+	errOut.Reset()
+	if err := listMachines(context.Background(), "machines/testdata/guix-system-vm.scm", true, opts, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != "[]\n" || !strings.HasPrefix(errOut.String(), ";; evaluated by /gnu/store/g/bin/guix repl") {
+		t.Errorf("--json: stdout %q, stderr %q", out.String(), errOut.String())
 	}
 }

@@ -47,8 +47,9 @@ func (c *TestCmd) Run(ctx context.Context, g *Globals) error {
 	return nil
 }
 
-// loadFarm reads the machines file (file, or the hook's default) and keeps the
-// machines whose name matches re; parse warnings go to stderr.
+// loadFarm reads the machines file (file, or the hook's default), as the hook does
+// (with guix repl when offload's evaluator cannot), and keeps the machines whose name
+// matches re; parse warnings go to stderr.
 func loadFarm(file, re string) (hook.Config, []*machines.Machine, error) {
 	conf := hook.ConfigFromEnv(os.Getenv)
 	if file != "" {
@@ -61,7 +62,8 @@ func loadFarm(file, re string) (hook.Config, []*machines.Machine, error) {
 			return conf, nil, fmt.Errorf("bad machine name pattern %q: %w", re, err)
 		}
 	}
-	ms, warns, err := machines.Load(conf.MachinesFile)
+	loaded, err := machines.LoadWith(context.Background(), conf.MachinesFile, guixLoadOptions(&sshexec.Runner{}))
+	ms, warns := loaded.Machines, loaded.Warnings
 	if errors.Is(err, fs.ErrNotExist) {
 		return conf, nil, fmt.Errorf("no machines file %s: the hook offloads nothing", conf.MachinesFile)
 	}

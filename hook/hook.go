@@ -2,6 +2,7 @@ package hook
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -222,9 +223,27 @@ func (h *Hook) accepted(ctx context.Context, in *bufio.Reader, req Request, d de
 }
 
 // loadMachines reads the machines file. A missing file means no machines; a broken
-// one is reported and treated as no machines, so the daemon builds locally.
+// one is reported and treated as no machines, so the daemon builds locally. A file
+// that offload's evaluator cannot evaluate (Guix System's, with primitive-load) is
+// evaluated by the real guix (`guix repl`), afresh for every request: what it returns
+// may change from one request to the next.
 func (h *Hook) loadMachines() []*machines.Machine {
-	ms, warns, err := machines.Load(h.Conf.MachinesFile)
+	// Bounded: the daemon waits for our answer; the file may ask Shepherd things.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	loaded, err := machines.LoadWith(ctx, h.Conf.MachinesFile, machines.LoadOptions{
+		GuixProgram: h.Conf.Guix,
+		Guix: func(ctx context.Context, script, file string) ([]byte, error) {
+			r := h.Runner
+			if r == nil {
+				r = &sshexec.Runner{}
+			}
+			var out bytes.Buffer
+			err := r.Run(ctx, []string{h.Conf.Guix, "repl", "--", script, file}, sshexec.Stdio{Stdout: &out})
+			return out.Bytes(), err
+		},
+	})
+	ms, warns := loaded.Machines, loaded.Warnings
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			h.say("offload: %v", err)

@@ -1,6 +1,7 @@
 package machines
 
 import (
+	"context"
 	"fmt"
 	"math/rand"
 	"strings"
@@ -58,6 +59,22 @@ func BenchmarkRank(b *testing.B) {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			for b.Loop() {
 				Rank(cands, rnd)
+			}
+		})
+	}
+}
+
+// BenchmarkLoadGuixSystem reads Guix System's generated file (the append-map wrapper,
+// nested lists) and the one whose host key comes from a file, from disk, as the hook
+// does for every request; BenchmarkLoad/manual is the hand-written baseline.
+func BenchmarkLoad(b *testing.B) {
+	for _, f := range []string{"manual", "guix-system", "guix-system-host-key"} {
+		b.Run(f, func(b *testing.B) {
+			for b.Loop() {
+				l, err := LoadWith(context.Background(), "testdata/"+f+".scm", LoadOptions{})
+				if err != nil || l.How.By != ByEvaluator {
+					b.Fatal(l.How, err)
+				}
 			}
 		})
 	}

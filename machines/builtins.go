@@ -1,9 +1,15 @@
 package machines
 
 import (
+	"errors"
+	"io"
+	"io/fs"
 	"math"
+	"os"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 type builtinFunc = func(ev *evaluator, call *val, args []*val) (*val, error)
@@ -24,6 +30,7 @@ func init() {
 		"append":         biAppend,
 		"string-append":  biStringAppend,
 		"map":            biMap,
+		"append-map":     biAppendMap,
 		"for-each":       biMap,
 		"filter":         biFilter,
 		"apply":          biApply,
@@ -46,21 +53,31 @@ func init() {
 		"symbol->string": biSymbolToString,
 		"string->symbol": biStringToSymbol,
 		"getenv":         biGetenv,
-		"+":              biArith("+"),
-		"-":              biArith("-"),
-		"*":              biArith("*"),
-		"/":              biArith("/"),
-		"=":              biCompare("="),
-		"<":              biCompare("<"),
-		">":              biCompare(">"),
-		"<=":             biCompare("<="),
-		">=":             biCompare(">="),
+		"build-machine?": biPred(func(v *val) bool { return v.k == kMachine }),
+		// (call-with-input-file FILE get-string-all): how services put a host key
+		// read from a file into a record.
+		"call-with-input-file": biCallWithInputFile,
+		"get-string-all":       biGetStringAll,
+		"+":                    biArith("+"),
+		"-":                    biArith("-"),
+		"*":                    biArith("*"),
+		"/":                    biArith("/"),
+		"=":                    biCompare("="),
+		"<":                    biCompare("<"),
+		">":                    biCompare(">"),
+		"<=":                   biCompare("<="),
+		">=":                   biCompare(">="),
 	}
 }
 
 func name(call *val) string {
 	if call.car.k == kSym {
 		return call.car.str
+	}
+	if c := call.car; c.k == kPair && (c.car.isSym("@") || c.car.isSym("@@")) {
+		if ref, err := parseModuleRef(c); err == nil {
+			return ref.name // ((@ (srfi srfi-1) append-map) ...)
+		}
 	}
 	return "procedure"
 }
@@ -479,4 +496,85 @@ func biCompare(op string) builtinFunc {
 		}
 		return mkBool(true, call.pos), nil
 	}
+}
+
+// biAppendMap is SRFI-1's (append-map F LIST ...): map, then append the results,
+// each of which must be a list.
+func biAppendMap(ev *evaluator, call *val, args []*val) (*val, error) {
+	mapped, err := biMap(ev, call, args)
+	if err != nil {
+		return nil, err
+	}
+	results, _ := mapped.slice()
+	var items []*val
+	for _, r := range results {
+		vs, ok := r.slice()
+		if !ok {
+			return nil, errAt(call.pos, "append-map: the procedure returned %s %s, not a list", r.typeName(), r)
+		}
+		if err := ev.charge(len(vs), call.pos); err != nil {
+			return nil, err
+		}
+		items = append(items, vs...)
+	}
+	return listOf(items, call.pos), nil
+}
+
+// biCallWithInputFile opens FILE, reads it whole (up to maxStr bytes) and applies PROC
+// to a port over its text. A file that cannot be opened is an error at the call, in
+// Guile's words.
+func biCallWithInputFile(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 2, 2); err != nil {
+		return nil, err
+	}
+	if args[0].k != kStr {
+		return nil, argErr(call, 0, args[0], "a string")
+	}
+	if args[1].k != kProc {
+		return nil, argErr(call, 1, args[1], "a procedure")
+	}
+	file := args[0].str
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, errAt(call.pos, "In procedure open-file: %s: %q", guileErrno(err), file)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxStr+1))
+	if err != nil {
+		return nil, errAt(call.pos, "In procedure read: %s: %q", guileErrno(err), file)
+	}
+	if len(data) > maxStr {
+		return nil, errAt(call.pos, "call-with-input-file: %q is longer than %d bytes", file, maxStr)
+	}
+	if err := ev.charge(len(data)/64, call.pos); err != nil {
+		return nil, err
+	}
+	port := &val{k: kPort, pos: call.pos, port: &inPort{name: file, text: string(data)}}
+	return ev.apply(args[1], call, []*val{port})
+}
+
+// guileErrno writes the system error of err as strerror does: "No such file or
+// directory".
+func guileErrno(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	msg := err.Error()
+	r, size := utf8.DecodeRuneInString(msg)
+	return string(unicode.ToUpper(r)) + msg[size:]
+}
+
+// biGetStringAll is (get-string-all PORT): the rest of the port's text.
+func biGetStringAll(ev *evaluator, call *val, args []*val) (*val, error) {
+	if err := wantArgs(call, args, 1, 1); err != nil {
+		return nil, err
+	}
+	if args[0].k != kPort {
+		return nil, argErr(call, 0, args[0], "an input port")
+	}
+	p := args[0].port
+	rest := p.text[p.off:]
+	p.off = len(p.text)
+	return mkStr(rest, call.pos), nil
 }

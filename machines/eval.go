@@ -89,6 +89,8 @@ func init() {
 		"use-modules":      evalIgnored,
 		"define-module":    evalIgnored,
 		"build-machine":    evalBuildMachine,
+		"@":                evalModuleRef,
+		"@@":               evalModuleRef,
 	}
 }
 
@@ -103,7 +105,9 @@ func (ev *evaluator) eval(x *val, e *env) (*val, error) {
 			if _, special := specials[x.str]; special {
 				return nil, errAt(x.pos, "bad use of syntax '%s'", x.str)
 			}
-			return nil, errAt(x.pos, "unbound variable: %s", x.str)
+			// Guile may well know it (a procedure or syntax offload does not
+			// implement): guix can evaluate the file, see LoadWith.
+			return nil, &Error{Pos: x.pos, Msg: "unbound variable: " + x.str, Unsupported: x.str}
 		}
 		return v.at(x.pos), nil
 	case kPair:
@@ -124,6 +128,15 @@ func (ev *evaluator) eval(x *val, e *env) (*val, error) {
 			if sf, ok := specials[x.car.str]; ok {
 				return sf(ev, x, args, e)
 			}
+		}
+	}
+	if ref, ok := moduleRefForm(x.car, e); ok { // ((@ (guix offload) build-machine) ...)
+		name, err := resolveModuleRef(ref)
+		if err != nil {
+			return nil, err
+		}
+		if sf, ok := specials[name]; ok {
+			return sf(ev, x, args, e)
 		}
 	}
 	fn, err := ev.eval(x.car, e)

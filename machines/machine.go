@@ -54,8 +54,11 @@ type Pos struct {
 	Line, Col int
 }
 
-// String returns "FILE:LINE:COL".
+// String returns "FILE:LINE:COL", or "FILE" when the line is not known (0).
 func (p Pos) String() string {
+	if p.Line == 0 {
+		return p.File
+	}
 	return fmt.Sprintf("%s:%d:%d", p.File, p.Line, p.Col)
 }
 
@@ -123,6 +126,12 @@ func (w Warning) String() string {
 type Error struct {
 	Pos Pos
 	Msg string
+	// Unsupported, when not "", says that the fault is only offload's: the file uses
+	// something that is valid Guile but that offload's evaluator does not implement
+	// (a procedure or syntax it does not know, such as primitive-load, or a module
+	// binding outside its table). It names that thing; LoadWith then has guix
+	// evaluate the file.
+	Unsupported string
 }
 
 // Error returns "FILE:LINE:COL: MSG".

@@ -332,9 +332,10 @@ func (r *reader) readHash() (*val, error) {
 		return mkBool(false, p), nil
 	}
 	if tok == "#" && r.peek() == '(' {
-		return nil, r.errf(p, "vectors are not supported in a machines file")
+		return nil, &Error{Pos: p, Msg: "vectors are not supported in a machines file", Unsupported: "a vector"}
 	}
-	return nil, r.errf(p, "unsupported syntax %q", tok)
+	// Characters, keywords, bytevectors...: Guile reads them, offload's reader does not.
+	return nil, &Error{Pos: p, Msg: fmt.Sprintf("unsupported syntax %q", tok), Unsupported: tok}
 }
 
 // token reads up to the next delimiter.
@@ -360,7 +361,7 @@ func (r *reader) readAtom() (*val, error) {
 		return nil, r.errf(p, "unexpected '.'")
 	}
 	if strings.ContainsRune(tok, '|') || strings.ContainsRune(tok, '#') && tok[0] == '#' {
-		return nil, r.errf(p, "unsupported syntax %q", tok)
+		return nil, &Error{Pos: p, Msg: fmt.Sprintf("unsupported syntax %q", tok), Unsupported: tok}
 	}
 	return mkSym(tok, p), nil
 }

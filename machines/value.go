@@ -17,6 +17,8 @@ const (
 	kPair
 	kProc
 	kMachine
+	kPort   // an input port of call-with-input-file
+	kOpaque // a Guile object without read syntax, in what guix repl printed
 	kUnspec // what define, use-modules and friends return
 )
 
@@ -34,6 +36,14 @@ type val struct {
 	cdr   *val
 	proc  *proc
 	m     *Machine
+	port  *inPort
+}
+
+// inPort is an input port over a file's text, read whole when it was opened.
+type inPort struct {
+	name string
+	text string
+	off  int
 }
 
 // proc is a procedure: a builtin or a lambda.
@@ -110,6 +120,10 @@ func (v *val) typeName() string {
 		return "a procedure"
 	case kMachine:
 		return "a build-machine record"
+	case kPort:
+		return "an input port"
+	case kOpaque:
+		return "an object"
 	default:
 		return "an unspecified value"
 	}
@@ -174,6 +188,10 @@ func (v *val) write(b *strings.Builder, depth int) {
 		}
 	case kMachine:
 		b.WriteString("#<build-machine " + v.m.Name + ">")
+	case kPort:
+		b.WriteString("#<input: file " + v.port.name + ">")
+	case kOpaque:
+		b.WriteString(v.str)
 	default:
 		b.WriteString("#<unspecified>")
 	}

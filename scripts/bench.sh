@@ -76,6 +76,12 @@ What the figures are (integration/bench_test.go):
   the ideal (waves of 6 builds x build time). Max concurrency from the builders' own
   start/end lines (checked: never above 2). Hook peak RSS: the largest VmHWM seen while
   polling every 20 ms, against the same reading of a hook that only declined.
+- Machines file: median time to read it, as the hook does for every request. Evaluator:
+  offload's own evaluator on Guix System's generated file (append-map wrapper), against
+  the manual's hand-written shape. Guix repl: the file with a virtual build machine's
+  primitive-load entry, evaluated by `guix repl` (the stand-in, which runs Debian's
+  Guile) and read back, against a bare `guile -c 0` started the same way. A real guix
+  repl loads Guix's modules first and takes longer.
 EOF
 } >"$out"
 echo "bench: wrote $out" >&2

@@ -3,7 +3,8 @@
 // the offload flow uses, with Guix's options, messages and exit statuses,
 // over a fake store (see offload/integration/drv): `archive --missing`,
 // `--export [-r]`, `--import`, `--generate-key`, `--authorize`, `build` (the
-// builder really runs), `--version` and `describe`. Any other sub-command
+// builder really runs), `repl -- FILE ARGS` (FILE run by Debian's Guile with a
+// stand-in of Guix's build-machine record, see repl.go), `--version` and `describe`. Any other sub-command
 // prints its argv, copies stdin to stdout and exits 42, so that tests can
 // see that the offload binary passes sub-commands through unchanged.
 //
@@ -97,6 +98,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = e.archive(ctx, args[1:])
 	case "build":
 		err = e.build(ctx, args[1:])
+	case "repl":
+		err = e.repl(ctx, args[1:])
 	default:
 		fmt.Fprintf(stdout, "fakeguix passthrough: %s\n", strings.Join(args, " "))
 		io.Copy(stdout, stdin)
