@@ -17,7 +17,7 @@ type ExplainCmd struct {
 }
 
 func (c *ExplainCmd) Run(ctx context.Context, g *Globals) error {
-	conf := hook.ConfigFromEnv(os.Getenv)
+	conf := hookConfig()
 	if c.File != "" {
 		conf.MachinesFile = c.File
 	}

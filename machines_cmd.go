@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,7 +14,6 @@ import (
 
 	"offload/hook"
 	"offload/machines"
-	"offload/sshexec"
 )
 
 // MachinesCmd is `offload machines`: the machines file as the hook reads it.
@@ -39,33 +37,12 @@ func (e *lintErrors) Error() string {
 func (e *lintErrors) ExitCode() int { return 1 }
 
 func (c *MachinesCmd) Run(ctx context.Context, g *Globals) error {
-	conf := hook.ConfigFromEnv(os.Getenv)
+	conf := hookConfig()
 	file := c.File
 	if file == "" {
 		file = conf.MachinesFile
 	}
-	return listMachines(ctx, file, c.JSON, guixLoadOptions(newRunner(conf.StateDir, g)), os.Stdout, os.Stderr)
-}
-
-// guixLoadOptions lets machines.LoadWith have the real guix evaluate a file that
-// offload's evaluator cannot, as the hook does, through r.
-func guixLoadOptions(r *sshexec.Runner) machines.LoadOptions {
-	self, _ := os.Executable()
-	guix, findErr := hook.FindGuix(os.Getenv, self)
-	if findErr != nil {
-		guix = "guix"
-	}
-	return machines.LoadOptions{
-		GuixProgram: guix,
-		Guix: func(ctx context.Context, script, file string) ([]byte, error) {
-			if findErr != nil {
-				return nil, findErr
-			}
-			var out bytes.Buffer
-			err := r.Run(ctx, []string{guix, "repl", "--", script, file}, sshexec.Stdio{Stdout: &out})
-			return out.Bytes(), err
-		},
-	}
+	return listMachines(ctx, file, c.JSON, hook.GuixLoadOptions(conf, newRunner(conf.StateDir, g)), os.Stdout, os.Stderr)
 }
 
 // listMachines prints which way the file was read (";; read by offload's own

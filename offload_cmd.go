@@ -22,12 +22,11 @@ type OffloadCmd struct {
 
 // Run serves the daemon's requests on stdin until EOF or an accepted build ends.
 func (c *OffloadCmd) Run(ctx context.Context, g *Globals) error {
-	conf := hook.ConfigFromEnv(os.Getenv)
+	conf := hookConfig()
 	conf.System = c.System
 	conf.MaxSilentTime = c.MaxSilentTime
 	conf.PrintBuildTrace = c.PrintBuildTrace == 1
 	conf.BuildTimeout = c.BuildTimeout
-	conf.Guix, conf.GuixErr = sshexec.NewLookup().Guix() // the error shows only if guix is needed
 
 	h := &hook.Hook{
 		Conf:   conf,
@@ -38,6 +37,14 @@ func (c *OffloadCmd) Run(ctx context.Context, g *Globals) error {
 		Runner: newRunner(conf.StateDir, g),
 	}
 	return h.Run(ctx)
+}
+
+// hookConfig is the hook's configuration from the environment, with the real guix
+// found as sshexec.Lookup says (its error shows only when guix is needed).
+func hookConfig() hook.Config {
+	conf := hook.ConfigFromEnv(os.Getenv)
+	conf.Guix, conf.GuixErr = sshexec.NewLookup().Guix()
+	return conf
 }
 
 // buildLog is fd 4, where the daemon reads the build log; when the hook is run by

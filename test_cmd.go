@@ -35,7 +35,6 @@ func (c *TestCmd) Run(ctx context.Context, g *Globals) error {
 	if err != nil {
 		return err
 	}
-	conf.Guix, conf.GuixErr = sshexec.NewLookup().Guix()
 	ck := &hook.Checker{Conf: conf, Runner: farmRunner(conf.StateDir, g), Item: c.Item, Timeout: c.Timeout}
 	failed, err := ck.Run(ctx, ms, os.Stdout)
 	if err != nil {
@@ -51,7 +50,7 @@ func (c *TestCmd) Run(ctx context.Context, g *Globals) error {
 // (with guix repl when offload's evaluator cannot), and keeps the machines whose name
 // matches re; parse warnings go to stderr.
 func loadFarm(file, re string) (hook.Config, []*machines.Machine, error) {
-	conf := hook.ConfigFromEnv(os.Getenv)
+	conf := hookConfig()
 	if file != "" {
 		conf.MachinesFile = file
 	}
@@ -62,7 +61,7 @@ func loadFarm(file, re string) (hook.Config, []*machines.Machine, error) {
 			return conf, nil, fmt.Errorf("bad machine name pattern %q: %w", re, err)
 		}
 	}
-	loaded, err := machines.LoadWith(context.Background(), conf.MachinesFile, guixLoadOptions(&sshexec.Runner{}))
+	loaded, err := machines.LoadWith(context.Background(), conf.MachinesFile, hook.GuixLoadOptions(conf, &sshexec.Runner{}))
 	ms, warns := loaded.Machines, loaded.Warnings
 	if errors.Is(err, fs.ErrNotExist) {
 		return conf, nil, fmt.Errorf("no machines file %s: the hook offloads nothing", conf.MachinesFile)

@@ -20,7 +20,8 @@ import (
 func (h *Hook) Explain(ctx context.Context, system string, features []string, w io.Writer) (string, error) {
 	h.init()
 	h.DryRun = true
-	ms, warns, err := machines.Load(h.Conf.MachinesFile)
+	loaded, err := machines.LoadWith(ctx, h.Conf.MachinesFile, GuixLoadOptions(h.Conf, h.Runner))
+	ms, warns := loaded.Machines, loaded.Warnings
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		fmt.Fprintf(w, "no machines file (%s): every request is declined\nverdict: decline\n", h.Conf.MachinesFile)

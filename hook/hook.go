@@ -231,18 +231,7 @@ func (h *Hook) loadMachines() []*machines.Machine {
 	// Bounded: the daemon waits for our answer; the file may ask Shepherd things.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	loaded, err := machines.LoadWith(ctx, h.Conf.MachinesFile, machines.LoadOptions{
-		GuixProgram: h.Conf.Guix,
-		Guix: func(ctx context.Context, script, file string) ([]byte, error) {
-			r := h.Runner
-			if r == nil {
-				r = &sshexec.Runner{}
-			}
-			var out bytes.Buffer
-			err := r.Run(ctx, []string{h.Conf.Guix, "repl", "--", script, file}, sshexec.Stdio{Stdout: &out})
-			return out.Bytes(), err
-		},
-	})
+	loaded, err := machines.LoadWith(ctx, h.Conf.MachinesFile, GuixLoadOptions(h.Conf, h.Runner))
 	ms, warns := loaded.Machines, loaded.Warnings
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
@@ -258,6 +247,26 @@ func (h *Hook) loadMachines() []*machines.Machine {
 		}
 	}
 	return ms
+}
+
+// GuixLoadOptions lets machines.LoadWith have the real guix (conf.Guix) evaluate a
+// file that offload's evaluator cannot, as Guix's own hook would read it, running
+// `guix repl` through r.
+func GuixLoadOptions(conf Config, r *sshexec.Runner) machines.LoadOptions {
+	if r == nil {
+		r = &sshexec.Runner{}
+	}
+	return machines.LoadOptions{
+		GuixProgram: conf.Guix,
+		Guix: func(ctx context.Context, script, file string) ([]byte, error) {
+			if conf.Guix == "" {
+				return nil, conf.GuixErr
+			}
+			var out bytes.Buffer
+			err := r.Run(ctx, []string{conf.Guix, "repl", "--", script, file}, sshexec.Stdio{Stdout: &out})
+			return out.Bytes(), err
+		},
+	}
 }
 
 // readLine reads one line without its newline. A last line without a newline is

@@ -440,7 +440,7 @@ func transferModes(b *testing.B, src io.Reader, files int, size int64) {
 	for i := range items {
 		inputs = append(inputs, addItemFrom(b, f, fmt.Sprintf("blob%d", i), "modes", src, files/items, size))
 	}
-	type figures struct{ up, down, whole, upMB, downMB, rawMB float64 }
+	type figures struct{ up, down, whole, upMB, downMB float64 }
 	var base figures
 	for i, mode := range modes {
 		b.Run(mode, func(b *testing.B) {

@@ -252,7 +252,7 @@ func (ev *evaluator) qq(x *val, depth int, e *env) (*val, error) {
 		return listOf([]*val{x.car, in}, x.pos), nil
 	}
 	var items []*val
-	tail := mkNull(x.pos)
+	var tail *val // set by every way out of the loop
 	for cur := x; ; cur = cur.cdr {
 		if cur.k != kPair {
 			tail = cur
