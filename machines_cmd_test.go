@@ -24,7 +24,7 @@ func TestSchemeFieldsReadBack(t *testing.T) {
 	var again bytes.Buffer
 	again.WriteString("(list")
 	for _, m := range ms {
-		again.WriteString(" (build-machine " + SchemeFields(m) + ")")
+		again.WriteString(" (build-machine " + machines.SchemeFields(m) + ")")
 	}
 	again.WriteString(")")
 	ms2, _, err := machines.Parse("again.scm", again.Bytes())
@@ -34,21 +34,13 @@ func TestSchemeFieldsReadBack(t *testing.T) {
 	for i := range ms {
 		a, b := *ms[i], *ms2[i]
 		a.Pos, b.Pos = machines.Pos{}, machines.Pos{}
-		if SchemeFields(&a) != SchemeFields(&b) {
-			t.Errorf("machine %d does not read back:\n%s\n%s", i, SchemeFields(&a), SchemeFields(&b))
+		if machines.SchemeFields(&a) != machines.SchemeFields(&b) {
+			t.Errorf("machine %d does not read back:\n%s\n%s", i, machines.SchemeFields(&a), machines.SchemeFields(&b))
 		}
 	}
-	if got := SchemeFields(ms[1]); !strings.Contains(got, "(speed 2.0)") || strings.Contains(got, "host-key") ||
+	if got := machines.SchemeFields(ms[1]); !strings.Contains(got, "(speed 2.0)") || strings.Contains(got, "host-key") ||
 		!strings.Contains(got, "(port 22)") || !strings.Contains(got, "(overload-threshold 0.8)") {
 		t.Errorf("defaults: %s", got)
-	}
-}
-
-func TestSchemeReal(t *testing.T) {
-	for f, want := range map[float64]string{1: "1.0", 0.8: "0.8", 2.5: "2.5", -1: "-1.0", 1e21: "1e+21"} {
-		if got := schemeReal(f); got != want {
-			t.Errorf("%v: %q, want %q", f, got, want)
-		}
 	}
 }
 

@@ -2,7 +2,6 @@ package machines
 
 import (
 	"fmt"
-	"slices"
 )
 
 // Parse evaluates src, the text of the machines file named file, and
@@ -59,29 +58,6 @@ func (ev *evaluator) checkDuplicates(ms []*Machine) {
 				m.ID(), prev.Pos.Line, prev.Pos.Col, joinAnd(diff)))
 		}
 	}
-}
-
-// differences names the fields other than systems in which a and b differ.
-func differences(a, b *Machine) []string {
-	var out []string
-	add := func(differ bool, field string) {
-		if differ {
-			out = append(out, field)
-		}
-	}
-	add(a.User != b.User, "user")
-	add(a.PrivateKey != b.PrivateKey, "private-key")
-	add(a.HostKey != b.HostKey, "host-key")
-	add(a.ParallelBuilds != b.ParallelBuilds, "parallel-builds")
-	add(a.Speed != b.Speed, "speed")
-	add(!slices.Equal(a.Features, b.Features), "features")
-	add((a.OverloadThreshold == nil) != (b.OverloadThreshold == nil) ||
-		a.OverloadThreshold != nil && *a.OverloadThreshold != *b.OverloadThreshold, "overload-threshold")
-	add(a.Compression != b.Compression, "compression")
-	add(a.CompressionLevel != b.CompressionLevel, "compression-level")
-	add(a.DaemonSocket != b.DaemonSocket, "daemon-socket")
-	add(!slices.Equal(a.SSHOptions, b.SSHOptions), "ssh-options")
-	return out
 }
 
 func joinAnd(s []string) string {
