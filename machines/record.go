@@ -69,10 +69,19 @@ func evalBuildMachine(ev *evaluator, x *val, args []*val, e *env) (*val, error) 
 		explicit[field] = true
 	}
 	m.Pos = x.pos
+	if err := finishRecord(ev, x, m, explicit, inherited, system); err != nil {
+		return nil, err
+	}
+	return &val{k: kMachine, m: m, pos: x.pos}, nil
+}
+
+// finishRecord checks the required fields of a record read at x (an inherited record
+// has them already) and settles `systems` against the deprecated `system`.
+func finishRecord(ev *evaluator, x *val, m *Machine, explicit map[string]bool, inherited bool, system string) error {
 	if !inherited {
 		for _, f := range []string{"name", "user"} {
 			if !explicit[f] {
-				return nil, errAt(x.pos, "build-machine record lacks required field '%s'", f)
+				return errAt(x.pos, "build-machine record lacks required field '%s'", f)
 			}
 		}
 	}
@@ -84,12 +93,12 @@ func evalBuildMachine(ev *evaluator, x *val, args []*val, e *env) (*val, error) 
 		m.Systems = []string{system}
 		m.UsedSystemField = true
 	case !inherited:
-		return nil, errAt(x.pos, "build-machine record lacks required field 'systems'")
+		return errAt(x.pos, "build-machine record lacks required field 'systems'")
 	}
 	if m.HostKey == "" {
 		ev.warn(x.pos, fmt.Sprintf("build-machine '%s' has no host-key field", m.Name))
 	}
-	return &val{k: kMachine, m: m, pos: x.pos}, nil
+	return nil
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -183,45 +183,16 @@ func (r *Runner) sshArgv(t Target, extra, remote []string) ([]string, error) {
 		"-o", "Compression="+compression,
 	)
 
-	switch {
-	case t.HostKey != "":
-		if _, err := ParseHostKey(t.HostKey); err != nil {
-			return nil, fmt.Errorf("machine '%s': host-key %w", t.Name, err)
-		}
-		file, alias, err := r.knownHosts(t)
-		if err != nil {
-			return nil, err
-		}
-		argv = append(argv,
-			"-o", "StrictHostKeyChecking=yes",
-			"-o", "UserKnownHostsFile="+file,
-			"-o", "GlobalKnownHostsFile=/dev/null",
-			"-o", "HostKeyAlias="+alias,
-			"-o", "UpdateHostKeys=no",
-		)
-	case r.UseKnownHosts:
-		argv = append(argv, "-o", "StrictHostKeyChecking=yes")
-	default:
-		return nil, &NoHostKeyError{Machine: t.Name, Port: t.port()}
+	hostKey, err := r.hostKeyOptions(t)
+	if err != nil {
+		return nil, err
 	}
-
-	if r.ControlPersist < 0 {
-		argv = append(argv, "-o", "ControlMaster=no", "-o", "ControlPath=none")
-	} else {
-		sock, err := r.controlSocket(t)
-		if err != nil {
-			return nil, err
-		}
-		persist := r.ControlPersist
-		if persist == 0 {
-			persist = DefaultControlPersist
-		}
-		argv = append(argv,
-			"-o", "ControlMaster=auto",
-			"-o", "ControlPersist="+strconv.Itoa(int((persist+time.Second-1)/time.Second))+"s",
-			"-o", "ControlPath="+sock,
-		)
+	argv = append(argv, hostKey...)
+	sharing, err := r.sharingOptions(t)
+	if err != nil {
+		return nil, err
 	}
+	argv = append(argv, sharing...)
 
 	opts, err := splitOptions(t.SSHOptions)
 	if err != nil {
@@ -234,6 +205,53 @@ func (r *Runner) sshArgv(t Target, extra, remote []string) ([]string, error) {
 		argv = append(argv, remoteCommand(t, remote))
 	}
 	return argv, nil
+}
+
+// hostKeyOptions pins t's host key: only the key of machines.scm is accepted, from
+// our own known-hosts file, never updated; without a host-key, the user's own
+// known_hosts only when the runner opts in.
+func (r *Runner) hostKeyOptions(t Target) ([]string, error) {
+	switch {
+	case t.HostKey != "":
+		if _, err := ParseHostKey(t.HostKey); err != nil {
+			return nil, fmt.Errorf("machine '%s': host-key %w", t.Name, err)
+		}
+		file, alias, err := r.knownHosts(t)
+		if err != nil {
+			return nil, err
+		}
+		return []string{
+			"-o", "StrictHostKeyChecking=yes",
+			"-o", "UserKnownHostsFile=" + file,
+			"-o", "GlobalKnownHostsFile=/dev/null",
+			"-o", "HostKeyAlias=" + alias,
+			"-o", "UpdateHostKeys=no",
+		}, nil
+	case r.UseKnownHosts:
+		return []string{"-o", "StrictHostKeyChecking=yes"}, nil
+	}
+	return nil, &NoHostKeyError{Machine: t.Name, Port: t.port()}
+}
+
+// sharingOptions makes commands to t share one connection (see ensureMaster), or
+// turns sharing off.
+func (r *Runner) sharingOptions(t Target) ([]string, error) {
+	if r.ControlPersist < 0 {
+		return []string{"-o", "ControlMaster=no", "-o", "ControlPath=none"}, nil
+	}
+	sock, err := r.controlSocket(t)
+	if err != nil {
+		return nil, err
+	}
+	persist := r.ControlPersist
+	if persist == 0 {
+		persist = DefaultControlPersist
+	}
+	return []string{
+		"-o", "ControlMaster=auto",
+		"-o", "ControlPersist=" + strconv.Itoa(int((persist+time.Second-1)/time.Second)) + "s",
+		"-o", "ControlPath=" + sock,
+	}, nil
 }
 
 // splitOptions turns machines.scm's ssh-options into argv words.

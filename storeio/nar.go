@@ -203,78 +203,96 @@ func (p *narParser) node(dir int, name string, depth int) error {
 	}
 	switch string(typ) {
 	case "regular":
-		tok, err := p.w.readBytes(len("executable"))
-		if err != nil {
-			return p.wrap(err)
-		}
-		exec := false
-		if string(tok) == "executable" {
-			exec = true
-			if err := p.w.expect(""); err != nil {
-				return p.wrap(err)
-			}
-			if tok, err = p.w.readBytes(len("contents")); err != nil {
-				return p.wrap(err)
-			}
-		}
-		if string(tok) != "contents" {
-			return p.bad("unexpected token %q in regular file", tok)
-		}
-		size, err := p.w.readInt()
-		if err != nil {
-			return p.wrap(err)
-		}
-		if size > 1<<62 {
-			return p.bad("file size %d too large", size)
-		}
-		cr := &p.cr
-		*cr = contentReader{w: p.w, remaining: int64(size)}
-		if err := p.sink.regular(dir, name, exec, cr); err != nil {
-			return p.wrap(err)
-		}
-		if cr.remaining != 0 { // the sink must consume the contents
-			return p.bad("contents not consumed")
-		}
-		if err := p.w.padding(size); err != nil {
-			return p.wrap(err)
-		}
+		err = p.regular(dir, name)
 	case "symlink":
-		if err := p.w.expect("target"); err != nil {
-			return p.wrap(err)
-		}
-		target, err := p.w.readString(maxTargetLen)
-		if err != nil {
-			return p.wrap(fmt.Errorf("symlink target: %w", err))
-		}
-		if target == "" || strings.IndexByte(target, 0) >= 0 {
-			return p.bad("invalid symlink target %q", target)
-		}
-		if err := p.sink.symlink(dir, name, target); err != nil {
-			return p.wrap(err)
-		}
+		err = p.symlink(dir, name)
 	case "directory":
-		if depth >= maxDepth {
-			return p.bad("directories nested deeper than %d", maxDepth)
-		}
-		child, err := p.sink.enterDir(dir, name)
-		if err != nil {
-			return p.wrap(err)
-		}
-		err = p.entries(child, depth)
-		if lerr := p.sink.leaveDir(dir, name, child, err == nil); err == nil && lerr != nil {
-			err = p.wrap(lerr)
-		}
-		if err != nil {
-			return err
-		}
-		return nil // entries consumed the closing ")"
+		return p.directory(dir, name, depth) // entries consume the closing ")"
 	default:
 		return p.bad("unknown file type %q", typ)
+	}
+	if err != nil {
+		return err
 	}
 	if err := p.w.expect(")"); err != nil {
 		return p.wrap(err)
 	}
 	return nil
+}
+
+// regular reads a regular file's body: ["executable" ""] "contents" STRING, handing
+// the contents to the sink as a stream.
+func (p *narParser) regular(dir int, name string) error {
+	tok, err := p.w.readBytes(len("executable"))
+	if err != nil {
+		return p.wrap(err)
+	}
+	exec := false
+	if string(tok) == "executable" {
+		exec = true
+		if err := p.w.expect(""); err != nil {
+			return p.wrap(err)
+		}
+		if tok, err = p.w.readBytes(len("contents")); err != nil {
+			return p.wrap(err)
+		}
+	}
+	if string(tok) != "contents" {
+		return p.bad("unexpected token %q in regular file", tok)
+	}
+	size, err := p.w.readInt()
+	if err != nil {
+		return p.wrap(err)
+	}
+	if size > 1<<62 {
+		return p.bad("file size %d too large", size)
+	}
+	cr := &p.cr
+	*cr = contentReader{w: p.w, remaining: int64(size)}
+	if err := p.sink.regular(dir, name, exec, cr); err != nil {
+		return p.wrap(err)
+	}
+	if cr.remaining != 0 { // the sink must consume the contents
+		return p.bad("contents not consumed")
+	}
+	if err := p.w.padding(size); err != nil {
+		return p.wrap(err)
+	}
+	return nil
+}
+
+// symlink reads a symlink's body: "target" STRING, never empty, without NUL.
+func (p *narParser) symlink(dir int, name string) error {
+	if err := p.w.expect("target"); err != nil {
+		return p.wrap(err)
+	}
+	target, err := p.w.readString(maxTargetLen)
+	if err != nil {
+		return p.wrap(fmt.Errorf("symlink target: %w", err))
+	}
+	if target == "" || strings.IndexByte(target, 0) >= 0 {
+		return p.bad("invalid symlink target %q", target)
+	}
+	if err := p.sink.symlink(dir, name, target); err != nil {
+		return p.wrap(err)
+	}
+	return nil
+}
+
+// directory reads a directory's entries and its closing ")", at most maxDepth deep.
+func (p *narParser) directory(dir int, name string, depth int) error {
+	if depth >= maxDepth {
+		return p.bad("directories nested deeper than %d", maxDepth)
+	}
+	child, err := p.sink.enterDir(dir, name)
+	if err != nil {
+		return p.wrap(err)
+	}
+	err = p.entries(child, depth)
+	if lerr := p.sink.leaveDir(dir, name, child, err == nil); err == nil && lerr != nil {
+		err = p.wrap(lerr)
+	}
+	return err
 }
 
 // entries reads a directory's entries and its closing ")".
