@@ -94,6 +94,23 @@ func ChooseCompression(mode string, has map[string]bool) (c Compression, note st
 	return auto, ""
 }
 
+// sessionCompression is ChooseCompression for the offload's one session, whose ssh
+// connection is chosen before the machine says which decompressors it has: when the
+// machine has neither zstd nor gzip and the mode did not ask for ssh's compression
+// from the start, the streams travel uncompressed (the note says so) rather than
+// through a second, compressed connection.
+func sessionCompression(mode string, has map[string]bool) (c Compression, note string) {
+	c, note = ChooseCompression(mode, has)
+	if c == CompressSSH && mode != string(CompressSSH) {
+		c = CompressNone
+		note = "it has neither zstd nor gzip; transfers are uncompressed (install zstd there)"
+		if mode != CompressionAuto {
+			note = fmt.Sprintf("%s=%s but %s", CompressionEnv, mode, note)
+		}
+	}
+	return c, note
+}
+
 // streamed tells whether we compress the stream ourselves.
 func (c Compression) streamed() bool { return c == CompressZstd || c == CompressGzip }
 
@@ -109,10 +126,10 @@ func (c Compression) describe(wire, raw int64) string {
 	return fmt.Sprintf("%s before ssh compression", mib(wire))
 }
 
-// target is how the offload's commands reach m. Unless the mode leaves compression to
-// ssh, ssh compression is off for all of them: the bulk streams carry their own, the
-// rest are small, and one setting for all lets them share one ssh connection (the
-// shared connection's compression is fixed when it is opened).
+// target is how the offload's session reaches m. Unless the mode leaves compression to
+// ssh, ssh compression is off: the bulk streams carry their own and the rest is small.
+// The same setting as the probe's, so that both share one ssh connection (the shared
+// connection's compression is fixed when it is opened).
 func (h *Hook) target(m *machines.Machine) sshexec.Target {
 	t := Target(m)
 	if mode, _ := ParseCompressionMode(h.Conf.Compression); mode != string(CompressSSH) {
@@ -121,23 +138,13 @@ func (h *Hook) target(m *machines.Machine) sshexec.Target {
 	return t
 }
 
-// bulkTarget is how the bulk streams reach m: as h.target, but with machines.scm's
-// compression when c leaves compression to ssh (a machine with neither zstd nor gzip).
-func (h *Hook) bulkTarget(m *machines.Machine, c Compression) sshexec.Target {
-	if c == CompressSSH {
-		return Target(m)
-	}
-	return h.target(m)
-}
-
 // toolPrefix starts the lines by which missingScript says which decompressors the
 // machine has (store paths start with "/", so they cannot be mistaken for these).
 const toolPrefix = "offload-has "
 
-// missingScript asks, in the round trip that upload makes anyway, which inputs the
-// machine lacks and which of zstd and gzip it has. (The load probe is cached for a few
-// seconds across hook processes and would often not have been made.) One line, so that
-// --verbose traces show all of it.
+// missingScript asks which of the paths on stdin the machine lacks and which of zstd
+// and gzip it has: the question the session script (offload.go) asks first, on its
+// own, for `offload test`. One line, so that --verbose traces show all of it.
 const missingScript = `for c in zstd gzip; do if command -v "$c" >/dev/null 2>&1; then echo "` + toolPrefix + `$c"; fi; done; exec guix archive --missing`
 
 // parseMissing splits the output of missingScript into store paths and tools.
@@ -153,41 +160,26 @@ func parseMissing(out string) (paths []string, has map[string]bool) {
 	return paths, has
 }
 
-// importScript decompresses stdin with c (zstd or gzip) into `guix archive --import`.
-// POSIX sh has no pipefail: the decompressor's status comes back through fd 4. The
-// import's failure comes first (when it stops reading, the decompressor's failure is
-// only a consequence); a decompressor that failed while the import succeeded still
-// fails the whole. One line, for --verbose traces and error messages.
-func importScript(c Compression) string {
-	return `exec 3>&1; st=$( { { ` + string(c) + ` -dc; echo $? >&4; } | guix archive --import >&3; } 4>&1 ); imp=$?; ` +
-		`[ "$imp" -eq 0 ] || exit "$imp"; ` +
-		`[ "${st:-1}" -eq 0 ] || { echo "` + string(c) + ` -d: exit status ${st:-unknown}" >&2; exit 1; }`
-}
-
-// exportScript compresses with c (zstd or gzip) `guix archive --export` of its
-// arguments to stdout, and exits with the export's status (through fd 4: POSIX sh has
-// no pipefail), else the compressor's. One line, for --verbose traces and error
-// messages.
-func exportScript(c Compression) string {
-	return `exec 3>&1; st=$( { { guix archive --export "$@"; echo $? >&4; } | ` + string(c) + ` -q -1 -c >&3; } 4>&1 ); cst=$?; ` +
-		`[ "${st:-1}" -eq 0 ] || exit "${st:-1}"; exit "$cst"`
-}
-
-// importCommand is the remote command that receives an upload sent with c.
-func importCommand(c Compression) []string {
-	if c.streamed() {
-		return []string{"sh", "-c", importScript(c)}
-	}
-	return []string{"guix", "archive", "--import"}
-}
-
-// exportCommand is the remote command that sends outputs back with c.
-func exportCommand(c Compression, outputs []string) []string {
-	if c.streamed() {
-		return append([]string{"sh", "-c", exportScript(c), "sh"}, outputs...)
-	}
-	return append([]string{"guix", "archive", "--export"}, outputs...)
-}
+// transferFuncs defines the shell functions by which the session script (offload.go)
+// decompresses the upload into `guix archive --import` and compresses `guix archive
+// --export` of the outputs, with the machine's own zstd or gzip ($1). POSIX sh has no
+// pipefail: the status of the pipeline's first command comes back through fd 4.
+//
+// import_z reads the compressed bundle on stdin; the import's failure comes first (when
+// it stops reading, the decompressor's failure is only a consequence), and a
+// decompressor that failed while the import succeeded still fails the whole. The
+// import's stdout goes to stderr: the session's stdout is its framing.
+//
+// export_z writes the compressed export of its other arguments on stdout and returns
+// the export's status, else the compressor's. One line, like the session script.
+var transferFuncs = strings.Join([]string{
+	`import_z() { st=$( { { "$1" -dc; echo $? >&4; } | guix archive --import >&2; } 4>&1 ); imp=$?; ` +
+		`[ "$imp" -eq 0 ] || return "$imp"; ` +
+		`[ "${st:-1}" -eq 0 ] || { echo "$1 -d: exit status ${st:-unknown}" >&2; return 1; }; }`,
+	`export_z() { c=$1; shift; exec 3>&1; ` +
+		`st=$( { { guix archive --export "$@"; echo $? >&4; } | "$c" -q -1 -c >&3; } 4>&1 ); cst=$?; ` +
+		`[ "${st:-1}" -eq 0 ] || return "${st:-1}"; return "$cst"; }`,
+}, "; ")
 
 // newCompressor returns the writer that compresses into w with c (nil when c is not
 // ours to compress). Level 1 for both: on a fast link the compressor is the

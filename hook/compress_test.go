@@ -56,6 +56,33 @@ func TestChooseCompression(t *testing.T) {
 	}
 }
 
+// TestSessionCompression: the one session cannot switch to ssh's compression once the
+// machine said it has neither zstd nor gzip: it goes uncompressed and says so, unless
+// the mode asked for ssh's compression from the start.
+func TestSessionCompression(t *testing.T) {
+	none := map[string]bool{}
+	for _, c := range []struct {
+		mode     string
+		has      map[string]bool
+		want     Compression
+		wantNote string
+	}{
+		{"auto", map[string]bool{"zstd": true}, CompressZstd, ""},
+		{"auto", map[string]bool{"gzip": true}, CompressGzip, ""},
+		{"auto", none, CompressNone, "it has neither zstd nor gzip; transfers are uncompressed (install zstd there)"},
+		{"zstd", none, CompressNone, "OFFLOAD_COMPRESSION=zstd but it has neither zstd nor gzip; transfers are uncompressed (install zstd there)"},
+		{"zstd", map[string]bool{"gzip": true}, CompressGzip, "OFFLOAD_COMPRESSION=zstd but the machine has no zstd; using gzip"},
+		{"ssh", none, CompressSSH, ""},
+		{"ssh", map[string]bool{"zstd": true}, CompressSSH, ""},
+		{"none", none, CompressNone, ""},
+	} {
+		got, note := sessionCompression(c.mode, c.has)
+		if got != c.want || note != c.wantNote {
+			t.Errorf("sessionCompression(%q, %v) = %q, %q; want %q, %q", c.mode, c.has, got, note, c.want, c.wantNote)
+		}
+	}
+}
+
 func TestParseMissing(t *testing.T) {
 	paths, has := parseMissing("offload-has zstd\noffload-has gzip\n/gnu/store/aaa-x\n/gnu/store/bbb-y\n")
 	if strings.Join(paths, " ") != "/gnu/store/aaa-x /gnu/store/bbb-y" || !has["zstd"] || !has["gzip"] || len(has) != 2 {
@@ -140,7 +167,7 @@ func testData(n int) []byte {
 	return b.Bytes()[:n]
 }
 
-// TestExportScript: on the machine, the export is compressed by the machine's own
+// TestExportScript: on the machine, export_z compresses the export by the machine's own
 // zstd or gzip into what our decompressor reads, and the script's exit status is the
 // export's even though the compressor ends the pipeline (POSIX sh has no pipefail),
 // else the compressor's.
@@ -156,7 +183,7 @@ func TestExportScript(t *testing.T) {
 				}
 				writeScript(t, dir, "guix", `[ "$1 $2 $3 $4" = "archive --export /gnu/store/a /gnu/store/b" ] || exit 9
 cat `+src+`; exit `+strconv.Itoa(exportStatus))
-				cmd := exec.Command("sh", "-c", exportScript(c), "sh", "/gnu/store/a", "/gnu/store/b")
+				cmd := exec.Command("sh", "-c", transferFuncs+`; export_z "$@"`, "sh", string(c), "/gnu/store/a", "/gnu/store/b")
 				cmd.Env = []string{scriptPath(t, dir, string(c))}
 				out, err := cmd.Output()
 				if got := exitStatus(err); got != exportStatus {
@@ -171,7 +198,7 @@ cat `+src+`; exit `+strconv.Itoa(exportStatus))
 			dir := t.TempDir()
 			writeScript(t, dir, "guix", `echo data`)
 			writeScript(t, dir, string(c), `cat >/dev/null; exit 5`)
-			cmd := exec.Command("sh", "-c", exportScript(c), "sh", "/gnu/store/a")
+			cmd := exec.Command("sh", "-c", transferFuncs+`; export_z "$@"`, "sh", string(c), "/gnu/store/a")
 			cmd.Env = []string{"PATH=" + dir + ":/usr/bin:/bin"}
 			if _, err := cmd.Output(); exitStatus(err) != 5 {
 				t.Errorf("compressor exited 5: script %v", err)
@@ -180,7 +207,7 @@ cat `+src+`; exit `+strconv.Itoa(exportStatus))
 	}
 }
 
-// TestImportScript: on the machine, the machine's zstd or gzip decompresses what our
+// TestImportScript: on the machine, import_z has the machine's zstd or gzip decompress what our
 // compressor made into `guix archive --import`; a corrupt stream or a failed import
 // fails the script.
 func TestImportScript(t *testing.T) {
@@ -205,7 +232,7 @@ func TestImportScript(t *testing.T) {
 				dst := filepath.Join(dir, "imported")
 				writeScript(t, dir, "guix", `[ "$*" = "archive --import" ] || exit 9
 cat > `+dst+`; exit `+strconv.Itoa(tc.importStatus))
-				cmd := exec.Command("sh", "-c", importScript(c))
+				cmd := exec.Command("sh", "-c", transferFuncs+`; import_z "$1"`, "sh", string(c))
 				cmd.Env = []string{scriptPath(t, dir, string(c))}
 				cmd.Stdin = bytes.NewReader(tc.in)
 				var stderr bytes.Buffer

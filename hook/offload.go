@@ -1,8 +1,11 @@
 package hook
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -40,30 +43,686 @@ func (e *localError) Unwrap() error { return e.Err }
 // remote user's home directory (where ssh starts remote commands).
 const rootsDir = ".cache/guix/offload"
 
-// offload performs an accepted build on machine m (BEHAVIOUR.md 1, 2, 7, 12).
-func (h *Hook) offload(ctx context.Context, m *machines.Machine, req Request, inputs, outputs []string) error {
-	root := rootName(req.Drv)
-	defer h.removeRoots(h.target(m), root)
+// sessionScript is all an offload does on the machine after the accept, in one ssh
+// session and one remote shell, run as
+//
+//	sh -c SCRIPT sh ROOTS ROOT DRV TOKEN MAX-SILENT TIMEOUT [OUTPUT...]
+//
+// (MAX-SILENT and TIMEOUT are "" for no limit); one line, so that --verbose traces
+// show all of it. Framing, one line each unless said:
+//
+//	stdin  (hook → machine)  the wanted paths (the .drv and its inputs), space-separated
+//	stdout (machine → hook)  "offload-has zstd", "offload-has gzip": decompressors it has
+//	                         "offload-root NAME": each entry of ROOTS and of gcroots/tmp
+//	                         the paths it lacks, one a line (`guix archive --missing`)
+//	                         "offload-missing-end"
+//	stdin                    "COMP send|skip [STALE...]": the compression of both bulk
+//	                         streams (zstd, gzip, or anything else for none), whether a
+//	                         bundle follows, and the root names to remove first; then,
+//	                         with "send", the bundle in COMP up to the end of stdin
+//	stdout                   "offload-imported" (the bundle is in its store)
+//	                         "offload-building" (the build starts: from here on a
+//	                         failure is the build's, and no other machine may take it)
+//	                         "offload-built" (the build succeeded), then the export of
+//	                         the OUTPUTs in COMP up to the end of stdout
+//
+// A failed step ends the script with that step's exit status, so the last stdout line
+// says how far it went and nothing is exported after a failed build. stderr carries
+// the steps' messages, split by the lines "\037offload-phase TOKEN build" and
+// "... export": what comes between them is the build log (relayed to fd 4 and
+// classified); TOKEN, random per offload, keeps a builder from faking a split.
+//
+// GC roots. guix-daemon's collector (nix/libstore/gc.cc, findRoots) keeps every store
+// path that a symlink under $state/gcroots points to, and follows one more symlink
+// for a link there that points outside the store: that is how `guix build -r LINK`
+// roots the build's outputs, with LINK under ROOTS and gcroots/auto/HASH -> LINK made
+// by the daemon. The build itself takes -r: the same guix process as the build. The
+// .drv (just imported, and protected by nothing until the build's daemon takes it
+// as a temporary root) is rooted as Guix's own hook does (guix/scripts/offload.scm,
+// register-gc-root): a symlink gcroots/tmp/ROOT.drv -> DRV, with no guix process,
+// under $GUIX_STATE_DIRECTORY or /var/guix as the remote guix has it, when the daemon
+// made gcroots there and the user may write in it (root, usually); otherwise by
+// `guix build -d -r ROOTS/ROOT.drv`, which goes through the daemon. The roots are
+// removed when the script exits, however it ends; the hook names, in its header line,
+// those that earlier hooks of this host left behind when they were killed.
+var sessionScript = strings.Join([]string{
+	transferFuncs,
+	`d=$1 r=$2 drv=$3 tok=$4 mst=$5 to=$6`,
+	`shift 6`,
+	`set -f`,
+	`state=${GUIX_STATE_DIRECTORY:-/var/guix}`,
+	`tmp=$state/gcroots/tmp`,
+	`bye() { set +f; rm -f -- "$d/$r.drv" "$d/$r" "$d/$r"-[0-9]* "$tmp/$r.drv"; }`,
+	`trap bye EXIT`,
+	`trap "exit 129" HUP`,
+	`trap "exit 130" INT`,
+	`trap "exit 141" PIPE`,
+	`trap "exit 143" TERM`,
+	`for c in zstd gzip; do if command -v "$c" >/dev/null 2>&1; then printf "` + toolPrefix + `%s\n" "$c"; fi; done`,
+	// Names with a blank cannot be ours, and the framing is one name a line.
+	`for dir in "$d" "$tmp"; do [ -d "$dir" ] || continue; set +f; for p in "$dir"/*; do n=${p##*/}; ` +
+		`case $n in *["$IFS"]*) continue ;; esac; ` +
+		`if [ -e "$p" ] || [ -L "$p" ]; then printf "` + rootPrefix + `%s\n" "$n"; fi; done; set -f; done`,
+	`IFS= read -r want || { echo "offload: no paths from the hook" >&2; exit 2; }`,
+	`printf "%s\n" $want | guix archive --missing || exit`,
+	`echo ` + lineMissingEnd,
+	`read -r comp send stale || { echo "offload: no header from the hook" >&2; exit 2; }`,
+	`rmstale() { for n in $stale; do set -- "$@" "$d/$n" "$tmp/$n"; done; rm -f -- "$@"; }`,
+	`[ -z "$stale" ] || rmstale`,
+	`if [ "$send" = send ]; then case $comp in zstd | gzip) import_z "$comp" || exit ;; *) guix archive --import >&2 || exit ;; esac; fi`,
+	`echo ` + lineImported,
+	`[ -d "$d" ] || mkdir -p "$d" || exit`,
+	`if [ -d "$state/gcroots" ] && { [ -d "$tmp" ] || mkdir "$tmp" 2>/dev/null; } && ln -sf "$drv" "$tmp/$r.drv" 2>/dev/null; then :; ` +
+		`else guix build -d -r "$d/$r.drv" "$drv" </dev/null >/dev/null || exit; fi`,
+	`echo ` + lineBuilding,
+	`printf "\037offload-phase %s build\n" "$tok" >&2`,
+	`guix build -r "$d/$r" --verbosity=3 ${mst:+"--max-silent-time=$mst"} ${to:+"--timeout=$to"} "$drv" </dev/null >/dev/null || exit`,
+	`printf "\037offload-phase %s export\n" "$tok" >&2`,
+	`echo ` + lineBuilt,
+	`[ $# -gt 0 ] || exit 0`,
+	`case $comp in zstd | gzip) export_z "$comp" "$@" ;; *) guix archive --export "$@" ;; esac`,
+}, "; ")
 
+// maxRootNames bounds the root names a machine may list (those of builds in flight).
+const maxRootNames = 100_000
+
+// The session script's stdout lines (see sessionScript); toolPrefix is the other.
+const (
+	rootPrefix     = "offload-root "
+	lineMissingEnd = "offload-missing-end"
+	lineImported   = "offload-imported"
+	lineBuilding   = "offload-building"
+	lineBuilt      = "offload-built"
+)
+
+// offload performs an accepted build on machine m in one ssh session (BEHAVIOUR.md 1,
+// 2, 7, 12; sessionScript is its remote side): it asks which inputs the machine lacks,
+// sends them under the machine's upload lock, builds with the daemon's limits with the
+// log on fd 4, and restores the outputs under the download lock. A failure before the
+// build starts is a *beforeBuildError (another machine may take the build).
+func (h *Hook) offload(ctx context.Context, m *machines.Machine, req Request, inputs, outputs []string) error {
 	mode, err := ParseCompressionMode(h.Conf.Compression)
 	if err != nil {
 		h.say("offload: %v; using %s", err, mode)
 	}
-	comp, err := h.upload(ctx, m, req.Drv, inputs, mode)
+	// Asking and sending under one lock, as before the session: a hook that waited
+	// for another's upload then finds the inputs they share already there.
+	upload, err := h.machineLock(ctx, m, "upload", "sending inputs of "+req.Drv)
 	if err != nil {
 		return &beforeBuildError{Err: err}
 	}
-	if err := h.build(ctx, m, req, root); err != nil {
+	defer upload.Release()
+	s, err := h.startSession(ctx, m, req, outputs)
+	if err != nil {
+		return &beforeBuildError{Err: err}
+	}
+	defer s.abort()
+	if err := s.upload(mode, inputs); err != nil {
+		return &beforeBuildError{Err: err}
+	}
+	upload.Release()
+	if err := s.build(); err != nil {
 		return err
 	}
 	if len(outputs) == 0 {
+		s.wait() // the build succeeded; nothing to fetch, whatever the end of the session
 		return nil
 	}
-	if err := h.download(ctx, m, outputs, comp); err != nil {
+	if err := s.download(ctx); err != nil {
 		return err
 	}
 	h.say("done with offloaded '%s'", req.Drv)
 	return nil
+}
+
+// session is the local side of one run of sessionScript.
+type session struct {
+	h       *Hook
+	m       *machines.Machine
+	req     Request
+	outputs []string
+	root    string      // this build's GC roots' name
+	comp    Compression // both bulk streams', once the machine said what it has
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	// stdin and stdout are OS pipes handed to ssh as they are, so that nothing of
+	// ours sits between ssh's exit and the end of RunRemote.
+	stdin    *os.File
+	sent     *countingWriter // counts what went into stdin
+	stdout   *bufio.Reader
+	stdoutR  *os.File
+	stderr   *stderrRouter
+	done     chan struct{} // closed when RunRemote returned
+	runErr   error         // RunRemote's error, once done
+	timedOut atomic.Bool   // the session was cut for the build timeout
+	// framingErr is set when the machine's stdout broke the framing.
+	framingErr error
+
+	localMu  sync.Mutex
+	localErr error // our own side's failure while sending
+}
+
+// startSession starts the ssh session running sessionScript on m.
+func (h *Hook) startSession(ctx context.Context, m *machines.Machine, req Request, outputs []string) (*session, error) {
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		inW.Close()
+		return nil, err
+	}
+	var tok [8]byte
+	if _, err := rand.Read(tok[:]); err != nil {
+		return nil, err
+	}
+	token := hex.EncodeToString(tok[:])
+	limit := func(secs int) string {
+		if secs <= 0 {
+			return ""
+		}
+		return strconv.Itoa(secs)
+	}
+	s := &session{h: h, m: m, req: req, outputs: outputs, root: rootName(req.Drv),
+		stdin: inW, sent: &countingWriter{w: inW}, stdout: bufio.NewReaderSize(outR, 64<<10), stdoutR: outR,
+		stderr: newStderrRouter(token, h.Log), done: make(chan struct{})}
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	argv := append([]string{"sh", "-c", sessionScript, "sh", rootsDir, s.root, req.Drv, token,
+		limit(h.Conf.MaxSilentTime), limit(h.Conf.BuildTimeout)}, outputs...)
+	go func() {
+		err := h.Runner.RunRemote(s.ctx, h.target(m), argv, sshexec.Stdio{Stdin: inR, Stdout: outW, Stderr: s.stderr})
+		s.runErr = err
+		close(s.done)
+		// Our copies of ssh's ends: once closed, a write to stdin fails and stdout
+		// ends (as soon as the ssh master, which may hold them too, let go).
+		inR.Close()
+		outW.Close()
+	}()
+	return s, nil
+}
+
+// wait waits for the session's end and returns RunRemote's error.
+func (s *session) wait() error {
+	<-s.done
+	return s.runErr
+}
+
+// ended tells whether the session is over.
+func (s *session) ended() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// abort ends the session, whatever it was doing (a no-op once it ended), and waits for
+// it. ssh does not signal the remote script: it notices its closed streams, and its
+// trap removes its roots.
+func (s *session) abort() {
+	s.cancel()
+	s.stdin.Close()
+	s.stdoutR.Close()
+	<-s.done
+}
+
+// line reads the next framing line of the session's stdout. An error means that the
+// session ended (failure says why), or that the machine sent a line longer than any
+// the script writes (framingErr: the session is aborted).
+func (s *session) line() (string, error) {
+	l, err := s.stdout.ReadSlice('\n')
+	switch {
+	case err == bufio.ErrBufferFull:
+		s.framingErr = fmt.Errorf("machine '%s' sent a line of more than %d bytes where the offload script writes store paths", s.m.Display(), len(l))
+		s.abort()
+		return "", s.framingErr
+	case err == io.EOF && len(l) > 0:
+		return "", io.ErrUnexpectedEOF
+	case err != nil:
+		return "", err
+	}
+	return strings.TrimSuffix(string(l), "\n"), nil
+}
+
+// failure says why the session ended while the machine ran step, from RunRemote's
+// error and the stderr of the phase: what names the failure with the machine (it
+// takes m.Display() for its %s), bare without it, for errors that name it themselves.
+func (s *session) failure(step, what, bare string, tail *tailBuffer) error {
+	if s.framingErr != nil {
+		return s.framingErr
+	}
+	err := s.wait()
+	what = fmt.Sprintf(what, s.m.Display())
+	var re *sshexec.RemoteError
+	switch {
+	case err == nil:
+		return fmt.Errorf("%s: the session ended during %s", what, step)
+	case s.ctx.Err() != nil && !errors.As(err, &re):
+		return fmt.Errorf("%s: %w", what, s.ctx.Err())
+	case errors.As(err, &re):
+		msg := fmt.Sprintf("%s: %s exited with status %d", what, step, re.Code)
+		if t := lastLines(tail.String(), 3); t != "" {
+			msg += ": " + t
+		}
+		return errors.New(msg)
+	}
+	return fmt.Errorf("%s: %w", bare, err)
+}
+
+// protocol is a session whose stdout broke the framing (a broken shell start-up
+// printing on stdout, or a machine that lies).
+func (s *session) protocol(got, want string) error {
+	return fmt.Errorf("machine '%s' said %q where the offload script says %q (does the remote user's shell start-up print on stdout?)", s.m.Display(), got, want)
+}
+
+// upload asks which of the .drv and inputs the machine lacks, tells it how the
+// transfers will go and which stale roots to remove, and sends what it lacks: one
+// stream of `guix archive --export`, compressed as mode and the machine allow.
+func (s *session) upload(mode string, inputs []string) error {
+	h, m := s.h, s.m
+	asking := func() error {
+		return s.failure("`guix archive --missing`", "asking machine '%s' which inputs it lacks", "asking which inputs it lacks", s.stderr.tails[0])
+	}
+	want := uniqueSorted(append([]string{s.req.Drv}, inputs...))
+	if _, err := io.WriteString(s.stdin, strings.Join(want, " ")+"\n"); err != nil {
+		return asking()
+	}
+	wanted := map[string]bool{}
+	for _, p := range want {
+		wanted[p] = true
+	}
+	has, lacked := map[string]bool{}, map[string]bool{}
+	var names, missing []string
+	for {
+		l, err := s.line()
+		if err != nil {
+			return asking()
+		}
+		if l == lineMissingEnd {
+			break
+		}
+		if tool, ok := strings.CutPrefix(l, toolPrefix); ok {
+			if tool == string(CompressZstd) || tool == string(CompressGzip) {
+				has[tool] = true
+			}
+			continue
+		}
+		if name, ok := strings.CutPrefix(l, rootPrefix); ok {
+			names = append(names, name)
+			continue
+		}
+		for _, p := range strings.Fields(l) {
+			if !wanted[p] {
+				return fmt.Errorf("machine '%s' answered `guix archive --missing` with a path we did not ask about: %q", m.Display(), p)
+			}
+			if !lacked[p] {
+				lacked[p] = true
+				missing = append(missing, p)
+			}
+		}
+		if len(names) > maxRootNames {
+			s.abort()
+			return fmt.Errorf("machine '%s' listed more than %d entries in its GC roots directories", m.Display(), maxRootNames)
+		}
+	}
+	comp, note := sessionCompression(mode, has)
+	if note != "" {
+		h.say("offload: machine '%s': %s", m.Display(), note)
+	}
+	s.comp = comp
+	verb := "send"
+	if len(missing) == 0 {
+		verb = "skip"
+	}
+	header := strings.Join(append([]string{string(comp), verb}, removableRoots(names, s.root)...), " ") + "\n"
+	if _, err := io.WriteString(s.stdin, header); err != nil {
+		return s.failure("the offload script", "starting the transfer to machine '%s'", "starting the transfer", s.stderr.tails[0])
+	}
+	if len(missing) == 0 {
+		s.stdin.Close()
+		h.say("offload: machine '%s' already has the %d inputs", m.Display(), len(want))
+		return s.expect(lineImported, "the offload script", "preparing the build on machine '%s'", "preparing the build")
+	}
+
+	n := len(missing)
+	sending, bare := fmt.Sprintf("sending %d store items to machine '%%s'", n), fmt.Sprintf("sending %d store items", n)
+	h.say("offload: sending %d store item%s to '%s' (%s)...", n, plural(n), m.Display(), comp)
+	start := time.Now()
+	raw := &countingWriter{}
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		s.send(missing, comp, raw)
+	}()
+	stop := make(chan struct{})
+	go h.reportProgress("sending to '"+m.Display()+"'", &s.sent.n, stop)
+	l, err := s.line()
+	close(stop)
+	switch {
+	case err != nil:
+		<-sent
+		if local := s.local(); local != nil {
+			return fmt.Errorf("%s: %w", bare, local)
+		}
+		return s.failure("`guix archive --import`", sending, bare, s.stderr.tails[0])
+	case l != lineImported:
+		s.abort()
+		<-sent
+		return s.protocol(l, lineImported)
+	}
+	<-sent
+	if local := s.local(); local != nil {
+		// The machine took a bundle cut short for complete: ours is the failure.
+		s.abort()
+		return fmt.Errorf("%s: %w", bare, local)
+	}
+	h.say("offload: sent %d store item%s (%s) to '%s' in %.1fs", n, plural(n),
+		comp.describe(s.sent.n.Load(), raw.n.Load()), m.Display(), time.Since(start).Seconds())
+	return nil
+}
+
+// expect reads the next framing line, which must be want; otherwise the session
+// failed during step (see failure) or broke the framing.
+func (s *session) expect(want, step, what, bare string) error {
+	l, err := s.line()
+	switch {
+	case err != nil:
+		return s.failure(step, what, bare, s.stderr.tails[0])
+	case l != want:
+		s.abort()
+		return s.protocol(l, want)
+	}
+	return nil
+}
+
+// send streams the local `guix archive --export PATHS`, compressed with comp, into the
+// session's stdin and closes it; raw counts the export itself. A failure of the
+// export while the session lives is ours (localError); once the session ended, it is
+// the consequence of the machine's failure, which the caller reports.
+func (s *session) send(paths []string, comp Compression, raw *countingWriter) {
+	zw, err := newCompressor(comp, s.sent)
+	if err != nil {
+		s.setLocal(&localError{fmt.Errorf("%s compressor: %w", comp, err)})
+		s.stdin.Close()
+		return
+	}
+	raw.w = s.sent
+	if zw != nil {
+		raw.w = zw
+	}
+	argv := append([]string{s.h.Conf.Guix, "archive", "--export"}, paths...)
+	if err := s.h.Runner.Run(s.ctx, argv, sshexec.Stdio{Stdout: raw}); err != nil {
+		if !s.ended() && s.ctx.Err() == nil {
+			s.setLocal(&localError{fmt.Errorf("local `guix archive --export`: %w", err)})
+		}
+		s.stdin.Close() // no end of stream: the machine sees it cut short
+		if zw != nil {
+			zw.Close() // fails at once on the closed pipe; frees the encoder
+		}
+		return
+	}
+	if zw != nil {
+		// The end of the stream; a failure here is the reader's doing (the import
+		// ended), and the machine's status reports it.
+		zw.Close()
+	}
+	s.stdin.Close()
+}
+
+func (s *session) setLocal(err error) {
+	s.localMu.Lock()
+	defer s.localMu.Unlock()
+	if s.localErr == nil {
+		s.localErr = err
+	}
+}
+
+func (s *session) local() error {
+	s.localMu.Lock()
+	defer s.localMu.Unlock()
+	return s.localErr
+}
+
+// removableRoots picks, from the names in the machine's roots directories, those to
+// remove before the build: those of this host's dead hooks (staleRoots), and any of
+// this build's own names, which can only be left by an earlier process with our pid
+// (`guix build -r` refuses to replace a root).
+func removableRoots(names []string, root string) []string {
+	out := staleRoots(names, processAlive)
+	for _, n := range names {
+		rest, ok := strings.CutPrefix(n, root)
+		if !ok {
+			continue
+		}
+		digits, numbered := strings.CutPrefix(rest, "-") // ROOT-0, ROOT-1...: several outputs
+		if rest == "" || rest == ".drv" || numbered && digits != "" && strings.Trim(digits, "0123456789") == "" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// build waits for the build to start on the machine and to end, with its log relayed
+// to fd 4, and classifies its failure. A failure before it starts is a
+// *beforeBuildError.
+func (s *session) build() error {
+	h, m, drv := s.h, s.m, s.req.Drv
+	if err := s.expect(lineBuilding, "`guix build -d -r`", "rooting "+drv+" on machine '%s'", "rooting "+drv); err != nil {
+		return &beforeBuildError{Err: err}
+	}
+	h.say("offloading '%s' to '%s'...", drv, m.Display())
+	h.say("@ build-remote %s %s", drv, m.Display())
+	var timer *time.Timer
+	if h.Conf.BuildTimeout > 0 {
+		// Stop waiting locally too, so a hung connection cannot keep us alive.
+		timer = time.AfterFunc(time.Duration(h.Conf.BuildTimeout)*time.Second+buildMargin, func() {
+			s.timedOut.Store(true)
+			s.cancel()
+		})
+	}
+	l, err := s.line()
+	if timer != nil && !timer.Stop() {
+		s.wait()
+		return fmt.Errorf("no result from machine '%s' %s after the build timeout: %w", m.Display(), buildMargin, ErrTimedOut)
+	}
+	switch {
+	case err == nil && l == lineBuilt:
+		return nil
+	case err == nil:
+		s.abort()
+		return s.protocol(l, lineBuilt)
+	}
+	var re *sshexec.RemoteError
+	if errors.As(s.wait(), &re) {
+		switch classify(s.stderr.tails[1].String(), drv) {
+		case ExitTimedOut:
+			return fmt.Errorf("derivation '%s' offloaded to '%s' timed out: %w", drv, m.Display(), ErrTimedOut)
+		case ExitBuildFailed:
+			return fmt.Errorf("derivation '%s' offloaded to '%s' failed: %w", drv, m.Display(), ErrBuildFailed)
+		}
+	}
+	return s.failure("`guix build`", "running guix build on machine '%s'", "building '"+drv+"'", s.stderr.tails[1])
+}
+
+// download restores the outputs that follow the build on the session's stdout into the
+// local store, checking each item's signature against the local ACL (the daemon holds
+// the output locks, so `guix archive --import` would deadlock: PROTOCOL.md). The
+// machine's export waits in its pipe until we hold the download lock.
+func (s *session) download(ctx context.Context) error {
+	h, m, outputs := s.h, s.m, s.outputs
+	lock, err := h.machineLock(ctx, m, "download", "retrieving "+strings.Join(outputs, " "))
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+
+	// Leftovers of hooks the daemon killed mid-import (it uses SIGKILL).
+	if removed, err := storeio.CleanStaleTemps(h.Conf.StoreDir); err == nil && len(removed) > 0 {
+		h.say("offload: removed %d stale temporary director%s from %s", len(removed), map[bool]string{true: "y", false: "ies"}[len(removed) == 1], h.Conf.StoreDir)
+	}
+	acl, err := storeio.LoadACL(path.Join(h.Conf.ConfDir, "acl"))
+	if err != nil {
+		return fmt.Errorf("cannot check what machine '%s' returns: %w", m.Display(), err)
+	}
+	comp := s.comp
+	h.say("retrieving %d store item%s from '%s' (%s)...", len(outputs), plural(len(outputs)), m.Display(), comp)
+	start := time.Now()
+	cr := &countingReader{r: endStatus{s}}
+	stop := make(chan struct{})
+	go h.reportProgress("retrieving from '"+m.Display()+"'", &cr.n, stop)
+	// ImportBundle reads to the end of the stream before it places anything: for a
+	// compressed stream, through the decompressor's own checksum, and in any case to
+	// the end of the session's stdout, which comes after the machine's exit status.
+	var bundle io.Reader = cr
+	if comp.streamed() {
+		dec := newDecompressor(comp, cr)
+		defer dec.Close()
+		bundle = dec
+	}
+	raw := &countingReader{r: bundle}
+	items, impErr := storeio.ImportBundle(raw, storeio.ImportOptions{
+		StoreDir: h.Conf.StoreDir,
+		Allowed:  outputs,
+		ACL:      acl,
+		Log:      h.Out,
+		Replace:  true, // the daemon asked for them: whatever is there is not valid
+	})
+	close(stop)
+	machineFirst := s.ended() // the machine's export ended before the import failed
+	if impErr != nil {
+		s.abort() // stop the machine's export: we refuse what it sends
+	}
+	runErr := s.wait()
+	exportFailed := func() error {
+		return s.failure("`guix archive --export`", "retrieving outputs from machine '%s'", "retrieving outputs", s.stderr.tails[2])
+	}
+	if runErr != nil && impErr != nil && machineFirst {
+		return exportFailed()
+	}
+	if impErr != nil && storeio.IsRefusal(impErr) {
+		return fmt.Errorf("refusing what machine '%s' returned: %w", m.Display(), impErr)
+	}
+	if impErr != nil {
+		return fmt.Errorf("restoring the outputs from machine '%s' into %s: %w", m.Display(), h.Conf.StoreDir, impErr)
+	}
+	if runErr != nil {
+		return exportFailed()
+	}
+	got := map[string]bool{}
+	for _, it := range items {
+		got[it.Path] = true
+	}
+	for _, o := range outputs {
+		if !got[o] {
+			return fmt.Errorf("machine '%s' did not return output %s", m.Display(), o)
+		}
+	}
+	h.say("offload: retrieved %d store item%s (%s) from '%s' in %.1fs", len(items), plural(len(items)), comp.describe(cr.n.Load(), raw.n.Load()), m.Display(), time.Since(start).Seconds())
+	return nil
+}
+
+// endStatus reads the rest of the session's stdout and ends it with the session's
+// error, if any, rather than a plain end of file: the import refuses a stream whose
+// export failed on the machine, however complete it looks.
+type endStatus struct{ s *session }
+
+func (e endStatus) Read(p []byte) (int, error) {
+	n, err := e.s.stdout.Read(p)
+	if err == io.EOF {
+		// Our copy of ssh's stdout closes only after RunRemote returned.
+		if runErr := e.s.wait(); runErr != nil {
+			err = runErr
+		}
+	}
+	return n, err
+}
+
+// stderrRouter sorts the session's stderr by the script's phase markers (see
+// sessionScript): before the build (tails[0]), the build (tails[1], and the log),
+// the export (tails[2]). Bytes pass at once, but for the start of a line that may
+// be the next marker (it starts with \037), held until it is told apart.
+type stderrRouter struct {
+	mu      sync.Mutex
+	markers [2][]byte
+	phase   int
+	held    []byte
+	midLine bool
+	log     io.Writer
+	tails   [3]*tailBuffer
+}
+
+func newStderrRouter(token string, log io.Writer) *stderrRouter {
+	r := &stderrRouter{log: log, tails: [3]*tailBuffer{{max: 16 << 10}, {max: 64 << 10}, {max: 16 << 10}}}
+	for i, name := range []string{"build", "export"} {
+		r.markers[i] = []byte("\037offload-phase " + token + " " + name + "\n")
+	}
+	return r
+}
+
+func (r *stderrRouter) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := len(p)
+	for len(p) > 0 && r.phase < 2 {
+		if !r.midLine {
+			need := r.markers[r.phase][len(r.held):]
+			k := 0
+			for k < len(need) && k < len(p) && p[k] == need[k] {
+				k++
+			}
+			switch {
+			case k == len(need): // the whole marker: the next phase
+				r.held, p = r.held[:0], p[k:]
+				r.phase++
+				continue
+			case k == len(p): // a marker so far
+				r.held = append(r.held, p...)
+				return n, nil
+			}
+			r.emit(r.held)
+			r.held = r.held[:0]
+			r.midLine = true
+		}
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			r.emit(p)
+			return n, nil
+		}
+		r.emit(p[:i+1])
+		p = p[i+1:]
+		r.midLine = false
+	}
+	r.emit(p)
+	return n, nil
+}
+
+func (r *stderrRouter) emit(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	r.tails[r.phase].Write(p)
+	if r.phase == 1 {
+		r.log.Write(p)
+	}
+}
+
+// lastLines returns the last n non-blank lines of s joined with "; ", for one-line
+// error messages.
+func lastLines(s string, n int) string {
+	var lines []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "; ")
 }
 
 // rootName names this build's remote GC roots after this host and process, so that
@@ -92,7 +751,8 @@ func staleRoots(names []string, alive func(pid int) bool) []string {
 	var stale []string
 	for _, n := range names {
 		rest, ok := strings.CutPrefix(n, prefix)
-		if !ok || strings.ContainsAny(n, "/\x00") || strings.HasPrefix(n, "-") {
+		// The names travel space-separated to the machine's shell: none with a blank.
+		if !ok || strings.ContainsAny(n, "/\x00 \t\r\n") || strings.HasPrefix(n, "-") {
 			continue
 		}
 		pidText, _, ok := strings.Cut(rest, "-")
@@ -132,156 +792,6 @@ func (h *Hook) machineLock(ctx context.Context, m *machines.Machine, kind, reaso
 	return locking.Acquire(lctx, file, reason)
 }
 
-// upload sends the .drv and the inputs the machine lacks: one round trip to ask which
-// are missing (and which decompressors the machine has), one stream of `guix archive
-// --export` into `guix archive --import`, compressed as mode and the machine allow. It
-// returns the compression chosen, for the download.
-func (h *Hook) upload(ctx context.Context, m *machines.Machine, drv string, inputs []string, mode string) (Compression, error) {
-	lock, err := h.machineLock(ctx, m, "upload", "sending inputs of "+drv)
-	if err != nil {
-		return "", err
-	}
-	defer lock.Release()
-
-	want := uniqueSorted(append([]string{drv}, inputs...))
-	out, err := h.Runner.OutputRemote(ctx, h.target(m), []string{"sh", "-c", missingScript},
-		strings.NewReader(strings.Join(want, "\n")+"\n"))
-	if err != nil {
-		return "", fmt.Errorf("asking which inputs it lacks: %w", err)
-	}
-	paths, has := parseMissing(string(out))
-	comp, note := ChooseCompression(mode, has)
-	if note != "" {
-		h.say("offload: machine '%s': %s", m.Display(), note)
-	}
-	wanted := map[string]bool{}
-	for _, p := range want {
-		wanted[p] = true
-	}
-	var missing []string
-	for _, p := range paths {
-		if !wanted[p] {
-			return "", fmt.Errorf("machine '%s' answered `guix archive --missing` with a path we did not ask about: %q", m.Display(), p)
-		}
-		missing = append(missing, p)
-	}
-	if len(missing) == 0 {
-		h.say("offload: machine '%s' already has the %d inputs", m.Display(), len(want))
-		return comp, nil
-	}
-	h.say("offload: sending %d store item%s to '%s' (%s)...", len(missing), plural(len(missing)), m.Display(), comp)
-	start := time.Now()
-	wire, raw, err := h.pipeExport(ctx, m, missing, comp)
-	if err != nil {
-		return "", fmt.Errorf("sending %d store items: %w", len(missing), err)
-	}
-	h.say("offload: sent %d store item%s (%s) to '%s' in %.1fs", len(missing), plural(len(missing)), comp.describe(wire, raw), m.Display(), time.Since(start).Seconds())
-	return comp, nil
-}
-
-// pipeExport streams the local `guix archive --export PATHS`, compressed with comp,
-// into `guix archive --import` on the machine and returns the bytes that went through
-// ssh (wire) and the size of the export itself (raw).
-func (h *Hook) pipeExport(ctx context.Context, m *machines.Machine, paths []string, comp Compression) (wire, raw int64, err error) {
-	t := h.bulkTarget(m, comp)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	// The first side to fail is the cause; the other side's error (EPIPE, killed) is
-	// its consequence and is not reported.
-	var once sync.Once
-	var first error
-	fail := func(err error) {
-		once.Do(func() { first = err })
-		cancel()
-	}
-	pr, pw := io.Pipe()
-	zw, err := newCompressor(comp, pw)
-	if err != nil {
-		return 0, 0, fmt.Errorf("%s compressor: %w", comp, err)
-	}
-	var dst io.Writer = pw
-	if zw != nil {
-		dst = zw
-	}
-	rawCount := &countingWriter{w: dst}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		argv := append([]string{h.Conf.Guix, "archive", "--export"}, paths...)
-		err := h.Runner.Run(ctx, argv, sshexec.Stdio{Stdout: rawCount})
-		if err != nil {
-			fail(&localError{fmt.Errorf("local `guix archive --export`: %w", err)})
-			pw.CloseWithError(err) // no end of stream: the machine sees it cut short
-			if zw != nil {
-				zw.Close() // fails at once on the closed pipe; frees the encoder
-			}
-			return
-		}
-		if zw != nil {
-			// The end of the stream; a failure here is the reader's doing (the
-			// import ended), and the other side reports it.
-			err = zw.Close()
-		}
-		pw.CloseWithError(err)
-	}()
-	cr := &countingReader{r: pr}
-	stop := make(chan struct{})
-	go h.reportProgress("sending to '"+m.Display()+"'", cr, stop)
-	err = h.Runner.RunRemote(ctx, t, importCommand(comp), sshexec.Stdio{Stdin: cr})
-	close(stop)
-	if err != nil {
-		fail(err)
-	}
-	pr.CloseWithError(errors.New("import ended"))
-	wg.Wait()
-	return cr.n.Load(), rawCount.n.Load(), first
-}
-
-// build runs `guix build` on the machine with the daemon's limits, streaming its log
-// to fd 4, and classifies its failure.
-func (h *Hook) build(ctx context.Context, m *machines.Machine, req Request, root string) error {
-	h.say("offloading '%s' to '%s'...", req.Drv, m.Display())
-	h.say("@ build-remote %s %s", req.Drv, m.Display())
-	args := []string{"--verbosity=3"}
-	if h.Conf.MaxSilentTime > 0 {
-		args = append(args, fmt.Sprintf("--max-silent-time=%d", h.Conf.MaxSilentTime))
-	}
-	if h.Conf.BuildTimeout > 0 {
-		args = append(args, fmt.Sprintf("--timeout=%d", h.Conf.BuildTimeout))
-		// Stop waiting locally too, so a hung connection cannot keep us alive.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(h.Conf.BuildTimeout)*time.Second+buildMargin)
-		defer cancel()
-	}
-	// Root the .drv first (it was just imported and nothing else protects it), then
-	// build with the outputs rooted until we have fetched them.
-	script := `set -e; d=$1; r=$2; drv=$3; shift 3
-mkdir -p "$d"
-guix build -d -r "$d/$r.drv" "$drv" >/dev/null
-exec guix build -r "$d/$r" "$@" "$drv" >/dev/null`
-	remote := append([]string{"sh", "-c", script, "sh", rootsDir, root, req.Drv}, args...)
-	tail := &tailBuffer{max: 64 << 10}
-	err := h.Runner.RunRemote(ctx, h.target(m), remote, sshexec.Stdio{Stderr: io.MultiWriter(h.Log, tail)})
-	if err == nil {
-		return nil
-	}
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("no result from machine '%s' %s after the build timeout: %w", m.Display(), buildMargin, ErrTimedOut)
-	}
-	var re *sshexec.RemoteError
-	if errors.As(err, &re) {
-		switch classify(tail.String(), req.Drv) {
-		case ExitTimedOut:
-			return fmt.Errorf("derivation '%s' offloaded to '%s' timed out: %w", req.Drv, m.Display(), ErrTimedOut)
-		case ExitBuildFailed:
-			return fmt.Errorf("derivation '%s' offloaded to '%s' failed: %w", req.Drv, m.Display(), ErrBuildFailed)
-		}
-		return fmt.Errorf("running guix build on machine '%s': %w", m.Display(), err)
-	}
-	return fmt.Errorf("building '%s' on machine '%s': %w", req.Drv, m.Display(), err)
-}
-
 // buildMargin is how long after the build timeout we keep waiting for the machine.
 const buildMargin = 60 * time.Second
 
@@ -310,119 +820,6 @@ func classify(stderr, drv string) int {
 		return ExitBuildFailed
 	}
 	return ExitTransient
-}
-
-// download fetches the outputs, compressed on the wire with comp, and restores them
-// into the local store, checking each item's signature against the local ACL (the
-// daemon holds the output locks, so `guix archive --import` would deadlock:
-// PROTOCOL.md).
-func (h *Hook) download(ctx context.Context, m *machines.Machine, outputs []string, comp Compression) error {
-	lock, err := h.machineLock(ctx, m, "download", "retrieving "+strings.Join(outputs, " "))
-	if err != nil {
-		return err
-	}
-	defer lock.Release()
-
-	// Leftovers of hooks the daemon killed mid-import (it uses SIGKILL).
-	if removed, err := storeio.CleanStaleTemps(h.Conf.StoreDir); err == nil && len(removed) > 0 {
-		h.say("offload: removed %d stale temporary director%s from %s", len(removed), map[bool]string{true: "y", false: "ies"}[len(removed) == 1], h.Conf.StoreDir)
-	}
-	acl, err := storeio.LoadACL(path.Join(h.Conf.ConfDir, "acl"))
-	if err != nil {
-		return fmt.Errorf("cannot check what machine '%s' returns: %w", m.Display(), err)
-	}
-	if comp == "" {
-		comp = CompressSSH
-	}
-	h.say("retrieving %d store item%s from '%s' (%s)...", len(outputs), plural(len(outputs)), m.Display(), comp)
-	start := time.Now()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pr, pw := io.Pipe()
-	var runErr error
-	done := make(chan struct{})
-	stderr := &tailBuffer{max: 16 << 10}
-	go func() {
-		err := h.Runner.RunRemote(ctx, h.bulkTarget(m, comp), exportCommand(comp, outputs),
-			sshexec.Stdio{Stdout: pw, Stderr: stderr})
-		runErr = err
-		close(done) // before the pipe ends: an import that fails on that end can tell
-		pw.CloseWithError(err)
-	}()
-	cr := &countingReader{r: pr}
-	stop := make(chan struct{})
-	go h.reportProgress("retrieving from '"+m.Display()+"'", cr, stop)
-	// ImportBundle reads to the end of the stream before it places anything: for a
-	// compressed stream, through the decompressor's own checksum, and in any case to
-	// the end of the machine's export (its exit status).
-	var bundle io.Reader = cr
-	if comp.streamed() {
-		dec := newDecompressor(comp, cr)
-		defer dec.Close()
-		bundle = dec
-	}
-	raw := &countingReader{r: bundle}
-	items, impErr := storeio.ImportBundle(raw, storeio.ImportOptions{
-		StoreDir: h.Conf.StoreDir,
-		Allowed:  outputs,
-		ACL:      acl,
-		Log:      h.Out,
-		Replace:  true, // the daemon asked for them: whatever is there is not valid
-	})
-	close(stop)
-	pr.CloseWithError(errors.New("import ended"))
-	machineFirst := false // the machine's export ended before the import failed
-	if impErr != nil {
-		select {
-		case <-done:
-			machineFirst = true
-		default:
-		}
-		cancel() // stop the machine's export: we refuse what it sends
-	}
-	<-done
-	if runErr != nil && impErr != nil && machineFirst {
-		return fmt.Errorf("retrieving outputs from machine '%s': %w", m.Display(), runErr)
-	}
-	if impErr != nil && storeio.IsRefusal(impErr) {
-		return fmt.Errorf("refusing what machine '%s' returned: %w", m.Display(), impErr)
-	}
-	if impErr != nil {
-		return fmt.Errorf("restoring the outputs from machine '%s' into %s: %w", m.Display(), h.Conf.StoreDir, impErr)
-	}
-	if runErr != nil {
-		return fmt.Errorf("retrieving outputs from machine '%s': %w", m.Display(), runErr)
-	}
-	got := map[string]bool{}
-	for _, it := range items {
-		got[it.Path] = true
-	}
-	for _, o := range outputs {
-		if !got[o] {
-			return fmt.Errorf("machine '%s' did not return output %s", m.Display(), o)
-		}
-	}
-	h.say("offload: retrieved %d store item%s (%s) from '%s' in %.1fs", len(items), plural(len(items)), comp.describe(cr.n.Load(), raw.n.Load()), m.Display(), time.Since(start).Seconds())
-	return nil
-}
-
-// removeRoots deletes this build's remote GC roots, whatever happened; it gets its own
-// short deadline since the hook's context may be cancelled by then.
-func (h *Hook) removeRoots(t sshexec.Target, root string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*h.connectTimeout())
-	defer cancel()
-	// Remove ours, and list what else is there (one round trip).
-	script := `rm -f -- "$1/$2.drv" "$1/$2" "$1/$2"-*; cd "$1" 2>/dev/null && ls -1A`
-	out, err := h.Runner.OutputRemote(ctx, t, []string{"sh", "-c", script, "sh", rootsDir, root}, nil)
-	if err != nil {
-		return
-	}
-	stale := staleRoots(strings.Fields(string(out)), processAlive)
-	if len(stale) == 0 {
-		return
-	}
-	// A second round trip only when earlier hooks of this host left roots behind.
-	_ = h.Runner.RunRemote(ctx, t, append([]string{"sh", "-c", `cd "$1" && shift && rm -f -- "$@"`, "sh", rootsDir}, stale...), sshexec.Stdio{})
 }
 
 func uniqueSorted(ps []string) []string {
@@ -474,9 +871,9 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 // max-silent-time clock, which also runs while we transfer.
 const progressEvery = 15 * time.Second
 
-// reportProgress prints the bytes counted so far every progressEvery until stop is
-// closed.
-func (h *Hook) reportProgress(what string, c *countingReader, stop <-chan struct{}) {
+// reportProgress prints the bytes counted in n so far every progressEvery until stop
+// is closed.
+func (h *Hook) reportProgress(what string, n *atomic.Int64, stop <-chan struct{}) {
 	every := h.ProgressEvery
 	if every <= 0 {
 		every = progressEvery
@@ -488,7 +885,7 @@ func (h *Hook) reportProgress(what string, c *countingReader, stop <-chan struct
 		case <-stop:
 			return
 		case <-t.C:
-			h.say("offload: %s: %s so far", what, mib(c.n.Load()))
+			h.say("offload: %s: %s so far", what, mib(n.Load()))
 		}
 	}
 }

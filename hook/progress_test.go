@@ -35,7 +35,7 @@ func TestProgressLines(t *testing.T) {
 	io.Copy(io.Discard, c)
 	stop := make(chan struct{})
 	done := make(chan struct{})
-	go func() { h.reportProgress("sending to 'm'", c, stop); close(done) }()
+	go func() { h.reportProgress("sending to 'm'", &c.n, stop); close(done) }()
 	for i := 0; i < 200 && strings.Count(out.String(), "\n") < 2; i++ {
 		time.Sleep(5 * time.Millisecond)
 	}
