@@ -143,7 +143,7 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 		}
 	}
 
-	t := Target(m)
+	t := m.Target()
 	if err := c.remote(ctx, t, []string{"true"}, nil, nil); err != nil {
 		add(CheckSSH, CheckFailed, err.Error(), sshFix(m, err))
 		skipRest("cannot connect", CheckGuix, CheckDaemon, CheckCompression, CheckImport, CheckExport)
@@ -176,9 +176,7 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 	}
 	// The same question the hook asks before sending: which items it lacks, and
 	// which compressors it has.
-	var missing bytes.Buffer
-	err := c.remote(ctx, t, []string{"sh", "-c", missingScript}, strings.NewReader(probe+"\n"), &missing)
-	answer, has := parseMissing(missing.String())
+	answer, has, raw, err := c.askMissing(ctx, t, probe)
 	switch {
 	case err != nil:
 		add(CheckDaemon, CheckFailed, "`guix archive --missing` failed there: "+err.Error(),
@@ -187,7 +185,7 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 		out = append(out, c.checkSlots(m))
 		return out
 	case len(answer) > 1 || len(answer) == 1 && answer[0] != probe:
-		add(CheckDaemon, CheckFailed, fmt.Sprintf("`guix archive --missing` answered %q, asked about %s only", missing.String(), probe),
+		add(CheckDaemon, CheckFailed, fmt.Sprintf("`guix archive --missing` answered %q, asked about %s only", raw, probe),
 			fmt.Sprintf("check the guix and guix-daemon installed on %s", m.Name))
 		skipRest("its daemon answers wrongly", CheckCompression, CheckImport, CheckExport)
 		out = append(out, c.checkSlots(m))
@@ -245,7 +243,7 @@ func (c *Checker) checkExport(ctx context.Context, m *machines.Machine, item str
 		return fail(err.Error(), fmt.Sprintf("repair %s (`guix archive --authorize` writes it)", aclFile))
 	}
 	var bundle bytes.Buffer
-	if err := c.remote(ctx, Target(m), []string{"guix", "archive", "--export", item}, nil, &limitWriter{w: &bundle, n: maxSample}); err != nil {
+	if err := c.remote(ctx, m.Target(), []string{"guix", "archive", "--export", item}, nil, &limitWriter{w: &bundle, n: maxSample}); err != nil {
 		return fail(fmt.Sprintf("`guix archive --export %s` failed there: %v", item, err),
 			fmt.Sprintf("check that guix on %s has a signing key (`guix archive --generate-key`)", m.Name))
 	}
@@ -316,15 +314,31 @@ func (c *Checker) checkSlots(m *machines.Machine) Check {
 
 // remote runs a command on t with the check's deadline.
 func (c *Checker) remote(ctx context.Context, t sshexec.Target, argv []string, stdin io.Reader, stdout io.Writer) error {
-	d := c.Timeout
-	if d <= 0 {
-		d = 2 * time.Minute
-	}
-	ctx, cancel := context.WithTimeout(ctx, d)
+	ctx, cancel := context.WithTimeout(ctx, c.timeout())
 	defer cancel()
-	err := c.Runner.RunRemote(ctx, t, argv, sshexec.Stdio{Stdin: stdin, Stdout: stdout})
+	return c.timedOut(ctx, c.Runner.RunRemote(ctx, t, argv, sshexec.Stdio{Stdin: stdin, Stdout: stdout}))
+}
+
+// askMissing asks the hook's question before sending (hook.AskMissing) within the
+// check's time limit.
+func (c *Checker) askMissing(ctx context.Context, t sshexec.Target, path string) (missing []string, has map[string]bool, raw string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout())
+	defer cancel()
+	missing, has, raw, err = AskMissing(ctx, c.Runner, t, []string{path})
+	return missing, has, raw, c.timedOut(ctx, err)
+}
+
+func (c *Checker) timeout() time.Duration {
+	if c.Timeout <= 0 {
+		return 2 * time.Minute
+	}
+	return c.Timeout
+}
+
+// timedOut says so when err came from the check's time limit.
+func (c *Checker) timedOut(ctx context.Context, err error) error {
 	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("no answer within %s: %w", d, err)
+		return fmt.Errorf("no answer within %s: %w", c.timeout(), err)
 	}
 	return err
 }

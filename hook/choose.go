@@ -2,6 +2,7 @@ package hook
 
 import (
 	"context"
+	"io"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -36,6 +37,29 @@ func (h *Hook) decide(ctx context.Context, req Request) decision {
 	return h.decideExcluding(ctx, req, nil, true)
 }
 
+// Verdict is what the hook would answer to a request.
+type Verdict struct {
+	Answer  string            // "accept", "decline" or "postpone"
+	Machine *machines.Machine // where an accept would go
+	Queued  bool              // the accept would wait in the machine's queue
+}
+
+// DecideDryRun tells what the hook would answer to req right now, and writes its
+// reasoning to w, one line per fact (without the "offload: " of the hook's messages).
+// It makes the same choice as a real request, except that it takes no build slot and
+// no queue place (it only counts the free ones), opens no connection to a machine whose
+// probe is cached, and writes none of the machines' state (backoff, probe cache,
+// notices). The machines that need it are probed.
+func (h *Hook) DecideDryRun(ctx context.Context, req Request, w io.Writer) Verdict {
+	h.init()
+	out := h.Out
+	h.Out, h.dryRun = w, true
+	defer func() { h.Out, h.dryRun = out, false }()
+	d := h.decide(ctx, req)
+	d.release()
+	return Verdict{Answer: d.answer, Machine: d.machine, Queued: d.queued}
+}
+
 // candidate is a matching machine on which we hold a free slot, waiting for its probe.
 type candidate struct {
 	m     *machines.Machine
@@ -61,7 +85,7 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 	if h.Runner.NoSSH != nil {
 		// Offloading cannot work from this host until ssh is installed; no machine is
 		// to blame, and the daemon can build it here.
-		h.say("offload: %v", h.Runner.NoSSH)
+		h.note("%v", h.Runner.NoSSH)
 		return decision{answer: "decline"}
 	}
 	now := h.Now()
@@ -106,7 +130,7 @@ func (h *Hook) takeSlots(req Request, matching []*machines.Machine, now time.Tim
 	for _, m := range matching {
 		health, err := h.state.Health(m.StateKey())
 		if err != nil {
-			h.say("offload: %v", err) // a damaged state file counts as healthy
+			h.note("%v", err) // a damaged state file counts as healthy
 		}
 		if health.Down(now) {
 			h.sayDown(m, health, now)
@@ -115,10 +139,16 @@ func (h *Hook) takeSlots(req Request, matching []*machines.Machine, now time.Tim
 		}
 		slots := max(m.ParallelBuilds, 1)
 		c := &candidate{m: m}
-		if h.DryRun {
+		if h.dryRun {
 			free := freeSlots(locking.SlotDir(h.Conf.StateDir, m.ID()), slots)
-			h.say("offload: machine '%s' has %d of %d build slots free", m.Display(), free, slots)
-			if free == 0 {
+			if free > 0 || !queue {
+				h.note("machine '%s' has %d of %d build slots free", m.Display(), free, slots)
+			} else {
+				qfree := freeSlots(locking.QueueDir(h.Conf.StateDir, m.ID()), slots)
+				h.note("machine '%s' has 0 of %d build slots free and %d of %d places in its queue", m.Display(), slots, qfree, slots)
+				c.queued = qfree > 0
+			}
+			if free == 0 && !c.queued {
 				busy++
 				continue
 			}
@@ -131,12 +161,12 @@ func (h *Hook) takeSlots(req Request, matching []*machines.Machine, now time.Tim
 				c.queued = slot != nil
 			}
 			if err != nil {
-				h.say("offload: machine '%s': %v", m.Display(), err)
+				h.note("machine '%s': %v", m.Display(), err)
 				busy++
 				continue
 			}
 			if slot == nil {
-				h.say("offload: machine '%s' is busy: all %d build slots in use", m.Display(), slots)
+				h.note("machine '%s' is busy: all %d build slots in use", m.Display(), slots)
 				busy++
 				continue
 			}
@@ -161,26 +191,26 @@ func (h *Hook) pick(ctx context.Context, cands []*candidate) (best *candidate, b
 		switch {
 		case v.Usable && best == nil:
 			if err := h.reachable(ctx, c); err != nil {
-				h.say("offload: %v", err)
+				h.note("%v", err)
 				down = append(down, c.m)
 				break
 			}
 			best = c
-			if h.DryRun {
-				h.say("offload: %s", v.Reason)
+			if h.dryRun {
+				h.note("%s", v.Reason)
 			} else {
-				h.say("offload: normalized load on machine '%s' is %.2f", v.M.Display(), c.probe.NormalizedLoad())
+				h.note("normalized load on machine '%s' is %.2f", v.M.Display(), c.probe.NormalizedLoad())
 			}
 			continue
 		case v.Usable:
-			if h.DryRun {
-				h.say("offload: %s", v.Reason)
+			if h.dryRun {
+				h.note("%s", v.Reason)
 			}
 		case c.probe != nil:
 			busy++
-			h.say("offload: %s", v.Reason)
+			h.note("%s", v.Reason)
 		default:
-			h.say("offload: %s", v.Reason)
+			h.note("%s", v.Reason)
 		}
 		if c.slot != nil {
 			c.slot.Release()
@@ -195,7 +225,7 @@ func (h *Hook) pick(ctx context.Context, cands []*candidate) (best *candidate, b
 // whose probe came from the cache needs a live shared connection or a fresh one. A
 // machine that has neither is recorded for backoff.
 func (h *Hook) reachable(ctx context.Context, c *candidate) error {
-	if c.live || h.DryRun {
+	if c.live || h.dryRun {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*h.connectTimeout())
@@ -204,10 +234,18 @@ func (h *Hook) reachable(ctx context.Context, c *candidate) error {
 	if err == nil {
 		return nil
 	}
-	if rerr := h.state.RecordFailure(c.m.StateKey(), err, h.Now()); rerr != nil {
-		h.say("offload: %v", rerr)
-	}
+	h.record(c.m, err)
 	return fmt.Errorf("machine '%s' answered a probe recently but cannot be reached now: %w", c.m.Display(), err)
+}
+
+// record puts m into backoff for failure (not in a dry run, which changes no state).
+func (h *Hook) record(m *machines.Machine, failure error) {
+	if h.dryRun {
+		return
+	}
+	if err := h.state.RecordFailure(m.StateKey(), failure, h.Now()); err != nil {
+		h.note("%v", err)
+	}
 }
 
 // freeSlots counts the slots nobody holds, without taking one (for explain).
@@ -224,7 +262,7 @@ func freeSlots(dir string, n int) int {
 // sayDown tells why a machine in backoff is skipped: at most once a minute per machine
 // across hook processes, since postponed requests come back every 5 s.
 func (h *Hook) sayDown(m *machines.Machine, health machines.Health, now time.Time) {
-	if !h.DryRun {
+	if !h.dryRun {
 		if !health.NoticeDue(now, time.Minute) {
 			return // said recently: no need to read the state again
 		}
@@ -232,7 +270,7 @@ func (h *Hook) sayDown(m *machines.Machine, health machines.Health, now time.Tim
 			return
 		}
 	}
-	h.say("offload: machine %s is down; next try in %s", downSince(m, health), health.RetryAfter.Sub(now).Round(time.Second))
+	h.note("machine %s is down; next try in %s", downSince(m, health), health.RetryAfter.Sub(now).Round(time.Second))
 }
 
 // downSince describes a down machine: "'name' (since TIME: last error)".
@@ -281,7 +319,7 @@ func (h *Hook) allDown(req Request, down []*machines.Machine) decision {
 			health, _ := h.state.Health(m.StateKey())
 			parts = append(parts, downSince(m, health))
 		}
-		h.say("offload: every machine for %s is down: %s; building locally", req.System, strings.Join(parts, ", "))
+		h.note("every machine for %s is down: %s; building locally", req.System, strings.Join(parts, ", "))
 		return decision{answer: "decline"}
 	}
 	return decision{answer: "postpone"}
@@ -304,14 +342,14 @@ func (h *Hook) probeAll(ctx context.Context, cands []*candidate, now time.Time) 
 			p, err := h.probe(ctx, c.m)
 			if err != nil {
 				c.err = err
-				if rerr := h.state.RecordFailure(c.m.StateKey(), err, h.Now()); rerr != nil {
-					h.say("offload: %v", rerr)
-				}
+				h.record(c.m, err)
 				return
 			}
 			c.probe, c.live = p, true
-			if rerr := h.state.RecordSuccess(c.m.StateKey(), p, h.Now()); rerr != nil {
-				h.say("offload: %v", rerr)
+			if !h.dryRun {
+				if rerr := h.state.RecordSuccess(c.m.StateKey(), p, h.Now()); rerr != nil {
+					h.note("%v", rerr)
+				}
 			}
 		}(c)
 	}
@@ -351,19 +389,4 @@ func (h *Hook) connectTimeout() time.Duration {
 		return h.Runner.ConnectTimeout
 	}
 	return 5 * time.Second
-}
-
-// Target is how sshexec reaches a machine.
-func Target(m *machines.Machine) sshexec.Target {
-	return sshexec.Target{
-		Name:             m.Name,
-		Port:             m.Port,
-		User:             m.User,
-		PrivateKey:       m.PrivateKey,
-		HostKey:          m.HostKey,
-		Compression:      m.Compression,
-		CompressionLevel: m.CompressionLevel,
-		SSHOptions:       m.SSHOptions,
-		DaemonSocket:     m.DaemonSocket,
-	}
 }

@@ -1,6 +1,8 @@
 package hook
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -131,7 +133,7 @@ func (c Compression) describe(wire, raw int64) string {
 // The same setting as the probe's, so that both share one ssh connection (the shared
 // connection's compression is fixed when it is opened).
 func (h *Hook) target(m *machines.Machine) sshexec.Target {
-	t := Target(m)
+	t := m.Target()
 	if mode, _ := ParseCompressionMode(h.Conf.Compression); mode != string(CompressSSH) {
 		t.Compression = "no"
 	}
@@ -158,6 +160,16 @@ func parseMissing(out string) (paths []string, has map[string]bool) {
 		paths = append(paths, strings.Fields(line)...)
 	}
 	return paths, has
+}
+
+// AskMissing asks the machine t, in one round trip, which of paths it lacks and which
+// of zstd and gzip it has: the session script's first question, on its own (for
+// `offload test`). raw is the machine's whole answer.
+func AskMissing(ctx context.Context, r *sshexec.Runner, t sshexec.Target, paths []string) (missing []string, has map[string]bool, raw string, err error) {
+	var out bytes.Buffer
+	err = r.RunRemote(ctx, t, []string{"sh", "-c", missingScript}, sshexec.Stdio{Stdin: strings.NewReader(strings.Join(paths, "\n") + "\n"), Stdout: &out})
+	missing, has = parseMissing(out.String())
+	return missing, has, out.String(), err
 }
 
 // transferFuncs defines the shell functions by which the session script (offload.go)

@@ -18,8 +18,6 @@ import (
 // reasoning (slots, backoff, load, disk, score), then the verdict. It takes no build
 // slot. It returns the verdict for a daemon with a free local slot.
 func (h *Hook) Explain(ctx context.Context, system string, features []string, w io.Writer) (string, error) {
-	h.init()
-	h.DryRun = true
 	loaded, err := machines.LoadWith(ctx, h.Conf.MachinesFile, GuixLoadOptions(h.Conf, h.Runner))
 	ms, warns := loaded.Machines, loaded.Warnings
 	switch {
@@ -43,31 +41,29 @@ func (h *Hook) Explain(ctx context.Context, system string, features []string, w 
 		}
 	}
 	fmt.Fprintln(w, "reasoning:")
-	out := h.Out
-	h.Out = &prefixWriter{w: w, prefix: "  "}
 	req := Request{WantsLocal: true, System: system, Features: features, Drv: "(explain)"}
-	d := h.decide(ctx, req)
-	h.Out = io.Discard
+	d := h.DecideDryRun(ctx, req, &prefixWriter{w: w, prefix: "  "})
 	req.WantsLocal = false
-	d0 := h.decide(ctx, req)
-	h.Out = out
+	d0 := h.DecideDryRun(ctx, req, io.Discard)
 
-	verdict := d.answer
-	if d.machine != nil {
-		verdict += " on machine '" + d.machine.Display() + "'"
+	verdict := d.Answer
+	if d.Machine != nil {
+		verdict += " on machine '" + d.Machine.Display() + "'"
 	}
 	switch {
-	case d.answer == "decline" && d0.answer == "postpone":
+	case d.Queued:
+		verdict += " (its build slots are all taken: the build would wait in its queue for the first that frees)"
+	case d.Answer == "decline" && d0.Answer == "postpone":
 		verdict += " (every matching machine is down: the daemon builds locally; with no free local slot, or OFFLOAD_FALLBACK=wait, it would postpone)"
-	case d.answer == "decline":
+	case d.Answer == "decline":
 		verdict += " (no machine matches: the daemon builds locally)"
-	case d.answer == "postpone" && h.Conf.Fallback == "wait":
+	case d.Answer == "postpone" && h.Conf.Fallback == "wait":
 		verdict += " (OFFLOAD_FALLBACK=wait: never build locally)"
-	case d.answer == "postpone":
+	case d.Answer == "postpone":
 		verdict += " (matching machines exist but none is available now; the daemon asks again every 5 s)"
 	}
 	fmt.Fprintf(w, "verdict: %s\n", verdict)
-	return d.answer, nil
+	return d.Answer, nil
 }
 
 func featureList(fs []string) string {
@@ -77,14 +73,15 @@ func featureList(fs []string) string {
 	return strings.Join(fs, ",")
 }
 
-// prefixWriter indents each line it is given (one Write per line, as say does).
+// prefixWriter indents each line it is given (one Write per line, as the hook's
+// messages are written).
 type prefixWriter struct {
 	w      io.Writer
 	prefix string
 }
 
 func (p *prefixWriter) Write(b []byte) (int, error) {
-	_, err := io.WriteString(p.w, p.prefix+strings.TrimPrefix(string(b), "offload: "))
+	_, err := io.WriteString(p.w, p.prefix+string(b))
 	return len(b), err
 }
 

@@ -104,8 +104,9 @@ type Hook struct {
 	Now    func() time.Time
 	Rand   *rand.Rand
 
-	// DryRun decides without taking a build slot (for `offload explain`).
-	DryRun bool
+	// dryRun: decide without taking a build slot or a queue place and without writing
+	// the machines' state (see DecideDryRun).
+	dryRun bool
 	// ProgressEvery is how often long transfers report (default 15 s).
 	ProgressEvery time.Duration
 
@@ -131,6 +132,16 @@ func (h *Hook) init() {
 // say prints one line for the user (the daemon copies it to the client).
 func (h *Hook) say(format string, args ...any) {
 	fmt.Fprintf(h.Out, format+"\n", args...)
+}
+
+// note prints one line of the hook's own reasoning for the user, after "offload: "
+// (in a dry run, where the caller shows the reasoning under its own heading, without).
+func (h *Hook) note(format string, args ...any) {
+	if h.dryRun {
+		h.say(format, args...)
+		return
+	}
+	h.say("offload: "+format, args...)
 }
 
 func (h *Hook) answer(a string) error {
@@ -209,16 +220,14 @@ func (h *Hook) accepted(ctx context.Context, in *bufio.Reader, req Request, d de
 		}
 		// The machine failed before the build started on it: nothing ran there, so
 		// another machine may take the build.
-		if rerr := h.state.RecordFailure(m.StateKey(), early.Err, h.Now()); rerr != nil {
-			h.say("offload: %v", rerr)
-		}
+		h.record(m, early.Err)
 		d.release()
-		h.say("offload: machine '%s' failed before the build started: %v", m.Display(), early.Err)
+		h.note("machine '%s' failed before the build started: %v", m.Display(), early.Err)
 		d = h.decideExcluding(ctx, req, tried, false)
 		if d.slot == nil {
 			return fmt.Errorf("no other machine could take %s after '%s' failed: %w", req.Drv, m.Display(), early.Err)
 		}
-		h.say("offload: trying machine '%s' instead", d.machine.Display())
+		h.note("trying machine '%s' instead", d.machine.Display())
 	}
 }
 
@@ -235,15 +244,15 @@ func (h *Hook) loadMachines() []*machines.Machine {
 	ms, warns := loaded.Machines, loaded.Warnings
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
-			h.say("offload: %v", err)
-			h.say("offload: ignoring the machines file; building locally")
+			h.note("%v", err)
+			h.note("ignoring the machines file; building locally")
 		}
 		return nil
 	}
 	_ = warns // `offload machines` shows them; the hook stays quiet per request
 	for _, m := range ms {
 		if m.UsedSystemField {
-			h.say("offload: %s: warning: the 'system' field is deprecated, use 'systems'", m.Pos)
+			h.note("%s: warning: the 'system' field is deprecated, use 'systems'", m.Pos)
 		}
 	}
 	return ms

@@ -143,7 +143,7 @@ const (
 func (h *Hook) offload(ctx context.Context, m *machines.Machine, req Request, inputs, outputs []string) error {
 	mode, err := ParseCompressionMode(h.Conf.Compression)
 	if err != nil {
-		h.say("offload: %v; using %s", err, mode)
+		h.note("%v; using %s", err, mode)
 	}
 	// Asking and sending under one lock, as before the session: a hook that waited
 	// for another's upload then finds the inputs they share already there.
@@ -371,7 +371,7 @@ func (s *session) upload(mode string, inputs []string) error {
 	}
 	comp, note := sessionCompression(mode, has)
 	if note != "" {
-		h.say("offload: machine '%s': %s", m.Display(), note)
+		h.note("machine '%s': %s", m.Display(), note)
 	}
 	s.comp = comp
 	verb := "send"
@@ -384,13 +384,13 @@ func (s *session) upload(mode string, inputs []string) error {
 	}
 	if len(missing) == 0 {
 		s.stdin.Close()
-		h.say("offload: machine '%s' already has the %d inputs", m.Display(), len(want))
+		h.note("machine '%s' already has the %d inputs", m.Display(), len(want))
 		return s.expect(lineImported, "the offload script", "preparing the build on machine '%s'", "preparing the build")
 	}
 
 	n := len(missing)
 	sending, bare := fmt.Sprintf("sending %d store items to machine '%%s'", n), fmt.Sprintf("sending %d store items", n)
-	h.say("offload: sending %d store item%s to '%s' (%s)...", n, plural(n), m.Display(), comp)
+	h.note("sending %d store item%s to '%s' (%s)...", n, plural(n), m.Display(), comp)
 	start := time.Now()
 	raw := &countingWriter{}
 	sent := make(chan struct{})
@@ -420,7 +420,7 @@ func (s *session) upload(mode string, inputs []string) error {
 		s.abort()
 		return fmt.Errorf("%s: %w", bare, local)
 	}
-	h.say("offload: sent %d store item%s (%s) to '%s' in %.1fs", n, plural(n),
+	h.note("sent %d store item%s (%s) to '%s' in %.1fs", n, plural(n),
 		comp.describe(s.sent.n.Load(), raw.n.Load()), m.Display(), time.Since(start).Seconds())
 	return nil
 }
@@ -562,7 +562,7 @@ func (s *session) download(ctx context.Context) error {
 
 	// Leftovers of hooks the daemon killed mid-import (it uses SIGKILL).
 	if removed, err := storeio.CleanStaleTemps(h.Conf.StoreDir); err == nil && len(removed) > 0 {
-		h.say("offload: removed %d stale temporary director%s from %s", len(removed), map[bool]string{true: "y", false: "ies"}[len(removed) == 1], h.Conf.StoreDir)
+		h.note("removed %d stale temporary director%s from %s", len(removed), map[bool]string{true: "y", false: "ies"}[len(removed) == 1], h.Conf.StoreDir)
 	}
 	acl, err := storeio.LoadACL(path.Join(h.Conf.ConfDir, "acl"))
 	if err != nil {
@@ -621,7 +621,7 @@ func (s *session) download(ctx context.Context) error {
 			return fmt.Errorf("machine '%s' did not return output %s", m.Display(), o)
 		}
 	}
-	h.say("offload: retrieved %d store item%s (%s) from '%s' in %.1fs", len(items), plural(len(items)), comp.describe(cr.n.Load(), raw.n.Load()), m.Display(), time.Since(start).Seconds())
+	h.note("retrieved %d store item%s (%s) from '%s' in %.1fs", len(items), plural(len(items)), comp.describe(cr.n.Load(), raw.n.Load()), m.Display(), time.Since(start).Seconds())
 	return nil
 }
 
@@ -781,7 +781,7 @@ func (h *Hook) machineLock(ctx context.Context, m *machines.Machine, kind, reaso
 		return l, nil
 	}
 	if pid, why, held, _ := locking.Holder(file); held {
-		h.say("offload: waiting for the %s lock of machine '%s' (held by process %d: %s)", kind, m.Display(), pid, why)
+		h.note("waiting for the %s lock of machine '%s' (held by process %d: %s)", kind, m.Display(), pid, why)
 	}
 	wait := h.Conf.LockWait
 	if wait <= 0 {
@@ -885,7 +885,7 @@ func (h *Hook) reportProgress(what string, n *atomic.Int64, stop <-chan struct{}
 		case <-stop:
 			return
 		case <-t.C:
-			h.say("offload: %s: %s so far", what, mib(n.Load()))
+			h.note("%s: %s so far", what, mib(n.Load()))
 		}
 	}
 }

@@ -29,7 +29,7 @@ const (
 func (h *Hook) waitForSlot(ctx context.Context, req Request, d *decision) error {
 	m := d.machine
 	n := max(m.ParallelBuilds, 1)
-	h.say("offload: all %d build slots of machine '%s' are in use; '%s' takes the first that frees", n, m.Display(), req.Drv)
+	h.note("all %d build slots of machine '%s' are in use; '%s' takes the first that frees", n, m.Display(), req.Drv)
 	every := h.ProgressEvery
 	if every <= 0 {
 		every = progressEvery
@@ -56,7 +56,7 @@ func (h *Hook) waitForSlot(ctx context.Context, req Request, d *decision) error 
 		if now.Sub(lastSay) >= every {
 			// Also resets the daemon's max-silent-time clock, which runs while we wait.
 			lastSay = now
-			h.say("offload: '%s' still waits for a build slot of machine '%s' (%s so far)", req.Drv, m.Display(), now.Sub(start).Round(time.Second))
+			h.note("'%s' still waits for a build slot of machine '%s' (%s so far)", req.Drv, m.Display(), now.Sub(start).Round(time.Second))
 		}
 		select {
 		case <-ctx.Done():
@@ -75,7 +75,7 @@ func (h *Hook) requeueElsewhere(ctx context.Context, req Request, d *decision) e
 	if nd.slot == nil {
 		return fmt.Errorf("machine '%s' went down while '%s' waited for one of its build slots, and no other machine can take it now", down.Display(), req.Drv)
 	}
-	h.say("offload: machine '%s' went down while '%s' waited for it; using machine '%s'", down.Display(), req.Drv, nd.machine.Display())
+	h.note("machine '%s' went down while '%s' waited for it; using machine '%s'", down.Display(), req.Drv, nd.machine.Display())
 	*d = nd
 	return nil
 }

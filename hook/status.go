@@ -119,7 +119,7 @@ func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, 
 
 	cctx, cancel := context.WithTimeout(ctx, opt.Timeout)
 	defer cancel()
-	facts, err := AskMachine(cctx, r, Target(m), opt.StoreDir, true)
+	facts, err := AskMachine(cctx, r, m.Target(), opt.StoreDir, true)
 	now := opt.Now()
 	if err == nil {
 		st.fill(facts, now)

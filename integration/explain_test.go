@@ -1,10 +1,11 @@
 package integration
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"offload/integration/drv"
 	"offload/integration/farm"
@@ -46,21 +47,35 @@ func TestExplain(t *testing.T) {
 		t.Errorf("drv:\n%s", out)
 	}
 
-	// Machine a busy: the kvm request would be postponed, and explain says why.
+	// Machine a's slot taken: the kvm request would wait in its queue; with the queue
+	// full too, it would be postponed, and explain says why.
 	l, _, err := locking.AcquireSlot(slotDir(f, a), 1, "test holds it")
 	if err != nil || l == nil {
 		t.Fatal(err)
 	}
 	out = explain(t, f, nil, "x86_64-linux", "kvm")
-	if !strings.Contains(out, "0 of 1 build slots free") || !strings.Contains(out, "verdict: postpone") {
+	if !strings.Contains(out, "0 of 1 build slots free and 1 of 1 places in its queue") || !strings.Contains(out, "would wait in its queue") {
+		t.Errorf("slot taken:\n%s", out)
+	}
+	q, _, err := locking.AcquireSlot(locking.QueueDir(filepath.Join(f.State, "offload"), a.Name+":"+itoa(a.Port)), 1, "test holds it")
+	if err != nil || q == nil {
+		t.Fatal(err)
+	}
+	out = explain(t, f, nil, "x86_64-linux", "kvm")
+	if !strings.Contains(out, "0 of 1 build slots free and 0 of 1 places in its queue") || !strings.Contains(out, "verdict: postpone") {
 		t.Errorf("busy:\n%s", out)
 	}
 	l.Release()
+	q.Release()
 
 	// Both down: decline (build locally), or postpone with OFFLOAD_FALLBACK=wait.
 	a.Server.Stop()
 	b.Server.Stop()
-	time.Sleep(5500 * time.Millisecond) // past the probe cache: the next decision asks them
+	// No probe cache to hide their death (explain writes none; be sure of it).
+	states, _ := filepath.Glob(filepath.Join(f.State, "offload", "*.state"))
+	for _, st := range states {
+		os.Remove(st)
+	}
 	out = explain(t, f, nil, "x86_64-linux")
 	if !strings.Contains(out, "verdict: decline (every matching machine is down") {
 		t.Errorf("down:\n%s", out)
@@ -68,5 +83,9 @@ func TestExplain(t *testing.T) {
 	out = explain(t, f, []string{"OFFLOAD_FALLBACK=wait"}, "x86_64-linux")
 	if !strings.Contains(out, "verdict: postpone (OFFLOAD_FALLBACK=wait") {
 		t.Errorf("down, wait:\n%s", out)
+	}
+	// A dry run changes nothing: the machines it found down are not in backoff.
+	if states, _ := filepath.Glob(filepath.Join(f.State, "offload", "*.state")); len(states) > 0 {
+		t.Errorf("explain wrote machine state: %q", states)
 	}
 }

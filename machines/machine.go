@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"offload/sshexec"
 )
 
 // Machine is one build-machine record of the machines file, with Guix's
@@ -83,6 +85,21 @@ func (m *Machine) StateKey() string {
 		h.Write([]byte{0})
 	}
 	return m.ID() + "-" + hex.EncodeToString(h.Sum(nil))[:12]
+}
+
+// Target is how sshexec reaches the machine, from its fields as the file gave them.
+func (m *Machine) Target() sshexec.Target {
+	return sshexec.Target{
+		Name:             m.Name,
+		Port:             m.Port,
+		User:             m.User,
+		PrivateKey:       m.PrivateKey,
+		HostKey:          m.HostKey,
+		Compression:      m.Compression,
+		CompressionLevel: m.CompressionLevel,
+		SSHOptions:       m.SSHOptions,
+		DaemonSocket:     m.DaemonSocket,
+	}
 }
 
 // Display returns the name used in messages: the name, with the port when it
