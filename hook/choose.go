@@ -2,8 +2,8 @@ package hook
 
 import (
 	"context"
-	"io"
 	"fmt"
+	"io"
 	"path/filepath"
 	"strconv"
 	"strings"
