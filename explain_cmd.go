@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 
+	"offload/diagnose"
 	"offload/hook"
 	"offload/machines"
 )
@@ -24,11 +25,11 @@ func (c *ExplainCmd) Run(ctx context.Context, g *Globals) error {
 	system, features := c.What, machines.ParseRequestFeatures(c.Features)
 	if strings.HasSuffix(c.What, ".drv") || strings.Contains(c.What, "/") {
 		var err error
-		if system, features, err = hook.DrvRequest(c.What); err != nil {
+		if system, features, err = diagnose.DrvRequest(c.What); err != nil {
 			return err
 		}
 	}
 	h := &hook.Hook{Conf: conf, Out: os.Stdout, Runner: newRunner(conf.StateDir, g)}
-	_, err := h.Explain(ctx, system, features, os.Stdout)
+	_, err := diagnose.Explain(ctx, h, system, features, os.Stdout)
 	return err
 }

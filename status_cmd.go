@@ -7,7 +7,7 @@ import (
 	"os"
 	"time"
 
-	"offload/hook"
+	"offload/diagnose"
 	"offload/machines"
 	"offload/sshexec"
 )
@@ -30,31 +30,31 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals) error {
 		return err
 	}
 	r := farmRunner(conf.StateDir, g)
-	opt := hook.StatusOptions{StateDir: conf.StateDir, StoreDir: conf.StoreDir, Timeout: c.Timeout}
+	opt := diagnose.StatusOptions{StateDir: conf.StateDir, StoreDir: conf.StoreDir, Timeout: c.Timeout}
 	return c.loop(ctx, r, ms, opt, os.Stdout)
 }
 
 // loop shows the status once, or, with --watch, every Watch seconds until ctx ends
 // (an interrupt is then the normal way out, not an error).
-func (c *StatusCmd) loop(ctx context.Context, r *sshexec.Runner, ms []*machines.Machine, opt hook.StatusOptions, w io.Writer) error {
+func (c *StatusCmd) loop(ctx context.Context, r *sshexec.Runner, ms []*machines.Machine, opt diagnose.StatusOptions, w io.Writer) error {
 	for {
 		start := time.Now()
-		sts := hook.GatherStatus(ctx, r, ms, opt)
+		sts := diagnose.GatherStatus(ctx, r, ms, opt)
 		if c.Watch > 0 && ctx.Err() != nil {
 			return nil
 		}
 		var err error
 		switch {
 		case c.JSON:
-			err = hook.WriteStatusJSON(w, sts, c.Watch > 0)
+			err = diagnose.WriteStatusJSON(w, sts, c.Watch > 0)
 		case c.Watch > 0:
 			fmt.Fprintf(w, "%s (every %ds; interrupt to stop)\n", start.Format("2006-01-02 15:04:05"), c.Watch)
-			err = hook.WriteStatusTable(w, sts)
+			err = diagnose.WriteStatusTable(w, sts)
 			if err == nil {
 				_, err = fmt.Fprintln(w)
 			}
 		default:
-			err = hook.WriteStatusTable(w, sts)
+			err = diagnose.WriteStatusTable(w, sts)
 		}
 		if err != nil || c.Watch == 0 {
 			return err

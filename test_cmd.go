@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"time"
 
+	"offload/diagnose"
 	"offload/hook"
 	"offload/machines"
 	"offload/sshexec"
@@ -35,7 +36,7 @@ func (c *TestCmd) Run(ctx context.Context, g *Globals) error {
 	if err != nil {
 		return err
 	}
-	ck := &hook.Checker{Conf: conf, Runner: farmRunner(conf.StateDir, g), Item: c.Item, Timeout: c.Timeout}
+	ck := &diagnose.Checker{Conf: conf, Runner: farmRunner(conf.StateDir, g), Item: c.Item, Timeout: c.Timeout}
 	failed, err := ck.Run(ctx, ms, os.Stdout)
 	if err != nil {
 		return err

@@ -1,4 +1,4 @@
-package hook
+package diagnose
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"offload/hook"
 	"os"
 	"strings"
 
@@ -17,8 +18,8 @@ import (
 // with features, and why: each machine with whether it matches, then the hook's own
 // reasoning (slots, backoff, load, disk, score), then the verdict. It takes no build
 // slot. It returns the verdict for a daemon with a free local slot.
-func (h *Hook) Explain(ctx context.Context, system string, features []string, w io.Writer) (string, error) {
-	loaded, err := machines.LoadWith(ctx, h.Conf.MachinesFile, GuixLoadOptions(h.Conf, h.Runner))
+func Explain(ctx context.Context, h *hook.Hook, system string, features []string, w io.Writer) (string, error) {
+	loaded, err := machines.LoadWith(ctx, h.Conf.MachinesFile, hook.GuixLoadOptions(h.Conf, h.Runner))
 	ms, warns := loaded.Machines, loaded.Warnings
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -41,7 +42,7 @@ func (h *Hook) Explain(ctx context.Context, system string, features []string, w 
 		}
 	}
 	fmt.Fprintln(w, "reasoning:")
-	req := Request{WantsLocal: true, System: system, Features: features, Drv: "(explain)"}
+	req := hook.Request{WantsLocal: true, System: system, Features: features, Drv: "(explain)"}
 	d := h.DecideDryRun(ctx, req, &prefixWriter{w: w, prefix: "  "})
 	req.WantsLocal = false
 	d0 := h.DecideDryRun(ctx, req, io.Discard)

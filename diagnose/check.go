@@ -1,4 +1,4 @@
-package hook
+package diagnose
 
 import (
 	"bytes"
@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"offload/hook"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,7 +85,7 @@ func oneLine(s string) string {
 // Checker runs `offload test`: every check of BEHAVIOUR's build machine against
 // each machine, from this host, as the hook would do it.
 type Checker struct {
-	Conf   Config // ConfDir (acl, signing-key.pub), StateDir, StoreDir, Guix (local)
+	Conf   hook.Config // ConfDir (acl, signing-key.pub), StateDir, StoreDir, Guix (local)
 	Runner *sshexec.Runner
 	// Item is the local store item sent to the machines; "" picks a small one
 	// (a .drv when there is one).
@@ -218,10 +219,10 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 
 // compressionDetail says how transfers to m will be compressed (OFFLOAD_COMPRESSION=auto).
 func compressionDetail(m *machines.Machine, has map[string]bool) string {
-	switch c, _ := ChooseCompression(CompressionAuto, has); c {
-	case CompressZstd:
+	switch c, _ := hook.ChooseCompression(hook.CompressionAuto, has); c {
+	case hook.CompressZstd:
 		return "transfers use zstd"
-	case CompressGzip:
+	case hook.CompressGzip:
 		return fmt.Sprintf("transfers use gzip, slower than zstd: install zstd on %s", m.Name)
 	default:
 		return fmt.Sprintf("neither zstd nor gzip found: transfers use ssh's compression, much slower; install zstd on %s", m.Name)
@@ -324,7 +325,7 @@ func (c *Checker) remote(ctx context.Context, t sshexec.Target, argv []string, s
 func (c *Checker) askMissing(ctx context.Context, t sshexec.Target, path string) (missing []string, has map[string]bool, raw string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout())
 	defer cancel()
-	missing, has, raw, err = AskMissing(ctx, c.Runner, t, []string{path})
+	missing, has, raw, err = hook.AskMissing(ctx, c.Runner, t, []string{path})
 	return missing, has, raw, c.timedOut(ctx, err)
 }
 
@@ -439,4 +440,11 @@ func (l *limitWriter) Write(p []byte) (int, error) {
 	}
 	l.n -= int64(len(p))
 	return l.w.Write(p)
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
 }

@@ -1,4 +1,4 @@
-package hook
+package diagnose
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"offload/hook"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -119,7 +120,7 @@ func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, 
 
 	cctx, cancel := context.WithTimeout(ctx, opt.Timeout)
 	defer cancel()
-	facts, err := AskMachine(cctx, r, m.Target(), opt.StoreDir, true)
+	facts, err := hook.AskMachine(cctx, r, m.Target(), opt.StoreDir, true)
 	now := opt.Now()
 	if err == nil {
 		st.fill(facts, now)
@@ -138,7 +139,7 @@ func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, 
 	return st
 }
 
-func (st *Status) fill(f Facts, now time.Time) {
+func (st *Status) fill(f hook.Facts, now time.Time) {
 	st.Reachable = true
 	st.Kernel, st.Architecture, st.HostName, st.GuixVersion = f.Kernel, f.Architecture, f.HostName, f.GuixVersion
 	st.Cores = f.Cores

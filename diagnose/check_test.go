@@ -1,8 +1,9 @@
-package hook
+package diagnose
 
 import (
 	"fmt"
 	"io/fs"
+	"offload/hook"
 	"os"
 	"path/filepath"
 	"slices"
@@ -89,7 +90,7 @@ func TestSmallItems(t *testing.T) {
 // the fix when the directory cannot be made.
 func TestCheckSlots(t *testing.T) {
 	state := t.TempDir()
-	c := &Checker{Conf: Config{StateDir: state}}
+	c := &Checker{Conf: hook.Config{StateDir: state}}
 	m := &machines.Machine{Name: "b", Port: 22, ParallelBuilds: 1}
 	if ck := c.checkSlots(m); ck.Status != CheckOK || !strings.Contains(ck.Detail, "a slot is free") {
 		t.Fatalf("%v", ck)
