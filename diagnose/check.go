@@ -17,6 +17,7 @@ import (
 	"offload/locking"
 	"offload/machines"
 	"offload/sshexec"
+	"offload/statedir"
 	"offload/storeio"
 )
 
@@ -300,7 +301,7 @@ func (c *Checker) checkSlots(m *machines.Machine) Check {
 		_ = i
 	}
 	for _, kind := range []string{"upload", "download"} {
-		l, _, err := locking.TryAcquire(locking.MachineLock(c.Conf.StateDir, m.ID(), kind), "checked by offload test")
+		l, _, err := locking.TryAcquire(statedir.Layout{Dir: c.Conf.StateDir}.TransferLock(m.ID(), kind), "checked by offload test")
 		if err != nil {
 			ck.Status, ck.Detail, ck.Fix = CheckFailed, fmt.Sprintf("cannot lock the %s lock: %v", kind, err), fix
 			return ck

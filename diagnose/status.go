@@ -18,6 +18,7 @@ import (
 	"offload/locking"
 	"offload/machines"
 	"offload/sshexec"
+	"offload/statedir"
 )
 
 // Status is what `offload status` knows of one machine: what it said when asked just
@@ -111,7 +112,7 @@ func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, 
 		st.Failures, st.RetryAfter, st.LastError = health.Failures, &t, health.LastError
 	}
 
-	holders, err := SlotHolders(locking.SlotDir(opt.StateDir, m.ID()), max(m.ParallelBuilds, 1))
+	holders, err := SlotHolders(statedir.Layout{Dir: opt.StateDir}.Slots(m.ID()), max(m.ParallelBuilds, 1))
 	if err != nil {
 		st.Warnings = append(st.Warnings, err.Error())
 	}

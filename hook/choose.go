@@ -140,11 +140,11 @@ func (h *Hook) takeSlots(req Request, matching []*machines.Machine, now time.Tim
 		slots := max(m.ParallelBuilds, 1)
 		c := &candidate{m: m}
 		if h.dryRun {
-			free := freeSlots(locking.SlotDir(h.Conf.StateDir, m.ID()), slots)
+			free := freeSlots(h.layout.Slots(m.ID()), slots)
 			if free > 0 || !queue {
 				h.note("machine '%s' has %d of %d build slots free", m.Display(), free, slots)
 			} else {
-				qfree := freeSlots(locking.QueueDir(h.Conf.StateDir, m.ID()), slots)
+				qfree := freeSlots(h.layout.Queue(m.ID()), slots)
 				h.note("machine '%s' has 0 of %d build slots free and %d of %d places in its queue", m.Display(), slots, qfree, slots)
 				c.queued = qfree > 0
 			}
@@ -153,10 +153,10 @@ func (h *Hook) takeSlots(req Request, matching []*machines.Machine, now time.Tim
 				continue
 			}
 		} else {
-			slot, _, err := locking.AcquireSlot(locking.SlotDir(h.Conf.StateDir, m.ID()), slots,
+			slot, _, err := locking.AcquireSlot(h.layout.Slots(m.ID()), slots,
 				fmt.Sprintf("building %s", req.Drv))
 			if err == nil && slot == nil && queue {
-				slot, _, err = locking.AcquireSlot(locking.QueueDir(h.Conf.StateDir, m.ID()), slots,
+				slot, _, err = locking.AcquireSlot(h.layout.Queue(m.ID()), slots,
 					fmt.Sprintf("waiting to build %s", req.Drv))
 				c.queued = slot != nil
 			}

@@ -16,6 +16,7 @@ import (
 
 	"offload/machines"
 	"offload/sshexec"
+	"offload/statedir"
 )
 
 // Exit codes the daemon understands (docs/hook.md, "The daemon's side").
@@ -110,7 +111,8 @@ type Hook struct {
 	// ProgressEvery is how often long transfers report (default 15 s).
 	ProgressEvery time.Duration
 
-	state machines.State
+	state  machines.State
+	layout statedir.Layout // of Conf.StateDir
 }
 
 func (h *Hook) init() {
@@ -127,6 +129,7 @@ func (h *Hook) init() {
 		h.Answer = h.Out
 	}
 	h.state = machines.State{Dir: h.Conf.StateDir}
+	h.layout = statedir.Layout{Dir: h.Conf.StateDir}
 }
 
 // say prints one line for the user (the daemon copies it to the client).

@@ -774,7 +774,7 @@ func processAlive(pid int) bool {
 // machineLock takes a machine's upload or download lock, saying who holds it while
 // waiting (BEHAVIOUR.md 7-8).
 func (h *Hook) machineLock(ctx context.Context, m *machines.Machine, kind, reason string) (*locking.Lock, error) {
-	file := locking.MachineLock(h.Conf.StateDir, m.ID(), kind)
+	file := h.layout.TransferLock(m.ID(), kind)
 	if l, ok, err := locking.TryAcquire(file, reason); err != nil {
 		return nil, err
 	} else if ok {

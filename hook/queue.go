@@ -37,7 +37,7 @@ func (h *Hook) waitForSlot(ctx context.Context, req Request, d *decision) error 
 	start := time.Now()
 	lastCheck, lastSay := start, start
 	for {
-		slot, _, err := locking.AcquireSlot(locking.SlotDir(h.Conf.StateDir, m.ID()), n, "building "+req.Drv)
+		slot, _, err := locking.AcquireSlot(h.layout.Slots(m.ID()), n, "building "+req.Drv)
 		if err != nil {
 			return fmt.Errorf("waiting for a build slot of machine '%s': %w", m.Display(), err)
 		}

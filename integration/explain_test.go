@@ -10,6 +10,7 @@ import (
 	"offload/integration/drv"
 	"offload/integration/farm"
 	"offload/locking"
+	"offload/statedir"
 )
 
 func explain(t *testing.T, f *farm.Farm, env []string, args ...string) string {
@@ -57,7 +58,7 @@ func TestExplain(t *testing.T) {
 	if !strings.Contains(out, "0 of 1 build slots free and 1 of 1 places in its queue") || !strings.Contains(out, "would wait in its queue") {
 		t.Errorf("slot taken:\n%s", out)
 	}
-	q, _, err := locking.AcquireSlot(locking.QueueDir(filepath.Join(f.State, "offload"), a.Name+":"+itoa(a.Port)), 1, "test holds it")
+	q, _, err := locking.AcquireSlot(statedir.Layout{Dir: filepath.Join(f.State, "offload")}.Queue(a.Name+":"+itoa(a.Port)), 1, "test holds it")
 	if err != nil || q == nil {
 		t.Fatal(err)
 	}

@@ -1,5 +1,6 @@
-// Package locking owns offload's lock files: the per-machine upload and download locks
-// and the build slots ($GUIX_STATE_DIRECTORY/offload/NAME:PORT/0 .. N-1).
+// Package locking owns how offload locks files: the per-machine upload and download
+// locks, the build slots and queue places, the state files' and the shared ssh
+// connection's locks all go through it (their paths are package statedir's).
 //
 // Every lock is an exclusive flock(2) on a file that is never deleted (deleting a lock
 // file lets two processes lock two different files of the same name). The holder writes

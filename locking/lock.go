@@ -162,17 +162,3 @@ func AcquireSlot(dir string, n int, reason string) (*Lock, int, error) {
 	}
 	return nil, -1, nil
 }
-
-// SlotDir returns the directory of a machine's build slots: STATE/ID, with the files
-// 0 .. N-1 that Guix's own hook uses too.
-func SlotDir(stateDir, id string) string { return filepath.Join(stateDir, id) }
-
-// QueueDir returns the directory of a machine's queue places: STATE/ID.queue/0 .. N-1,
-// held by accepted builds that wait for one of its build slots.
-func QueueDir(stateDir, id string) string { return filepath.Join(stateDir, id+".queue") }
-
-// MachineLock returns the name of a machine's lock of the given kind ("upload",
-// "download"): STATE/ID.KIND.lock, where id is the machine's NAME:PORT.
-func MachineLock(stateDir, id, kind string) string {
-	return filepath.Join(stateDir, id+"."+kind+".lock")
-}

@@ -158,7 +158,7 @@ func TestSlotsNeverOverbooked(t *testing.T) {
 }
 
 func TestAcquireWaitsForRelease(t *testing.T) {
-	path := MachineLock(t.TempDir(), "build1:22", "upload")
+	path := filepath.Join(t.TempDir(), "build1:22.upload.lock")
 	first, err := Acquire(context.Background(), path, "sending inputs of /gnu/store/x.drv")
 	if err != nil {
 		t.Fatal(err)
@@ -187,7 +187,7 @@ func TestAcquireWaitsForRelease(t *testing.T) {
 }
 
 func TestAcquireTimeoutNamesHolder(t *testing.T) {
-	path := MachineLock(t.TempDir(), "build1:22", "download")
+	path := filepath.Join(t.TempDir(), "build1:22.download.lock")
 	l, err := Acquire(context.Background(), path, "retrieving /gnu/store/abc-hello")
 	if err != nil {
 		t.Fatal(err)
@@ -280,11 +280,5 @@ func TestHolderOfMissingFile(t *testing.T) {
 	pid, reason, held, err := Holder(filepath.Join(t.TempDir(), "none"))
 	if pid != 0 || reason != "" || held || err != nil {
 		t.Fatalf("Holder(missing) = %d %q %v %v", pid, reason, held, err)
-	}
-}
-
-func TestMachineLock(t *testing.T) {
-	if got := MachineLock("/var/guix/offload", "build1:22", "upload"); got != "/var/guix/offload/build1:22.upload.lock" {
-		t.Errorf("MachineLock = %s", got)
 	}
 }

@@ -6,12 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/url"
 	"os"
-	"path/filepath"
 	"time"
 
 	"offload/locking"
+	"offload/statedir"
 )
 
 // Backoff bounds: after the n-th failure in a row a machine is left alone
@@ -75,7 +74,7 @@ func Backoff(failures int) time.Duration {
 // file returns the state file of machine id; the id is escaped so that
 // no name can point outside Dir.
 func (s State) file(id string) string {
-	return filepath.Join(s.Dir, url.PathEscape(id)+".state")
+	return statedir.Layout{Dir: s.Dir}.MachineState(id)
 }
 
 // Health returns what is known about machine id; a missing file means a

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/google/shlex"
+
+	"offload/statedir"
 )
 
 // DefaultDaemonSocket is the remote daemon socket that needs no GUIX_DAEMON_SOCKET.
@@ -25,11 +27,6 @@ const DefaultDaemonSocket = "/var/guix/daemon-socket/socket"
 
 // maxOutput bounds what OutputRemote collects.
 const maxOutput = 16 << 20
-
-// maxControlDir is the longest control socket directory that keeps ControlPath within
-// the 108-byte sun_path: the directory, "/", the socket's name (socketNameLen), and the
-// ".XXXXXXXXXXXXXXXX" suffix ssh adds while it creates the socket, with a margin.
-const maxControlDir = 60
 
 // socketNameLen is the length of a control socket's name (hex digits of a hash).
 const socketNameLen = 24
@@ -282,18 +279,12 @@ func checkPathForSSH(what, p string) error {
 	return nil
 }
 
-// ControlDir returns the directory of the ssh control sockets: StateDir/ssh, or, when
-// that is too long for a socket path, a short directory under /tmp named after the user
-// and StateDir.
+// ControlDir returns the directory of the ssh control sockets (statedir.Layout.ControlDir).
 func (r *Runner) ControlDir() (string, error) {
 	if r.StateDir == "" {
 		return "", errors.New("ssh connection sharing: no state directory")
 	}
-	dir := filepath.Join(r.StateDir, "ssh")
-	if len(dir) > maxControlDir {
-		sum := sha256.Sum256([]byte(r.StateDir))
-		dir = fmt.Sprintf("/tmp/offload-ssh-%d-%s", os.Geteuid(), hex.EncodeToString(sum[:6]))
-	}
+	dir := statedir.Layout{Dir: r.StateDir}.ControlDir()
 	if err := checkPathForSSH("control directory", dir); err != nil {
 		return "", err
 	}
@@ -327,7 +318,7 @@ func (r *Runner) knownHosts(t Target) (file, alias string, err error) {
 		return "", "", errors.New("host key pinning: no state directory")
 	}
 	alias = hostAlias(t)
-	file = filepath.Join(r.StateDir, "known_hosts.d", alias)
+	file = statedir.Layout{Dir: r.StateDir}.KnownHosts(alias)
 	if err := checkPathForSSH("known-hosts file", file); err != nil {
 		return "", "", err
 	}

@@ -18,6 +18,7 @@ import (
 	"offload/integration/drv"
 	"offload/integration/farm"
 	"offload/locking"
+	"offload/statedir"
 )
 
 // demoTB lets the test farm run outside `go test`: the farm only needs a temporary
@@ -145,7 +146,8 @@ func run(t *demoTB) int {
 	var held []*locking.Lock
 	for _, m := range f.Machines {
 		id := fmt.Sprintf("%s:%d", m.Name, m.Port)
-		for _, dir := range []string{locking.SlotDir(filepath.Join(f.State, "offload"), id), locking.QueueDir(filepath.Join(f.State, "offload"), id)} {
+		layout := statedir.Layout{Dir: filepath.Join(f.State, "offload")}
+		for _, dir := range []string{layout.Slots(id), layout.Queue(id)} {
 			l, _, err := locking.AcquireSlot(dir, 1, "a build of the demo")
 			if err != nil || l == nil {
 				t.Fatalf("taking %s: %v", dir, err)
