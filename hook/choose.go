@@ -2,6 +2,7 @@ package hook
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -235,7 +236,13 @@ func (h *Hook) reachable(ctx context.Context, c *candidate) error {
 		return nil
 	}
 	h.record(c.m, err)
-	return fmt.Errorf("machine '%s' answered a probe recently but cannot be reached now: %w", c.m.Display(), err)
+	return fmt.Errorf("machine '%s' answered a probe recently but cannot be reached now: %s", c.m.Display(), about(c.m, err))
+}
+
+// about is err's message for a line that names m already: the machine is named once
+// per message, so "machine 'NAME:PORT'" in err becomes "the machine".
+func about(m *machines.Machine, err error) string {
+	return strings.ReplaceAll(err.Error(), "machine '"+m.Display()+"'", "the machine")
 }
 
 // record puts m into backoff for failure (not in a dry run, which changes no state).
@@ -243,7 +250,7 @@ func (h *Hook) record(m *machines.Machine, failure error) {
 	if h.dryRun {
 		return
 	}
-	if err := h.state.RecordFailure(m.StateKey(), failure, h.Now()); err != nil {
+	if err := h.state.RecordFailure(m.StateKey(), errors.New(about(m, failure)), h.Now()); err != nil {
 		h.note("%v", err)
 	}
 }
@@ -374,7 +381,7 @@ func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, name
 	f, err := AskMachine(ctx, r, t, storeDir, false)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("machine '%s' did not answer within %s: %w", name, timeout, err)
+			return nil, fmt.Errorf("no answer within %s: %w", timeout, err) // err names the machine
 		}
 		return nil, err
 	}

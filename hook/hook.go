@@ -225,10 +225,10 @@ func (h *Hook) accepted(ctx context.Context, in *bufio.Reader, req Request, d de
 		// another machine may take the build.
 		h.record(m, early.Err)
 		d.release()
-		h.note("machine '%s' failed before the build started: %v", m.Display(), early.Err)
+		h.note("machine '%s' failed before the build started: %s", m.Display(), about(m, early.Err))
 		d = h.decideExcluding(ctx, req, tried, false)
 		if d.slot == nil {
-			return fmt.Errorf("no other machine could take %s after '%s' failed: %w", req.Drv, m.Display(), early.Err)
+			return fmt.Errorf("no other machine could take %s after machine '%s' failed before the build started", req.Drv, m.Display())
 		}
 		h.note("trying machine '%s' instead", d.machine.Display())
 	}

@@ -165,6 +165,7 @@ func TestDeadMachineNotAccepted(t *testing.T) {
 	if !contains(h.Messages(), "cannot be reached now") {
 		t.Errorf("no line says why the machine was not taken:\n%s", strings.Join(h.Messages(), "\n"))
 	}
+	assertNamedOnce(t, h.Messages(), m)
 	health, _ := st.Health(m.StateKey())
 	if health.Failures == 0 {
 		t.Errorf("the dead machine is not in backoff: %+v", health)
@@ -323,5 +324,20 @@ func chownTree(t *testing.T, root string, uid, gid int) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// assertNamedOnce checks that no line names machine m twice (each message names it
+// once, in one form, by the layer that knows it).
+func assertNamedOnce(t *testing.T, lines []string, m *farm.Machine) {
+	t.Helper()
+	name := m.Name + ":" + itoa(m.Port)
+	for _, l := range lines {
+		if strings.Count(l, name) > 1 && !strings.Contains(l, "ssh: connect to host") {
+			t.Errorf("the line names %s more than once: %s", name, l)
+		}
+		if strings.Count(l, "'"+name+"'") > 1 {
+			t.Errorf("the line names '%s' more than once: %s", name, l)
+		}
 	}
 }

@@ -214,6 +214,7 @@ func TestFailureBeforeBuildBacksOff(t *testing.T) {
 	if !strings.Contains(r.messages, "machine '"+id+"' (since ") || !strings.Contains(r.messages, "is down") {
 		t.Errorf("next request: no message saying the machine is down:\n%s", r.messages)
 	}
+	assertNamedOnce(t, strings.Split(r.messages, "\n"), m)
 	if n := len(m.Invocations()); n != runs {
 		t.Errorf("the next request ran guix on the machine again: %q", m.Invocations()[runs:])
 	}

@@ -102,12 +102,9 @@ func (m *Machine) Target() sshexec.Target {
 	}
 }
 
-// Display returns the name used in messages: the name, with the port when it
-// is not 22.
+// Display returns the name used in messages: always NAME:PORT, the one form in which
+// every message names a machine (several entries may share a name).
 func (m *Machine) Display() string {
-	if m.Port == DefaultPort {
-		return m.Name
-	}
 	return m.ID()
 }
 

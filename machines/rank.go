@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"math/rand"
+	"offload/sshexec"
 	"slices"
 	"time"
 )
@@ -77,11 +78,14 @@ func judge(c Candidate) Verdict {
 	name := m.Display()
 	switch {
 	case p == nil:
-		why := "no load probe"
-		if c.Err != nil {
-			why = c.Err.Error()
+		switch {
+		case c.Err == nil:
+			v.Reason = fmt.Sprintf("machine '%s' is unreachable: no load probe", name)
+		case sshexec.NamesMachine(c.Err):
+			v.Reason = c.Err.Error() // it says which machine, and why
+		default:
+			v.Reason = fmt.Sprintf("machine '%s' is unreachable: %v", name, c.Err)
 		}
-		v.Reason = fmt.Sprintf("machine '%s' is unreachable: %s", name, why)
 	case p.FreeBytes >= 0 && p.FreeBytes < MinFreeBytes:
 		v.Reason = fmt.Sprintf("machine '%s' is low on disk space (%d MiB free in the store, need %d MiB)",
 			name, p.FreeBytes>>20, MinFreeBytes>>20)

@@ -83,10 +83,10 @@ func TestRankVerdicts(t *testing.T) {
 		}
 	}
 	wantReason := map[string]string{
-		"over": "machine 'over' is overloaded (normalized load 0.95 >= 0.80)",
-		"edge": "machine 'edge' is overloaded (normalized load 0.80 >= 0.80)",
-		"disk": "machine 'disk' is low on disk space (99 MiB free in the store, need 100 MiB)",
-		"dead": "machine 'dead' is unreachable: ssh: connect to host dead port 22: connection refused",
+		"over": "machine 'over:22' is overloaded (normalized load 0.95 >= 0.80)",
+		"edge": "machine 'edge:22' is overloaded (normalized load 0.80 >= 0.80)",
+		"disk": "machine 'disk:22' is low on disk space (99 MiB free in the store, need 100 MiB)",
+		"dead": "machine 'dead:22' is unreachable: ssh: connect to host dead port 22: connection refused",
 	}
 	for name, r := range wantReason {
 		if byName[name].Reason != r {

@@ -2,7 +2,6 @@ package sshexec
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"time"
 
@@ -30,7 +29,7 @@ func (r *Runner) ensureMaster(ctx context.Context, t Target) error {
 	}
 	lock, err := locking.Acquire(ctx, sock+".lock", "starting the shared ssh connection")
 	if err != nil {
-		return fmt.Errorf("machine '%s': lock for the shared ssh connection: %w", t.Name, err)
+		return t.errorf("lock for the shared ssh connection: %w", err)
 	}
 	defer lock.Release()
 	if masterAlive(sock) {

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -159,7 +160,7 @@ func TestExitStatuses(t *testing.T) {
 	s, r := setup(t)
 	err := r.RunRemote(context.Background(), s.Target(), []string{"sh", "-c", "echo oops >&2; exit 3"}, sshexec.Stdio{})
 	var re *sshexec.RemoteError
-	if !errors.As(err, &re) || re.Code != 3 || !strings.Contains(re.StderrTail, "oops") || re.Machine != "127.0.0.1" {
+	if !errors.As(err, &re) || re.Code != 3 || !strings.Contains(re.StderrTail, "oops") || re.Machine != "127.0.0.1:"+strconv.Itoa(s.Port) {
 		t.Fatalf("err = %v (%#v), want RemoteError code 3", err, err)
 	}
 	s.Stop()

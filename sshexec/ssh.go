@@ -76,11 +76,38 @@ type UnreachableError struct {
 	OfferedType     string
 }
 
-// display names the machine as the machines file does: name, plus :port when the port
-// is not 22 (several entries may share a name).
+// TargetError is a failure about a machine that names it: machine 'NAME:PORT': ERR.
+type TargetError struct {
+	Machine string // NAME:PORT
+	Err     error
+}
+
+func (e *TargetError) Error() string { return fmt.Sprintf("machine '%s': %v", e.Machine, e.Err) }
+func (e *TargetError) Unwrap() error { return e.Err }
+func (e *TargetError) namesMachine() {}
+
+func (t Target) errorf(format string, args ...any) error {
+	return &TargetError{Machine: display(t.Name, t.port()), Err: fmt.Errorf(format, args...)}
+}
+
+// machineNamer is an error whose message names its machine already.
+type machineNamer interface{ namesMachine() }
+
+func (*UnreachableError) namesMachine() {}
+func (*RemoteError) namesMachine()      {}
+func (*NoHostKeyError) namesMachine()   {}
+
+// NamesMachine tells whether err's message names its machine already (every error of
+// this package about a target does), so that a caller does not name it again.
+func NamesMachine(err error) bool {
+	var n machineNamer
+	return errors.As(err, &n)
+}
+
+// display names a machine in messages: NAME:PORT, the one form every message uses.
 func display(name string, port int) string {
-	if port == 0 || port == 22 {
-		return name
+	if port == 0 {
+		port = 22
 	}
 	return fmt.Sprintf("%s:%d", name, port)
 }
@@ -128,7 +155,7 @@ type NoHostKeyError struct {
 
 func (e *NoHostKeyError) Error() string {
 	return fmt.Sprintf("machine '%s' has no host-key in machines.scm: run `ssh-keyscan -p %d %s` and put one of the keys it prints (e.g. \"ssh-ed25519 AAAA...\", without the host name) in the machine's host-key field",
-		e.Machine, e.Port, e.Machine)
+		display(e.Machine, e.Port), e.Port, e.Machine)
 }
 
 // SSHArgv returns the ssh command line that runs remote on t. It checks its arguments
@@ -136,7 +163,7 @@ func (e *NoHostKeyError) Error() string {
 // control directory before it starts the command.
 func (r *Runner) SSHArgv(t Target, remote []string) ([]string, error) {
 	if len(remote) == 0 {
-		return nil, fmt.Errorf("machine '%s': empty remote command", t.Name)
+		return nil, t.errorf("empty remote command")
 	}
 	return r.sshArgv(t, nil, remote)
 }
@@ -151,7 +178,7 @@ func (r *Runner) sshArgv(t Target, extra, remote []string) ([]string, error) {
 		return nil, fmt.Errorf("invalid machine name %q", t.Name)
 	}
 	if t.Port < 0 || t.Port > 65535 {
-		return nil, fmt.Errorf("machine '%s': invalid port %d", t.Name, t.Port)
+		return nil, t.errorf("invalid port %d", t.Port)
 	}
 	ssh := r.SSH
 	if ssh == "" {
@@ -193,7 +220,7 @@ func (r *Runner) sshArgv(t Target, extra, remote []string) ([]string, error) {
 
 	opts, err := splitOptions(t.SSHOptions)
 	if err != nil {
-		return nil, fmt.Errorf("machine '%s': ssh-options: %w", t.Name, err)
+		return nil, t.errorf("ssh-options: %w", err)
 	}
 	argv = append(argv, opts...)
 	argv = append(argv, extra...)
@@ -211,7 +238,7 @@ func (r *Runner) hostKeyOptions(t Target) ([]string, error) {
 	switch {
 	case t.HostKey != "":
 		if _, err := ParseHostKey(t.HostKey); err != nil {
-			return nil, fmt.Errorf("machine '%s': host-key %w", t.Name, err)
+			return nil, t.errorf("host-key %w", err)
 		}
 		file, alias, err := r.knownHosts(t)
 		if err != nil {
@@ -366,10 +393,10 @@ func (r *Runner) prepare(t Target) error {
 	if t.PrivateKey != "" {
 		st, err := os.Stat(t.PrivateKey)
 		if err != nil {
-			return fmt.Errorf("machine '%s': private key: %w", t.Name, err)
+			return t.errorf("private key: %w", err)
 		}
 		if !st.Mode().IsRegular() {
-			return fmt.Errorf("machine '%s': private key %s is not a regular file", t.Name, t.PrivateKey)
+			return t.errorf("private key %s is not a regular file", t.PrivateKey)
 		}
 	}
 	if t.HostKey != "" {
@@ -379,7 +406,7 @@ func (r *Runner) prepare(t Target) error {
 		}
 		f := strings.Fields(t.HostKey)
 		if err := writeIfChanged(file, []byte(alias+" "+f[0]+" "+f[1]+"\n")); err != nil {
-			return fmt.Errorf("machine '%s': pin host key: %w", t.Name, err)
+			return t.errorf("pin host key: %w", err)
 		}
 	}
 	if r.ControlPersist >= 0 {
@@ -475,12 +502,12 @@ func (r *Runner) sshError(t Target, remote []string, err error) error {
 	}
 	var ee *ExitError
 	if !errors.As(err, &ee) || ee.Code < 0 {
-		return fmt.Errorf("machine '%s': %w", t.Name, err)
+		return t.errorf("%w", err)
 	}
 	if ee.Code == 255 || remote == nil {
 		return r.unreachable(t, ee.StderrTail)
 	}
-	return &RemoteError{Machine: t.Name, Command: QuoteCommand(remote), Code: ee.Code, StderrTail: ee.StderrTail}
+	return &RemoteError{Machine: display(t.Name, t.port()), Command: QuoteCommand(remote), Code: ee.Code, StderrTail: ee.StderrTail}
 }
 
 var (
@@ -569,7 +596,7 @@ func (r *Runner) control(ctx context.Context, t Target, cmd string) (string, err
 		}
 	}
 	if err != nil {
-		return "", fmt.Errorf("machine '%s': ssh -O %s: %w", t.Name, cmd, err)
+		return "", t.errorf("ssh -O %s: %w", cmd, err)
 	}
 	return stderr.String(), nil
 }
