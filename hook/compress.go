@@ -16,27 +16,13 @@ import (
 	"offload/storeio"
 )
 
-// Compression on the wire of the two bulk transfers (issue 5, steps 2 and 6): the
-// inputs sent to a machine and the outputs brought back.
-//
-// The figures that chose the default: BenchmarkTransfer/modes-* (integration), one
-// run, 200 MB in 2,000 files and 21 items each way, real sshd on loopback, both ends
-// on the same 2 cores; seconds of the hook's own upload / download, MB on the wire
-// per direction (for ssh, the bundle before ssh's zlib; a deflate level 6 of the
-// upload, what ssh's zlib would send, is in brackets):
-//
-//	mode   random data            /usr/bin + /usr/share files   whole offload (usr)
-//	ssh    4.8 / 4.7 s  200 [200]  8.4 / 8.5 s  200 [76]         18.1 s
-//	none   1.6 / 1.3 s  200        1.5 / 1.2 s  200               3.7 s
-//	gzip   2.5 / 5.8 s  200        3.9 / 3.7 s   88 / 81          8.7 s
-//	zstd   1.9 / 1.8 s  200        2.1 / 1.8 s   77 / 80          5.6 s
-//
-// ssh's zlib was the bottleneck (~25-40 MB/s). On loopback nothing beats no
-// compression, but zstd level 1 costs only ~0.3-0.6 s per 200 MB more (it stores
-// incompressible blocks as they are) and sends 2.6 times fewer bytes of real store
-// data, which pays on every link slower than about 1 Gb/s: at 100 Mb/s, 200 MB takes
-// 16 s raw and 6 s in zstd. gzip -1 (the machine's, downloading) is slow on random data.
-// So "auto" takes zstd when the machine has it, else gzip, else ssh's compression.
+// Compression on the wire of the two bulk transfers: the inputs sent to a machine and
+// the outputs brought back. BenchmarkTransfer/modes-* (BENCHMARKS.md has its figures)
+// chose the default: ssh's zlib was the bottleneck of every transfer; on loopback
+// nothing beats no compression, but zstd level 1 costs little more (it stores
+// incompressible blocks as they are) and sends a fraction of the bytes of real store
+// data, which pays on every link slower than about 1 Gb/s; gzip -1 is slow on random
+// data. So "auto" takes zstd when the machine has it, else gzip, else ssh's compression.
 
 // Compression is how one bulk transfer travels.
 type Compression string

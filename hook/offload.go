@@ -135,8 +135,9 @@ const (
 	lineBuilt      = "offload-built"
 )
 
-// offload performs an accepted build on machine m in one ssh session (BEHAVIOUR.md 1,
-// 2, 7, 12; sessionScript is its remote side): it asks which inputs the machine lacks,
+// offload performs an accepted build on machine m in one ssh session (sessionScript is
+// its remote side; nothing is fetched after a failed build, and the build's time limits
+// hold on both sides: docs/hook.md): it asks which inputs the machine lacks,
 // sends them under the machine's upload lock, builds with the daemon's limits with the
 // log on fd 4, and restores the outputs under the download lock. A failure before the
 // build starts is a *beforeBuildError (another machine may take the build).
@@ -772,7 +773,8 @@ func processAlive(pid int) bool {
 }
 
 // machineLock takes a machine's upload or download lock, saying who holds it while
-// waiting (BEHAVIOUR.md 7-8).
+// waiting: one transfer each way at a time per machine, so that concurrent offloads do
+// not trample each other's imports (docs/hook.md).
 func (h *Hook) machineLock(ctx context.Context, m *machines.Machine, kind, reason string) (*locking.Lock, error) {
 	file := h.layout.TransferLock(m.ID(), kind)
 	if l, ok, err := locking.TryAcquire(file, reason); err != nil {
