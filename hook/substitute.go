@@ -49,15 +49,16 @@ func (s Substitutes) For(m *machines.Machine) bool {
 // substitutes (see sessionScript): `substitute PATH...` asks `guix build --dry-run`
 // which of the PATHs would be downloaded (show-what-to-build's listing, guix/ui.scm:
 // "The following files would be downloaded:" or "N MB would be downloaded:", then
-// the paths indented by two spaces), prints "offload-substitute PATH" for each, fetches
-// them with `guix build --keep-going` (a failed one does not stop the others; its
-// status is not the script's: what is still missing is uploaded), and prints those
-// of the PATHs still missing (`guix archive --missing`), as the first answer. The
-// listing is read from the dry run's stderr alone; its stdout, and the fetch's, go to
-// stderr: the session's stdout is its framing.
+// the paths indented by two spaces) and prints "offload-substitute PATH" for each;
+// then it fetches the PATHs with `guix build --keep-going` (a failed one does not stop
+// the others, and its status is not the script's: what is still missing is uploaded).
+// All of them, not only those listed: real Guix's build-notifier lists downloads for
+// derivations only, and a plain item it does not list may still be substitutable. Then it prints those of the PATHs still missing (`guix archive
+// --missing`), as the first answer. The listing is read from the dry run's stderr
+// alone; its stdout, and the fetch's, go to stderr: the session's stdout is its framing.
 var substituteFuncs = `substitute() { dl=$(guix build --dry-run "$@" 2>&1 >/dev/null | sed -n '` + dryRunSed + `'); ` +
 	`for p in $dl; do printf "` + substitutePrefix + `%s\n" "$p"; done; ` +
-	`if [ -n "$dl" ]; then guix build --keep-going $dl </dev/null >&2 || echo "offload: guix build of substitutes exited with status $?" >&2; fi; ` +
+	`guix build --keep-going "$@" </dev/null >&2 || echo "offload: guix build of substitutes exited with status $?" >&2; ` +
 	`printf "%s\n" "$@" | guix archive --missing; }`
 
 // dryRunSed prints the paths that show-what-to-build lists as would be downloaded:

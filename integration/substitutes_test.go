@@ -92,12 +92,12 @@ func TestSubstitutesOnMachine(t *testing.T) {
 		inv := m.Invocations()
 		dry, fetch := lineWith(strings.Join(inv, "\n"), "guix build --dry-run "), lineWith(strings.Join(inv, "\n"), "guix build --keep-going ")
 		for _, p := range inputs {
-			if !strings.Contains(dry, p) {
-				t.Errorf("the dry run did not ask about %s: %q", p, dry)
+			if !strings.Contains(dry, p) || !strings.Contains(fetch, p) {
+				t.Errorf("the machine was not asked to substitute %s: dry run %q, fetch %q", p, dry, fetch)
 			}
 		}
-		if !strings.Contains(fetch, subA) || !strings.Contains(fetch, subB) || !strings.Contains(fetch, broken) || strings.Contains(fetch, plain1) || strings.Contains(fetch, plain2) {
-			t.Errorf("the machine did not fetch exactly what its dry run listed: %q", fetch)
+		if strings.Contains(dry, d.Path) || strings.Contains(fetch, d.Path) {
+			t.Errorf("the machine was asked to substitute the derivation being built: %q, %q", dry, fetch)
 		}
 		for _, p := range inputs {
 			if !m.Store.Drv().Valid(p) {
