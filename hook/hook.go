@@ -65,6 +65,9 @@ type Config struct {
 	Compression  string // $OFFLOAD_COMPRESSION: auto (default), zstd, gzip, none or ssh
 	ProbeMaxAge  time.Duration
 	LockWait     time.Duration // bound on waiting for a machine's upload/download lock
+
+	// Substitutes ($OFFLOAD_SUBSTITUTES) says which machines fetch substitutes themselves.
+	Substitutes Substitutes
 }
 
 // ConfigFromEnv fills the parts of Config that come from the environment.
@@ -90,6 +93,7 @@ func ConfigFromEnv(getenv func(string) string) Config {
 		Compression:  getenv(CompressionEnv),
 		ProbeMaxAge:  5 * time.Second,
 		LockWait:     30 * time.Minute,
+		Substitutes:  ParseSubstitutes(getenv(SubstitutesEnv)),
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -55,6 +56,12 @@ const rootsDir = ".cache/guix/offload"
 //	stdout (machine → hook)  "offload-has zstd", "offload-has gzip": decompressors it has
 //	                         "offload-root NAME": each entry of ROOTS and of gcroots/tmp
 //	                         the paths it lacks, one a line (`guix archive --missing`)
+//	                         "offload-missing-end"
+//	stdin                    only for a machine that fetches substitutes itself
+//	                         (OFFLOAD_SUBSTITUTES): "substitute PATH...", missing inputs
+//	stdout                   then "offload-substitute PATH": each that `guix build
+//	                         --dry-run` says would be downloaded (substituteFuncs), the
+//	                         PATHs still missing once those were fetched, one a line,
 //	                         "offload-missing-end"
 //	stdin                    "COMP send|skip [STALE...]": the compression of both bulk
 //	                         streams (zstd, gzip, or anything else for none), whether a
@@ -106,7 +113,10 @@ var sessionScript = strings.Join([]string{
 	`IFS= read -r want || { echo "offload: no paths from the hook" >&2; exit 2; }`,
 	`printf "%s\n" $want | guix archive --missing || exit`,
 	`echo ` + lineMissingEnd,
+	substituteFuncs,
 	`read -r comp send stale || { echo "offload: no header from the hook" >&2; exit 2; }`,
+	`if [ "$comp" = ` + substituteWord + ` ]; then substitute $send $stale || exit; echo ` + lineMissingEnd + `; ` +
+		`read -r comp send stale || { echo "offload: no header from the hook" >&2; exit 2; }; fi`,
 	`rmstale() { for n in $stale; do set -- "$@" "$d/$n" "$tmp/$n"; done; rm -f -- "$@"; }`,
 	`[ -z "$stale" ] || rmstale`,
 	`if [ "$send" = send ]; then case $comp in zstd | gzip) import_z "$comp" || exit ;; *) guix archive --import >&2 || exit ;; esac; fi`,
@@ -370,6 +380,15 @@ func (s *session) upload(mode string, inputs []string) error {
 			return fmt.Errorf("machine '%s' listed more than %d entries in its GC roots directories", m.Display(), maxRootNames)
 		}
 	}
+	var subNote string
+	if subs := substituteCandidates(missing, s.req.Drv); h.Conf.Substitutes.For(m) && len(subs) > 0 {
+		still, got, err := s.substitute(subs)
+		if err != nil {
+			return err
+		}
+		missing = slices.DeleteFunc(missing, func(p string) bool { return p != s.req.Drv && !still[p] })
+		subNote = s.substituteNote(got)
+	}
 	comp, note := sessionCompression(mode, has)
 	if note != "" {
 		h.note("machine '%s': %s", m.Display(), note)
@@ -385,13 +404,21 @@ func (s *session) upload(mode string, inputs []string) error {
 	}
 	if len(missing) == 0 {
 		s.stdin.Close()
+		if subNote != "" {
+			h.note("%s; nothing to send", subNote)
+			return s.expect(lineImported, "the offload script", "preparing the build on machine '%s'", "preparing the build")
+		}
 		h.note("machine '%s' already has the %d inputs", m.Display(), len(want))
 		return s.expect(lineImported, "the offload script", "preparing the build on machine '%s'", "preparing the build")
 	}
 
 	n := len(missing)
 	sending, bare := fmt.Sprintf("sending %d store items to machine '%%s'", n), fmt.Sprintf("sending %d store items", n)
-	h.note("sending %d store item%s to '%s' (%s)...", n, plural(n), m.Display(), comp)
+	if subNote != "" {
+		h.note("%s; sending %d store item%s%s (%s)...", subNote, n, plural(n), s.sizeNote(missing), comp)
+	} else {
+		h.note("sending %d store item%s to '%s' (%s)...", n, plural(n), m.Display(), comp)
+	}
 	start := time.Now()
 	raw := &countingWriter{}
 	sent := make(chan struct{})

@@ -45,7 +45,8 @@ func TestRefusesUnaskedMissingAnswer(t *testing.T) {
 			if r.answer != "accept" || r.status != 1 {
 				t.Errorf("answer %s status %d, want accept and the transient 1:\n%s", r.answer, r.status, r.messages)
 			}
-			want := "machine '" + m.Name + ":" + itoa(m.Port) + "' answered `guix archive --missing` with a path we did not ask about: " + strconv.Quote(words[0])
+			// The failover line names the machine once, then says what it did.
+			want := "machine '" + m.Name + ":" + itoa(m.Port) + "' failed before the build started: the machine answered `guix archive --missing` with a path we did not ask about: " + strconv.Quote(words[0])
 			if !strings.Contains(r.messages, want) {
 				t.Errorf("no refusal %q:\n%s", want, r.messages)
 			}

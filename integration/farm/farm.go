@@ -107,6 +107,61 @@ func (m *Machine) SetHostile(t testing.TB, mode string) {
 	}
 }
 
+// SubstituteDir is the machine's substitute server (fakeguix's FAKEGUIX_SUBSTITUTES):
+// one signed export bundle per item, named by the item's hash part.
+func (m *Machine) SubstituteDir() string { return filepath.Join(m.Dir, "substitutes") }
+
+// AddSubstitutes makes local items (not their closure) substitutable on m: each
+// exported, signed with the local key (which m's ACL authorizes), into
+// m.SubstituteDir().
+func (f *Farm) AddSubstitutes(m *Machine, paths ...string) error {
+	key, err := storeio.LoadSecretKey(filepath.Join(f.Local.Conf, "signing-key.sec"))
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(m.SubstituteDir(), 0o755); err != nil {
+		return err
+	}
+	local := f.Local.Drv()
+	for _, p := range paths {
+		info, err := local.Info(p)
+		if err != nil {
+			return err
+		}
+		real, _ := local.Real(p)
+		out, err := os.Create(m.substituteFile(p))
+		if err != nil {
+			return err
+		}
+		bw := storeio.NewBundleWriter(out, key)
+		err = bw.Add(real, storeio.ItemInfo{Path: p, References: info.References, Deriver: info.Deriver})
+		if err == nil {
+			err = bw.Close()
+		}
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("farm: substitute of %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// BreakSubstitute truncates the substitute of p on m to half its size: it is still
+// listed as available, and fails to download.
+func (m *Machine) BreakSubstitute(p string) error {
+	fi, err := os.Stat(m.substituteFile(p))
+	if err != nil {
+		return err
+	}
+	return os.Truncate(m.substituteFile(p), fi.Size()/2)
+}
+
+func (m *Machine) substituteFile(p string) string {
+	return filepath.Join(m.SubstituteDir(), filepath.Base(p)[:32])
+}
+
 // Farm is a local store and its build machines.
 type Farm struct {
 	Dir      string
@@ -155,6 +210,7 @@ func New(t testing.TB, opts Options) *Farm {
 			"GUIX_CONFIGURATION_DIRECTORY": m.Store.Conf,
 			"FAKEGUIX_LOG":                 m.GuixLog,
 			"FAKEGUIX_HOSTILE_FILE":        filepath.Join(mdir, "hostile"),
+			"FAKEGUIX_SUBSTITUTES":         m.SubstituteDir(),
 			// A hostile archive's symlink points here, never at a real system file.
 			"FAKEGUIX_HOSTILE_TARGET": filepath.Join(dir, "canary"),
 		}})

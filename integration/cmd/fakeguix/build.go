@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -28,6 +29,8 @@ type buildOptions struct {
 	drvOnly    bool // -d
 	keepFailed bool // -K
 	roots      []string
+	dryRun     bool // -n
+	keepGoing  bool // -k
 }
 
 // errBuildFailed marks a failed (or timed out) build; the top level turns it
@@ -88,11 +91,29 @@ func (e *env) build(ctx context.Context, args []string) error {
 			opt.drvOnly = true
 		case "K", "keep-failed":
 			opt.keepFailed = true
-		case "no-grafts", "no-substitutes", "no-offload", "keep-going", "k", "fallback":
+		case "n", "dry-run":
+			opt.dryRun = true
+		case "k", "keep-going":
+			opt.keepGoing = true
+		case "no-grafts", "no-substitutes", "no-offload", "fallback":
 		default:
 			return fail("%s: unrecognized option", "--"+optName(name))
 		}
 		if err != nil {
+			return err
+		}
+	}
+	// Plain store items are substituted (substitute.go), derivations built.
+	var items []string
+	drvPaths = slices.DeleteFunc(drvPaths, func(p string) bool {
+		item := !strings.HasSuffix(p, ".drv") && e.store.CheckPath(p) == nil
+		if item {
+			items = append(items, p)
+		}
+		return item
+	})
+	if len(items) > 0 {
+		if err := e.buildItems(items, opt); err != nil || len(drvPaths) == 0 {
 			return err
 		}
 	}
@@ -124,6 +145,15 @@ func (e *env) build(ctx context.Context, args []string) error {
 		if err := e.toBuild(d, &todo, map[string]bool{}); err != nil {
 			return err
 		}
+	}
+	if opt.dryRun {
+		if len(todo) > 0 && opt.verbosity >= 1 {
+			fmt.Fprintf(e.stderr, "The following derivation%s would be built:\n", map[bool]string{true: "", false: "s"}[len(todo) == 1])
+			for _, p := range todo {
+				fmt.Fprintf(e.stderr, "  %s\n", p)
+			}
+		}
+		return nil
 	}
 	if len(todo) > 0 && opt.verbosity >= 1 {
 		if len(todo) == 1 {
