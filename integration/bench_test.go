@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -853,4 +854,120 @@ func BenchmarkConcurrency(b *testing.B) {
 	b.ReportMetric(float64(peakRSS(idle.Pid(), stop))/1e6, "base-hook-peak-rss-MB")
 	stopHook(idle)
 	b.Logf("max concurrent per machine: %v", maxConc)
+}
+
+// slowShell makes the shell start-up of m's remote user sleep delay more for every
+// ssh command, as a heavy ~/.bashrc does (Debian's bash, started by sshd for a
+// command, sources ~/.bashrc: SSH_SOURCE_BASHRC, and then not BASH_ENV). The test
+// machines log in as the user running the tests, whose ~/.bashrc is not ours to
+// change, so the sleep comes from sshd's ForceCommand, which the user's shell runs
+// after its start-up files: it sleeps, then runs the command as sshd would have, with
+// the user's shell. extra are more K=V for the sessions' environment. sshd is
+// restarted with them.
+func slowShell(b testing.TB, m *farm.Machine, delay time.Duration, extra ...string) {
+	b.Helper()
+	shell := os.Getenv("SHELL")
+	if u, err := user.Current(); err == nil {
+		if sh, err := loginShell(u.Username); err == nil {
+			shell = sh
+		}
+	}
+	if shell == "" {
+		shell = "/bin/sh"
+	}
+	wrapper := filepath.Join(m.Dir, "slow-shell-startup")
+	body := fmt.Sprintf("#!/bin/sh\nsleep %.3f\nexec %s -c \"$SSH_ORIGINAL_COMMAND\"\n", delay.Seconds(), shell)
+	if err := os.WriteFile(wrapper, []byte(body), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	cfg := filepath.Join(m.Server.Dir, "sshd_config")
+	text, err := os.ReadFile(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(strings.TrimRight(string(text), "\n"), "\n") {
+		if strings.HasPrefix(l, "SetEnv ") {
+			for _, kv := range extra {
+				l += ` "` + kv + `"`
+			}
+		}
+		out = append(out, l)
+	}
+	out = append(out, "ForceCommand "+wrapper)
+	if err := os.WriteFile(cfg, []byte(strings.Join(out, "\n")+"\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	m.Server.Restart(b)
+}
+
+// loginShell is user's shell in /etc/passwd.
+func loginShell(name string) (string, error) {
+	b, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		return "", err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Split(l, ":"); len(f) == 7 && f[0] == name {
+			return f[6], nil
+		}
+	}
+	return "", fmt.Errorf("no %s in /etc/passwd", name)
+}
+
+// BenchmarkTinyOffload: a tiny build (`echo hello > $out`, whose .drv the machine
+// lacks) offloaded end to end, probe included, to a machine whose shell start-up
+// sleeps 100 ms (slowShell), against `ssh machine true` through sshexec over a warm
+// shared connection to the same machine in the same run: the cost of one remote
+// command. Also per offload: the ssh sessions sshd started (its log) against the
+// target of 2, and the `guix` processes run on the machine (the stand-in's log). Two
+// machines: one whose user may write in the daemon's gcroots (root on a Guix machine:
+// the .drv's GC root is a symlink), one whose user may not (`guix build -d -r`).
+func BenchmarkTinyOffload(b *testing.B) {
+	n := pick(20, 5)
+	for _, writable := range []bool{true, false} {
+		name := map[bool]string{true: "gcroots-writable", false: "gcroots-not-writable"}[writable]
+		b.Run(name, func(b *testing.B) {
+			f := farm.New(b, farm.Options{})
+			m := f.Machines[0]
+			var extra []string
+			if writable {
+				// The stand-in keeps its state (db, gcroots/auto) in m.Dir: a daemon's
+				// state directory, which has gcroots.
+				if err := os.MkdirAll(filepath.Join(m.Dir, "gcroots"), 0o755); err != nil {
+					b.Fatal(err)
+				}
+				extra = append(extra, "GUIX_STATE_DIRECTORY="+m.Dir)
+			}
+			slowShell(b, m, 100*time.Millisecond, extra...)
+			writeMachines(f, nil)
+			base := sshTrueBaseline(b, m, n)
+			stateFile := filepath.Join(f.State, "offload", m.StateKey()+".state")
+			var walls []time.Duration
+			sessions, guixes := 0, 0
+			for i := range n {
+				d := f.MakeDrv(drv.Spec{Name: "t-tiny", Args: []string{"-c", `echo hello > "$out"`}, Nonce: fmt.Sprintf("tiny%d", i)})
+				// No cached probe: every offload probes, as one every 5 s would.
+				if err := os.Remove(stateFile); err != nil && !os.IsNotExist(err) {
+					b.Fatal(err)
+				}
+				s0, g0 := strings.Count(m.Server.Log(), "Starting session:"), len(m.Invocations())
+				t0 := time.Now()
+				res := offloadTB(b, f, d)
+				walls = append(walls, time.Since(t0))
+				if res.answer != "accept" || res.status != 0 {
+					b.Fatalf("offload: %s %d:\n%s", res.answer, res.status, res.messages)
+				}
+				sessions += strings.Count(m.Server.Log(), "Starting session:") - s0
+				guixes += len(m.Invocations()) - g0
+			}
+			b.ReportMetric(ms(median(walls)), "wall-ms")
+			b.ReportMetric(ms(base), "base-wall-ms")
+			b.ReportMetric(float64(sessions)/float64(n), "ssh-sessions/offload")
+			b.ReportMetric(2, "base-ssh-sessions/offload")
+			b.ReportMetric(float64(guixes)/float64(n), "remote-guix/offload")
+			b.Logf("ssh true: %s; offload: median %s, sessions %.1f, remote guix runs %.1f per offload; last machine log: %q",
+				base, median(walls), float64(sessions)/float64(n), float64(guixes)/float64(n), m.Invocations()[len(m.Invocations())-guixes/n:])
+		})
+	}
 }

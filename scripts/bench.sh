@@ -76,6 +76,16 @@ What the figures are (integration/bench_test.go):
   the ideal (waves of 6 builds x build time). Max concurrency from the builders' own
   start/end lines (checked: never above 2). Hook peak RSS: the largest VmHWM seen while
   polling every 20 ms, against the same reading of a hook that only declined.
+- Tiny offload: `echo hello > $out` (the machine lacks its .drv) offloaded end to end,
+  probe included (the probe cache is emptied before each), to a machine whose shell
+  start-up sleeps 100 ms more (sshd's ForceCommand sleeps, then runs the command with
+  the user's shell, after the user's own ~/.bashrc); median wall time against the
+  median `ssh machine true` through sshexec over a warm shared connection to the same
+  machine. ssh sessions per offload are counted in sshd's log ("Starting session"),
+  against the target of 2; remote guix processes in the stand-in's invocation log.
+  gcroots-writable: the machine's user may write in the daemon's gcroots (root on a
+  Guix machine), so the .drv's GC root is a symlink; gcroots-not-writable: it is made
+  by `guix build -d -r`.
 - Machines file: median time to read it, as the hook does for every request. Evaluator:
   offload's own evaluator on Guix System's generated file (append-map wrapper), against
   the manual's hand-written shape. Guix repl: the file with a virtual build machine's
