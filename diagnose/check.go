@@ -226,7 +226,7 @@ func compressionDetail(m *machines.Machine, has map[string]bool) string {
 	case hook.CompressGzip:
 		return fmt.Sprintf("transfers use gzip, slower than zstd: install zstd on %s", m.Name)
 	default:
-		return fmt.Sprintf("neither zstd nor gzip found: transfers use ssh's compression, much slower; install zstd on %s", m.Name)
+		return fmt.Sprintf("neither zstd nor gzip found: transfers are uncompressed, slow on a slow link; install zstd on %s", m.Name)
 	}
 }
 

@@ -121,7 +121,7 @@ func TestCompressionDetail(t *testing.T) {
 	}{
 		{map[string]bool{"zstd": true, "gzip": true}, "transfers use zstd"},
 		{map[string]bool{"gzip": true}, "transfers use gzip, slower than zstd: install zstd on build1"},
-		{map[string]bool{}, "neither zstd nor gzip found: transfers use ssh's compression, much slower; install zstd on build1"},
+		{map[string]bool{}, "neither zstd nor gzip found: transfers are uncompressed, slow on a slow link; install zstd on build1"},
 	}
 	for _, c := range cases {
 		if got := compressionDetail(m, c.has); got != c.want {

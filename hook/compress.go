@@ -58,17 +58,20 @@ func ParseCompressionMode(s string) (string, error) {
 	return CompressionAuto, fmt.Errorf("%s=%q is not one of auto, zstd, gzip, none, ssh", CompressionEnv, s)
 }
 
-// ChooseCompression picks how to transfer to or from a machine that has the
-// decompressors listed in has ("zstd", "gzip"), given the mode. A forced zstd or gzip
-// that the machine lacks falls back to the automatic choice, and why is returned in
-// note (it would fail on the machine, and that is not the machine's fault).
+// ChooseCompression picks how an offload's two bulk streams travel to and from a
+// machine that has the decompressors listed in has ("zstd", "gzip"), given the mode.
+// The offload's one ssh connection is chosen before the machine says what it has, so
+// it cannot switch to ssh's compression then: a machine with neither zstd nor gzip gets
+// uncompressed streams unless the mode asked for ssh's compression from the start. A
+// forced zstd or gzip that the machine lacks falls back the same way. note says why the
+// choice is not the mode's, or what to install.
 func ChooseCompression(mode string, has map[string]bool) (c Compression, note string) {
-	auto := CompressSSH
+	best := CompressNone
 	switch {
 	case has[string(CompressZstd)]:
-		auto = CompressZstd
+		best = CompressZstd
 	case has[string(CompressGzip)]:
-		auto = CompressGzip
+		best = CompressGzip
 	}
 	switch mode {
 	case string(CompressNone), string(CompressSSH):
@@ -77,26 +80,17 @@ func ChooseCompression(mode string, has map[string]bool) (c Compression, note st
 		if has[mode] {
 			return Compression(mode), ""
 		}
-		return auto, fmt.Sprintf("%s=%s but the machine has no %s; using %s", CompressionEnv, mode, mode, auto)
+		if best != CompressNone {
+			return best, fmt.Sprintf("%s=%s but the machine has no %s; using %s", CompressionEnv, mode, mode, best)
+		}
 	}
-	return auto, ""
-}
-
-// sessionCompression is ChooseCompression for the offload's one session, whose ssh
-// connection is chosen before the machine says which decompressors it has: when the
-// machine has neither zstd nor gzip and the mode did not ask for ssh's compression
-// from the start, the streams travel uncompressed (the note says so) rather than
-// through a second, compressed connection.
-func sessionCompression(mode string, has map[string]bool) (c Compression, note string) {
-	c, note = ChooseCompression(mode, has)
-	if c == CompressSSH && mode != string(CompressSSH) {
-		c = CompressNone
+	if best == CompressNone {
 		note = "it has neither zstd nor gzip; transfers are uncompressed (install zstd there)"
 		if mode != CompressionAuto {
 			note = fmt.Sprintf("%s=%s but %s", CompressionEnv, mode, note)
 		}
 	}
-	return c, note
+	return best, note
 }
 
 // streamed tells whether we compress the stream ourselves.

@@ -30,36 +30,10 @@ func TestParseCompressionMode(t *testing.T) {
 	}
 }
 
-func TestChooseCompression(t *testing.T) {
-	both := map[string]bool{"zstd": true, "gzip": true}
-	gz := map[string]bool{"gzip": true}
-	none := map[string]bool{}
-	for _, c := range []struct {
-		mode     string
-		has      map[string]bool
-		want     Compression
-		wantNote bool
-	}{
-		{"auto", both, CompressZstd, false},
-		{"auto", gz, CompressGzip, false},
-		{"auto", none, CompressSSH, false},
-		{"gzip", both, CompressGzip, false},
-		{"zstd", gz, CompressGzip, true}, // forced, but the machine cannot decompress it
-		{"gzip", none, CompressSSH, true},
-		{"none", both, CompressNone, false},
-		{"ssh", both, CompressSSH, false},
-	} {
-		got, note := ChooseCompression(c.mode, c.has)
-		if got != c.want || (note != "") != c.wantNote {
-			t.Errorf("ChooseCompression(%q, %v) = %q, %q; want %q (note: %v)", c.mode, c.has, got, note, c.want, c.wantNote)
-		}
-	}
-}
-
-// TestSessionCompression: the one session cannot switch to ssh's compression once the
+// TestChooseCompression: the one session cannot switch to ssh's compression once the
 // machine said it has neither zstd nor gzip: it goes uncompressed and says so, unless
 // the mode asked for ssh's compression from the start.
-func TestSessionCompression(t *testing.T) {
+func TestChooseCompression(t *testing.T) {
 	none := map[string]bool{}
 	for _, c := range []struct {
 		mode     string
@@ -75,10 +49,13 @@ func TestSessionCompression(t *testing.T) {
 		{"ssh", none, CompressSSH, ""},
 		{"ssh", map[string]bool{"zstd": true}, CompressSSH, ""},
 		{"none", none, CompressNone, ""},
+		{"auto", map[string]bool{"zstd": true, "gzip": true}, CompressZstd, ""},
+		{"gzip", map[string]bool{"zstd": true, "gzip": true}, CompressGzip, ""},
+		{"none", map[string]bool{"zstd": true}, CompressNone, ""},
 	} {
-		got, note := sessionCompression(c.mode, c.has)
+		got, note := ChooseCompression(c.mode, c.has)
 		if got != c.want || note != c.wantNote {
-			t.Errorf("sessionCompression(%q, %v) = %q, %q; want %q, %q", c.mode, c.has, got, note, c.want, c.wantNote)
+			t.Errorf("ChooseCompression(%q, %v) = %q, %q; want %q, %q", c.mode, c.has, got, note, c.want, c.wantNote)
 		}
 	}
 }

@@ -389,7 +389,7 @@ func (s *session) upload(mode string, inputs []string) error {
 		missing = slices.DeleteFunc(missing, func(p string) bool { return p != s.req.Drv && !still[p] })
 		subNote = s.substituteNote(got)
 	}
-	comp, note := sessionCompression(mode, has)
+	comp, note := ChooseCompression(mode, has)
 	if note != "" {
 		h.note("machine '%s': %s", m.Display(), note)
 	}
