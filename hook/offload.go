@@ -302,7 +302,7 @@ func (s *session) line() (string, error) {
 // failure says why the session ended while the machine ran step, from RunRemote's
 // error and the stderr of the phase: what names the failure with the machine (it
 // takes m.Display() for its %s), bare without it, for errors that name it themselves.
-func (s *session) failure(step, what, bare string, tail *tailBuffer) error {
+func (s *session) failure(step, what, bare string, tail *sshexec.Tail) error {
 	if s.framingErr != nil {
 		return s.framingErr
 	}
@@ -316,7 +316,7 @@ func (s *session) failure(step, what, bare string, tail *tailBuffer) error {
 		return fmt.Errorf("%s: %w", what, s.ctx.Err())
 	case errors.As(err, &re):
 		msg := fmt.Sprintf("%s: %s exited with status %d", what, step, re.Code)
-		if t := lastLines(tail.String(), 3); t != "" {
+		if t := sshexec.LastLines(tail.String(), 3); t != "" {
 			msg += ": " + t
 		}
 		return errors.New(msg)
@@ -680,11 +680,11 @@ type stderrRouter struct {
 	held    []byte
 	midLine bool
 	log     io.Writer
-	tails   [3]*tailBuffer
+	tails   [3]*sshexec.Tail
 }
 
 func newStderrRouter(token string, log io.Writer) *stderrRouter {
-	r := &stderrRouter{log: log, tails: [3]*tailBuffer{{max: 16 << 10}, {max: 64 << 10}, {max: 16 << 10}}}
+	r := &stderrRouter{log: log, tails: [3]*sshexec.Tail{sshexec.NewTail(16 << 10), sshexec.NewTail(64 << 10), sshexec.NewTail(16 << 10)}}
 	for i, name := range []string{"build", "export"} {
 		r.markers[i] = []byte("\037offload-phase " + token + " " + name + "\n")
 	}
@@ -736,21 +736,6 @@ func (r *stderrRouter) emit(p []byte) {
 	if r.phase == 1 {
 		r.log.Write(p)
 	}
-}
-
-// lastLines returns the last n non-blank lines of s joined with "; ", for one-line
-// error messages.
-func lastLines(s string, n int) string {
-	var lines []string
-	for _, l := range strings.Split(s, "\n") {
-		if l = strings.TrimSpace(l); l != "" {
-			lines = append(lines, l)
-		}
-	}
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "; ")
 }
 
 // rootName names this build's remote GC roots after this host and process, so that
@@ -917,27 +902,4 @@ func (h *Hook) reportProgress(what string, n *atomic.Int64, stop <-chan struct{}
 			h.note("%s: %s so far", what, mib(n.Load()))
 		}
 	}
-}
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	buf bytes.Buffer
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf.Write(p)
-	if over := t.buf.Len() - t.max; over > 0 {
-		t.buf.Next(over)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.buf.String()
 }

@@ -82,7 +82,7 @@ func (e *ExitError) Error() string {
 		what = "was killed by a signal"
 	}
 	msg := fmt.Sprintf("command %s %s", shorten(QuoteCommand(e.Argv)), what)
-	if t := lastLines(e.StderrTail, 3); t != "" {
+	if t := LastLines(e.StderrTail, 3); t != "" {
 		msg += ": " + t
 	}
 	return msg
@@ -107,7 +107,7 @@ func (r *Runner) run(ctx context.Context, argv []string, stdio Stdio) error {
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Stdin = stdio.Stdin
 	cmd.Stdout = stdio.Stdout
-	tail := &tailBuffer{max: tailSize}
+	tail := NewTail(tailSize)
 	var stderr io.Writer = tail
 	if stdio.Stderr != nil {
 		stderr = io.MultiWriter(stdio.Stderr, tail)
@@ -194,14 +194,15 @@ func (r *Runner) run(ctx context.Context, argv []string, stdio Stdio) error {
 	return fmt.Errorf("command %s: %w", shorten(QuoteCommand(argv)), err)
 }
 
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
+// Tail keeps the last bytes written to it (for the end of a command's stderr in error
+// messages); it is safe for concurrent use.
+type Tail struct {
 	mu  sync.Mutex
 	max int
 	buf []byte
 }
 
-func (t *tailBuffer) Write(p []byte) (int, error) {
+func (t *Tail) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := len(p)
@@ -217,15 +218,18 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-func (t *tailBuffer) String() string {
+func (t *Tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.buf)
 }
 
-// lastLines returns the last n non-blank lines of s joined with "; ", for one-line
+// NewTail keeps the last max bytes.
+func NewTail(max int) *Tail { return &Tail{max: max} }
+
+// LastLines returns the last n non-blank lines of s joined with "; ", for one-line
 // error messages.
-func lastLines(s string, n int) string {
+func LastLines(s string, n int) string {
 	var lines []string
 	for _, l := range strings.Split(s, "\n") {
 		l = strings.TrimSpace(strings.TrimRight(l, "\r"))

@@ -122,7 +122,7 @@ func (e *UnreachableError) Error() string {
 			display(e.Machine, e.Port), offered, e.PinnedType, e.Port, e.Machine)
 	}
 	msg := fmt.Sprintf("cannot reach or authenticate to machine '%s'", display(e.Machine, e.Port))
-	if t := lastLines(e.StderrTail, 3); t != "" {
+	if t := LastLines(e.StderrTail, 3); t != "" {
 		msg += ": " + t
 	}
 	return msg
@@ -140,7 +140,7 @@ type RemoteError struct {
 
 func (e *RemoteError) Error() string {
 	msg := fmt.Sprintf("machine '%s': %s exited with status %d", e.Machine, shorten(e.Command), e.Code)
-	if t := lastLines(e.StderrTail, 3); t != "" {
+	if t := LastLines(e.StderrTail, 3); t != "" {
 		msg += ": " + t
 	}
 	return msg
