@@ -888,6 +888,13 @@ const progressEvery = 15 * time.Second
 // reportProgress prints the bytes counted in n so far every progressEvery until stop
 // is closed.
 func (h *Hook) reportProgress(what string, n *atomic.Int64, stop <-chan struct{}) {
+	h.everyProgress(stop, func() { h.note("%s: %s so far", what, mib(n.Load())) })
+}
+
+// everyProgress calls say every progress interval (Hook.ProgressEvery, else
+// progressEvery) until stop is closed. Each line also resets the daemon's
+// max-silent-time clock, which runs while we transfer or wait.
+func (h *Hook) everyProgress(stop <-chan struct{}, say func()) {
 	every := h.ProgressEvery
 	if every <= 0 {
 		every = progressEvery
@@ -899,7 +906,7 @@ func (h *Hook) reportProgress(what string, n *atomic.Int64, stop <-chan struct{}
 		case <-stop:
 			return
 		case <-t.C:
-			h.note("%s: %s so far", what, mib(n.Load()))
+			say()
 		}
 	}
 }

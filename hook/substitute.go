@@ -5,7 +5,6 @@ import (
 	"io"
 	"path"
 	"strings"
-	"time"
 
 	"offload/machines"
 	"offload/storeio"
@@ -174,18 +173,5 @@ func (s *session) sizeNote(paths []string) string {
 // keepSaying prints line every progress interval (see reportProgress) until stop is
 // closed: the daemon's max-silent-time clock runs while the machine fetches.
 func (h *Hook) keepSaying(line string, stop <-chan struct{}) {
-	every := h.ProgressEvery
-	if every <= 0 {
-		every = progressEvery
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-			h.note("%s", line)
-		}
-	}
+	h.everyProgress(stop, func() { h.note("%s", line) })
 }

@@ -35,29 +35,6 @@ func hookWith(t *testing.T, argv, env []string, opts daemon.Options) *daemon.Hoo
 	return h
 }
 
-// build asks h about d and, when accepted, sends the paths and waits for the hook.
-func build(t *testing.T, f *farm.Farm, h *daemon.Hook, d *drv.Derivation, wantsLocal bool) result {
-	t.Helper()
-	ans, err := h.Request(wantsLocal, d.System, d.Path, d.Features())
-	if err != nil {
-		t.Fatalf("request: %v (messages: %q)", err, h.Messages())
-	}
-	r := result{answer: ans, hook: h}
-	if ans == "accept" {
-		if err := f.SendPaths(h, d); err != nil {
-			t.Fatal(err)
-		}
-	} else if err := h.CloseStdin(); err != nil {
-		t.Fatal(err)
-	}
-	if r.status, r.signaled, err = h.Wait(); err != nil {
-		t.Fatal(err)
-	}
-	r.messages = strings.Join(h.Messages(), "\n")
-	r.log = string(h.Log())
-	return r
-}
-
 // assertBuilt checks that d's outputs are in the local store, built from nonce.
 func assertBuilt(t *testing.T, d *drv.Derivation, nonce string, r result) {
 	t.Helper()

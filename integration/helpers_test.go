@@ -52,8 +52,13 @@ func startHook(t *testing.T, f *farm.Farm, o buildOpts) *daemon.Hook {
 // offload runs one request through a fresh hook and, when accepted, the whole build.
 func offload(t *testing.T, f *farm.Farm, d *drv.Derivation, o buildOpts) result {
 	t.Helper()
-	h := startHook(t, f, o)
-	ans, err := h.Request(o.wantsLocal, d.System, d.Path, d.Features())
+	return build(t, f, startHook(t, f, o), d, o.wantsLocal)
+}
+
+// build asks h about d and, when accepted, sends the paths and waits for the hook.
+func build(t *testing.T, f *farm.Farm, h *daemon.Hook, d *drv.Derivation, wantsLocal bool) result {
+	t.Helper()
+	ans, err := h.Request(wantsLocal, d.System, d.Path, d.Features())
 	if err != nil {
 		t.Fatalf("request: %v (messages: %q)", err, h.Messages())
 	}
@@ -65,8 +70,7 @@ func offload(t *testing.T, f *farm.Farm, d *drv.Derivation, o buildOpts) result 
 	} else if err := h.CloseStdin(); err != nil {
 		t.Fatal(err)
 	}
-	r.status, r.signaled, err = h.Wait()
-	if err != nil {
+	if r.status, r.signaled, err = h.Wait(); err != nil {
 		t.Fatal(err)
 	}
 	r.messages = strings.Join(h.Messages(), "\n")
