@@ -66,6 +66,8 @@ const rootsDir = ".cache/guix/offload"
 //	                         one of the machine's own build slots is taken
 //	                         "offload-building" (the build starts: from here on a
 //	                         failure is the build's, and no other machine may take it)
+//	                         "offload-alive" every second while the build runs
+//	                         (aliveScript)
 //	                         "offload-built" (the build succeeded), then the export of
 //	                         the OUTPUTs in COMP up to the end of stdout
 //
@@ -120,8 +122,9 @@ var sessionScript = strings.Join([]string{
 	remoteSlotScript,
 	`echo ` + lineBuilding,
 	`printf "\037offload-phase %s build\n" "$tok" >&2`,
-	`guix build -r "$d/$r" --verbosity=3 ${mst:+"--max-silent-time=$mst"} ${to:+"--timeout=$to"} "$drv" </dev/null >/dev/null || exit`,
-	`exec 9>&-`,
+	`guix build -r "$d/$r" --verbosity=3 ${mst:+"--max-silent-time=$mst"} ${to:+"--timeout=$to"} "$drv" </dev/null >/dev/null & b=$!`,
+	aliveScript,
+	`wait "$b"; st=$?; kill "$w" 2>/dev/null; wait "$w" 2>/dev/null; exec 9>&-; [ "$st" -eq 0 ] || exit "$st"`,
 	`printf "\037offload-phase %s export\n" "$tok" >&2`,
 	`echo ` + lineBuilt,
 	`[ $# -gt 0 ] || exit 0`,
@@ -151,6 +154,16 @@ const remoteSlotScript = `if [ "$ns" -gt 0 ] 2>/dev/null; then if command -v flo
 	`: >"$sd/$i"; printf "%s %s\n" "$who" "$drv" >&9; ` +
 	`else echo "offload: no flock(1) on this machine (util-linux): its parallel-builds is not shared with other hosts" >&2; fi; fi`
 
+// aliveScript watches, while the build runs (pid $b), that the session is still
+// there, writing "offload-alive" on stdout every second: when the host died or lost
+// its connection, the write fails (sshd closes the session's stdout when the client's
+// side of the channel is gone, even when ssh's connection sharing keeps the
+// connection; it keeps draining stderr, so the build's log would not tell) and it
+// stops the build, whose `guix build` holds the machine's slot (remoteSlotScript).
+// Neither it nor its sleep keeps fd 9 or stdout beyond itself, so that neither the
+// slot nor the session outlives the build. Its pid is $w.
+const aliveScript = `{ trap '' PIPE; while sleep 1 >/dev/null 2>&1; do kill -0 "$b" 2>/dev/null || exit 0; echo ` + lineAlive + ` 2>/dev/null || break; done; kill "$b" 2>/dev/null; } 9>&- & w=$!`
+
 // slotsDirEnv, in the machine's environment, puts its shared build slots elsewhere than
 // under the remote user's home (remoteSlotScript), e.g. where several remote users
 // share them.
@@ -167,6 +180,7 @@ const (
 	lineWaiting    = "offload-waiting-slot"
 	lineBuilding   = "offload-building"
 	lineBuilt      = "offload-built"
+	lineAlive      = "offload-alive"
 )
 
 // offload performs an accepted build on machine m in one ssh session (BEHAVIOUR.md 1,
@@ -560,6 +574,9 @@ func (s *session) build() error {
 		})
 	}
 	l, err := s.line()
+	for err == nil && l == lineAlive {
+		l, err = s.line()
+	}
 	if timer != nil && !timer.Stop() {
 		s.wait()
 		return fmt.Errorf("no result from machine '%s' %s after the build timeout: %w", m.Display(), buildMargin, ErrTimedOut)
