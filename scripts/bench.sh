@@ -76,6 +76,11 @@ What the figures are (integration/bench_test.go):
   the ideal (waves of 6 builds x build time). Max concurrency from the builders' own
   start/end lines (checked: never above 2). Hook peak RSS: the largest VmHWM seen while
   polling every 20 ms, against the same reading of a hook that only declined.
+- Shared machine: three hosts (hooks with their own state directories) each list one
+  machine with parallel-builds 2 and ask for four sleeping builds at once; the machine's
+  own build slots keep it at two builds at once (checked, from the builders' lines),
+  where each host alone would allow two, six together. Baseline: the ideal (waves of 2
+  builds x build time).
 - Machines file: median time to read it, as the hook does for every request. Evaluator:
   offload's own evaluator on Guix System's generated file (append-map wrapper), against
   the manual's hand-written shape. Guix repl: the file with a virtual build machine's
