@@ -46,6 +46,8 @@ type Status struct {
 	// is behind. It includes the time the answer took to come back (a few ms).
 	ClockOffset *float64 `json:"clock_offset_seconds,omitempty"`
 	GuixVersion string   `json:"guix_version,omitempty"` // first line of `guix --version`; "" when guix does not run
+	// MachineSlots: the machine's own build slots, shared by every host; nil unknown.
+	MachineSlots *hook.RemoteSlots `json:"machine_slots,omitempty"`
 	// From the local slot files.
 	ParallelBuilds int          `json:"parallel_builds"`
 	SlotsInUse     int          `json:"slots_in_use"`
@@ -143,7 +145,7 @@ func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, 
 func (st *Status) fill(f hook.Facts, now time.Time) {
 	st.Reachable = true
 	st.Kernel, st.Architecture, st.HostName, st.GuixVersion = f.Kernel, f.Architecture, f.HostName, f.GuixVersion
-	st.Cores = f.Cores
+	st.Cores, st.MachineSlots = f.Cores, f.Slots
 	load := f.Load1
 	st.Load1 = &load
 	norm := machines.Probe{Load1: f.Load1, Cores: f.Cores}.NormalizedLoad()
@@ -245,6 +247,7 @@ func WriteStatusTable(w io.Writer, sts []Status) error {
 		for _, h := range s.Slots {
 			fmt.Fprintf(w, "%s: slot %d: process %d: %s\n", s.Machine, h.Slot, h.PID, h.Reason)
 		}
+		writeRemoteSlots(w, s.Machine, s.MachineSlots)
 		if !s.Reachable {
 			fmt.Fprintf(w, "%s: unreachable: %s\n", s.Machine, oneLine(s.Error))
 		}
@@ -287,4 +290,22 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
+
+// writeRemoteSlots writes status's lines about the machine's own build slots.
+func writeRemoteSlots(w io.Writer, machine string, rs *hook.RemoteSlots) {
+	if rs == nil {
+		return
+	}
+	fmt.Fprintf(w, "%s: %d build slot%s taken on the machine, by any host\n", machine, rs.Held, plural(rs.Held))
+	for _, r := range rs.Holders {
+		fmt.Fprintf(w, "%s: machine slot %d: host %s, process %d: building %s\n", machine, r.Slot, orUnknown(r.Host), r.PID, orUnknown(r.Derivation))
+	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "?"
+	}
+	return s
 }

@@ -114,3 +114,14 @@ func TestHumanBytes(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteRemoteSlots(t *testing.T) {
+	rs := &hook.RemoteSlots{Held: 2, Holders: []hook.RemoteSlot{{Slot: 1, Host: "laptop", PID: 12, Derivation: "/gnu/store/a.drv"}, {Slot: 2}}}
+	var b bytes.Buffer
+	writeRemoteSlots(&b, "build1", rs)
+	if got := b.String(); got != "build1: 2 build slots taken on the machine, by any host\n"+
+		"build1: machine slot 1: host laptop, process 12: building /gnu/store/a.drv\n"+
+		"build1: machine slot 2: host ?, process 0: building ?\n" {
+		t.Errorf("status lines:\n%s", got)
+	}
+}

@@ -185,7 +185,7 @@ func (h *Hook) takeSlots(req Request, matching []*machines.Machine, now time.Tim
 func (h *Hook) pick(ctx context.Context, cands []*candidate) (best *candidate, busy int, down []*machines.Machine) {
 	var cs []machines.Candidate
 	for _, c := range cands {
-		cs = append(cs, machines.Candidate{M: c.m, Probe: c.probe, Err: c.err})
+		cs = append(cs, machines.Candidate{M: c.m, Probe: c.probe, Err: c.err, Queued: c.queued})
 	}
 	for _, v := range freeFirst(machines.Rank(cs, h.Rand), cands) {
 		c := findCandidate(cands, v.M)
@@ -338,7 +338,9 @@ func (h *Hook) probeAll(ctx context.Context, cands []*candidate, now time.Time) 
 	var wg sync.WaitGroup
 	for _, c := range cands {
 		if health, err := h.state.Health(c.m.StateKey()); err == nil {
-			if p := health.FreshProbe(now, h.Conf.ProbeMaxAge); p != nil {
+			// A machine that was full may have a free slot now: asked again rather
+			// than postponed until the cache expires.
+			if p := health.FreshProbe(now, h.Conf.ProbeMaxAge); p != nil && (c.queued || !p.RemoteFull(c.m.ParallelBuilds)) {
 				c.probe = p
 				continue
 			}
@@ -366,19 +368,20 @@ func (h *Hook) probeAll(ctx context.Context, cands []*candidate, now time.Time) 
 // probe asks a machine for its load; a machine that does not answer in time counts as
 // unreachable (never as idle).
 func (h *Hook) probe(ctx context.Context, m *machines.Machine) (*machines.Probe, error) {
-	p, err := ProbeMachine(ctx, h.Runner, h.target(m), m.Display(), h.Conf.StoreDir, 2*h.connectTimeout())
+	p, err := ProbeMachine(ctx, h.Runner, h.target(m), m.Display(), h.Conf.StoreDir, max(m.ParallelBuilds, 1), 2*h.connectTimeout())
 	if p != nil {
 		p.Time = h.Now()
 	}
 	return p, err
 }
 
-// ProbeMachine reads a machine's load, cores, free store space and clock in one ssh
-// round trip (AskMachine), giving up after timeout.
-func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, name, storeDir string, timeout time.Duration) (*machines.Probe, error) {
+// ProbeMachine reads a machine's load, cores, free store space, clock and how many of
+// its own build slots 0 .. slots-1 are taken, in one ssh round trip (AskMachine),
+// giving up after timeout.
+func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, name, storeDir string, slots int, timeout time.Duration) (*machines.Probe, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	f, err := AskMachine(ctx, r, t, storeDir, false)
+	f, err := askFacts(ctx, r, t, storeDir, slots, false)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("no answer within %s: %w", timeout, err) // err names the machine
@@ -388,7 +391,11 @@ func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, name
 	if f.Cores < 1 {
 		return nil, fmt.Errorf("machine '%s': no core count in its answer", name)
 	}
-	return &machines.Probe{Load1: f.Load1, Cores: f.Cores, FreeBytes: f.FreeBytes, Time: time.Now()}, nil
+	held := -1
+	if f.Slots != nil {
+		held = f.Slots.Held
+	}
+	return &machines.Probe{Load1: f.Load1, Cores: f.Cores, FreeBytes: f.FreeBytes, Time: time.Now(), RemoteSlotsHeld: held}, nil
 }
 
 func (h *Hook) connectTimeout() time.Duration {

@@ -47,9 +47,10 @@ const rootsDir = ".cache/guix/offload"
 // sessionScript is all an offload does on the machine after the accept, in one ssh
 // session and one remote shell, run as
 //
-//	sh -c SCRIPT sh ROOTS ROOT DRV TOKEN MAX-SILENT TIMEOUT [OUTPUT...]
+//	sh -c SCRIPT sh ROOTS ROOT DRV TOKEN MAX-SILENT TIMEOUT SLOTS HOLDER [OUTPUT...]
 //
-// (MAX-SILENT and TIMEOUT are "" for no limit); one line, so that --verbose traces
+// (MAX-SILENT and TIMEOUT are "" for no limit; SLOTS is the machine's parallel-builds
+// and HOLDER "HOST PID", see remoteSlotScript); one line, so that --verbose traces
 // show all of it. Framing, one line each unless said:
 //
 //	stdin  (hook → machine)  the wanted paths (the .drv and its inputs), space-separated
@@ -68,8 +69,12 @@ const rootsDir = ".cache/guix/offload"
 //	                         bundle follows, and the root names to remove first; then,
 //	                         with "send", the bundle in COMP up to the end of stdin
 //	stdout                   "offload-imported" (the bundle is in its store)
+//	                         "offload-waiting-slot", about once a second, while every
+//	                         one of the machine's own build slots is taken
 //	                         "offload-building" (the build starts: from here on a
 //	                         failure is the build's, and no other machine may take it)
+//	                         "offload-alive" every second while the build runs
+//	                         (aliveScript)
 //	                         "offload-built" (the build succeeded), then the export of
 //	                         the OUTPUTs in COMP up to the end of stdout
 //
@@ -94,8 +99,8 @@ const rootsDir = ".cache/guix/offload"
 // those that earlier hooks of this host left behind when they were killed.
 var sessionScript = strings.Join([]string{
 	transferFuncs,
-	`d=$1 r=$2 drv=$3 tok=$4 mst=$5 to=$6`,
-	`shift 6`,
+	`d=$1 r=$2 drv=$3 tok=$4 mst=$5 to=$6 ns=$7 who=$8`,
+	`shift 8`,
 	`set -f`,
 	`state=${GUIX_STATE_DIRECTORY:-/var/guix}`,
 	`tmp=$state/gcroots/tmp`,
@@ -124,14 +129,55 @@ var sessionScript = strings.Join([]string{
 	`[ -d "$d" ] || mkdir -p "$d" || exit`,
 	`if [ -d "$state/gcroots" ] && { [ -d "$tmp" ] || mkdir "$tmp" 2>/dev/null; } && ln -sf "$drv" "$tmp/$r.drv" 2>/dev/null; then :; ` +
 		`else guix build -d -r "$d/$r.drv" "$drv" </dev/null >/dev/null || exit; fi`,
+	remoteSlotScript,
 	`echo ` + lineBuilding,
 	`printf "\037offload-phase %s build\n" "$tok" >&2`,
-	`guix build -r "$d/$r" --verbosity=3 ${mst:+"--max-silent-time=$mst"} ${to:+"--timeout=$to"} "$drv" </dev/null >/dev/null || exit`,
+	`guix build -r "$d/$r" --verbosity=3 ${mst:+"--max-silent-time=$mst"} ${to:+"--timeout=$to"} "$drv" </dev/null >/dev/null & b=$!`,
+	aliveScript,
+	`wait "$b"; st=$?; kill "$w" 2>/dev/null; wait "$w" 2>/dev/null; exec 9>&-; [ "$st" -eq 0 ] || exit "$st"`,
 	`printf "\037offload-phase %s export\n" "$tok" >&2`,
 	`echo ` + lineBuilt,
 	`[ $# -gt 0 ] || exit 0`,
 	`case $comp in zstd | gzip) export_z "$comp" "$@" ;; *) guix archive --export "$@" ;; esac`,
 }, "; ")
+
+// remoteSlotScript takes one of the machine's own build slots before the build, so
+// that parallel-builds holds on the machine whatever the number of hosts that offload
+// to it: the slot files are SLOTS-DIR/0 .. SLOTS-1, SLOTS-DIR being $OFFLOAD_SLOTS_DIR
+// in the machine's environment or ROOTS/slots (relative to the remote user's home,
+// like ROOTS). A slot is an flock(1) on fd 9 of the script's shell, so it lasts as
+// long as the shell and what inherits fd 9: the `guix build` client, which lives as
+// long as the build (the daemon's builders do not inherit it), and it is released
+// after the build, before the export. A session that ends (the host died, its
+// connection broke) frees its slot when its shell exits: at the build's next write to
+// the closed session (SIGPIPE), or at its end. The holder writes "HOST PID DRV" in the
+// slot for `offload status`; the file is opened for appending, so that a slot taken by
+// someone else is never truncated. With every slot taken (other hosts took them since
+// the probe) it waits, trying every 0.1 s and writing "offload-waiting-slot" on stdout
+// every second or so, which also ends it (SIGPIPE) if the session is gone. A machine
+// without flock has no shared slots: one line on stderr, and the build goes on.
+// Probed by factsScript.
+const remoteSlotScript = `if [ "$ns" -gt 0 ] 2>/dev/null; then if command -v flock >/dev/null 2>&1; then ` +
+	`sd=${` + slotsDirEnv + `:-$d/slots}; [ -d "$sd" ] || mkdir -p "$sd" || exit; k=0; ` +
+	`while :; do i=0; while [ "$i" -lt "$ns" ]; do exec 9>>"$sd/$i"; if flock -n 9; then break 2; fi; exec 9>&-; i=$((i + 1)); done; ` +
+	`[ $((k % 10)) -ne 0 ] || echo ` + lineWaiting + `; k=$((k + 1)); sleep 0.1 2>/dev/null || sleep 1; done; ` +
+	`: >"$sd/$i"; printf "%s %s\n" "$who" "$drv" >&9; ` +
+	`else echo "offload: no flock(1) on this machine (util-linux): its parallel-builds is not shared with other hosts" >&2; fi; fi`
+
+// aliveScript watches, while the build runs (pid $b), that the session is still
+// there, writing "offload-alive" on stdout every second: when the host died or lost
+// its connection, the write fails (sshd closes the session's stdout when the client's
+// side of the channel is gone, even when ssh's connection sharing keeps the
+// connection; it keeps draining stderr, so the build's log would not tell) and it
+// stops the build, whose `guix build` holds the machine's slot (remoteSlotScript).
+// Neither it nor its sleep keeps fd 9 or stdout beyond itself, so that neither the
+// slot nor the session outlives the build. Its pid is $w.
+const aliveScript = `{ trap '' PIPE; while sleep 1 >/dev/null 2>&1; do kill -0 "$b" 2>/dev/null || exit 0; echo ` + lineAlive + ` 2>/dev/null || break; done; kill "$b" 2>/dev/null; } 9>&- & w=$!`
+
+// slotsDirEnv, in the machine's environment, puts its shared build slots elsewhere than
+// under the remote user's home (remoteSlotScript), e.g. where several remote users
+// share them.
+const slotsDirEnv = "OFFLOAD_SLOTS_DIR"
 
 // maxRootNames bounds the root names a machine may list (those of builds in flight).
 const maxRootNames = 100_000
@@ -141,8 +187,10 @@ const (
 	rootPrefix     = "offload-root "
 	lineMissingEnd = "offload-missing-end"
 	lineImported   = "offload-imported"
+	lineWaiting    = "offload-waiting-slot"
 	lineBuilding   = "offload-building"
 	lineBuilt      = "offload-built"
+	lineAlive      = "offload-alive"
 )
 
 // offload performs an accepted build on machine m in one ssh session (sessionScript is
@@ -242,7 +290,8 @@ func (h *Hook) startSession(ctx context.Context, m *machines.Machine, req Reques
 		stderr: newStderrRouter(token, h.Log), done: make(chan struct{})}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	argv := append([]string{"sh", "-c", sessionScript, "sh", rootsDir, s.root, req.Drv, token,
-		limit(h.Conf.MaxSilentTime), limit(h.Conf.BuildTimeout)}, outputs...)
+		limit(h.Conf.MaxSilentTime), limit(h.Conf.BuildTimeout), strconv.Itoa(max(m.ParallelBuilds, 1)),
+		rootHost() + " " + strconv.Itoa(os.Getpid())}, outputs...)
 	go func() {
 		err := h.Runner.RunRemote(s.ctx, h.target(m), argv, sshexec.Stdio{Stdin: inR, Stdout: outW, Stderr: s.stderr})
 		s.runErr = err
@@ -539,7 +588,7 @@ func removableRoots(names []string, root string) []string {
 // *beforeBuildError.
 func (s *session) build() error {
 	h, m, drv := s.h, s.m, s.req.Drv
-	if err := s.expect(lineBuilding, "`guix build -d -r`", "rooting "+drv+" on machine '%s'", "rooting "+drv); err != nil {
+	if err := s.buildStarts(); err != nil {
 		return &beforeBuildError{Err: err}
 	}
 	h.say("offloading '%s' to '%s'...", drv, m.Display())
@@ -553,6 +602,9 @@ func (s *session) build() error {
 		})
 	}
 	l, err := s.line()
+	for err == nil && l == lineAlive {
+		l, err = s.line()
+	}
 	if timer != nil && !timer.Stop() {
 		s.wait()
 		return fmt.Errorf("no result from machine '%s' %s after the build timeout: %w", m.Display(), buildMargin, ErrTimedOut)
@@ -574,6 +626,39 @@ func (s *session) build() error {
 		}
 	}
 	return s.failure("`guix build`", "running guix build on machine '%s'", "building '"+drv+"'", s.stderr.tails[1])
+}
+
+// buildStarts waits for "offload-building", through the machine's wait for one of
+// its own build slots (remoteSlotScript), which it tells the user about once, then
+// every ProgressEvery (which also resets the daemon's max-silent-time clock).
+func (s *session) buildStarts() error {
+	h, m, drv := s.h, s.m, s.req.Drv
+	step, what, bare := "`guix build -d -r`", "rooting "+drv+" on machine '%s'", "rooting "+drv
+	every := h.ProgressEvery
+	if every <= 0 {
+		every = progressEvery
+	}
+	var since, said time.Time
+	for {
+		l, err := s.line()
+		switch {
+		case err != nil:
+			return s.failure(step, what, bare, s.stderr.tails[0])
+		case l == lineBuilding:
+			return nil
+		case l != lineWaiting:
+			s.abort()
+			return s.protocol(l, lineBuilding)
+		case since.IsZero():
+			since, said = time.Now(), time.Now()
+			step, what, bare = "the wait for a build slot", "waiting for a build slot of machine '%s'", "waiting for a build slot"
+			n := max(m.ParallelBuilds, 1)
+			h.say("offload: all %d build slots of machine '%s' are taken on the machine, by other hosts too; '%s' waits for one there", n, m.Display(), drv)
+		case time.Since(said) >= every:
+			said = time.Now()
+			h.say("offload: '%s' still waits for a build slot on machine '%s' (%s so far)", drv, m.Display(), said.Sub(since).Round(time.Second))
+		}
+	}
 }
 
 // download restores the outputs that follow the build on the session's stdout into the

@@ -74,15 +74,24 @@ type scriptRun struct {
 // T/roots, as root ROOT for drv, with token TOKEN, the limits and outputs given.
 func startScript(t *testing.T, shell []string, T string, env []string, drv, maxSilent, timeout string, outputs ...string) *scriptRun {
 	t.Helper()
+	return startScriptSetup(t, shell, T, nil, env, drv, maxSilent, timeout, outputs...)
+}
+
+// startScriptSetup is startScript with setup(t, T) run after the fake guix is in place.
+func startScriptSetup(t *testing.T, shell []string, T string, setup func(*testing.T, string), env []string, drv, maxSilent, timeout string, outputs ...string) *scriptRun {
+	t.Helper()
 	bin := filepath.Join(T, "bin")
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	writeScript(t, bin, "guix", fakeGuixScript)
-	args := append(append(shell[1:], "-c", sessionScript, "sh", filepath.Join(T, "roots"), "ROOT", drv, "TOKEN", maxSilent, timeout), outputs...)
+	if setup != nil {
+		setup(t, T)
+	}
+	args := append(append(shell[1:], "-c", sessionScript, "sh", filepath.Join(T, "roots"), "ROOT", drv, "TOKEN", maxSilent, timeout, "1", "thishost 42"), outputs...)
 	cmd := exec.Command(shell[0], args...)
 	cmd.Dir = T
-	cmd.Env = append([]string{"T=" + T, "PATH=" + bin + ":" + os.Getenv("PATH")}, env...)
+	cmd.Env = append([]string{"T=" + T, "PATH=" + bin + ":" + os.Getenv("PATH"), slotsDirEnv + "=" + filepath.Join(T, "slots")}, env...)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -440,6 +449,7 @@ cd "$R/home" && PATH="$R/bin:$PATH" exec sh -c "$c"`)
 [ -e "$LOCALFAIL" ] && { echo "guix archive: error: no signing key" >&2; exit 1; }
 shift 2; echo "bundle of $*"`)
 	t.Setenv("R", R)
+	t.Setenv(slotsDirEnv, filepath.Join(R, "slots")) // the machine's own build slots, out of the roots
 	t.Setenv("LOCALFAIL", filepath.Join(T, "localfail"))
 
 	// The output the machine returns: a bundle signed by a key our ACL trusts.

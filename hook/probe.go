@@ -16,8 +16,18 @@ import (
 // guix version; `guix --version` costs a process, so the hook does not ask for it).
 // One "KEY VALUE" line per fact; the clock comes last, closest to the moment the answer
 // reaches us. One line, so that --verbose traces show all of it.
-const factsScript = `s=$1; if [ "$2" = full ]; then echo "kernel $(uname -s) $(uname -r)"; echo "arch $(uname -m)"; echo "host $(uname -n)"; echo "guix $(guix --version 2>/dev/null | head -n 1)"; fi; ` +
-	`echo "cores $(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null)"; echo "load $(cat /proc/loadavg 2>/dev/null)"; echo "df $(df -Pk "$s" 2>/dev/null | tail -n 1)"; echo "time $(date +%s.%N)"`
+//
+// The machine's own build slots (see remoteSlotScript) come as "rslots HELD", HELD the
+// slots someone holds among 0 .. SLOTS-1 (the third argument; every slot file when it
+// is ""), and in full mode one "rslot I HOST PID DRV" line per held slot, from what its
+// holder wrote; a machine without flock gives neither.
+const factsScript = `s=$1 mode=$2 ns=$3; if [ "$mode" = full ]; then echo "kernel $(uname -s) $(uname -r)"; echo "arch $(uname -m)"; echo "host $(uname -n)"; echo "guix $(guix --version 2>/dev/null | head -n 1)"; fi; ` +
+	`echo "cores $(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null)"; echo "load $(cat /proc/loadavg 2>/dev/null)"; echo "df $(df -Pk "$s" 2>/dev/null | tail -n 1)"; ` +
+	`if command -v flock >/dev/null 2>&1; then sd=${` + slotsDirEnv + `:-` + rootsDir + `/slots}; set --; ` +
+	`if [ -n "$ns" ]; then i=0; while [ "$i" -lt "$ns" ]; do set -- "$@" "$sd/$i"; i=$((i + 1)); done; elif [ -d "$sd" ]; then set -- "$sd"/[0-9]*; fi; ` +
+	`n=0; for f; do [ -f "$f" ] && [ -r "$f" ] || continue; if ! (exec 9<"$f" && flock -n 9) 2>/dev/null; then n=$((n + 1)); ` +
+	`if [ "$mode" = full ]; then echo "rslot ${f##*/} $(head -n 1 "$f")"; fi; fi; done; echo "rslots $n"; fi; ` +
+	`echo "time $(date +%s.%N)"`
 
 // Facts is what factsScript reports.
 type Facts struct {
@@ -26,16 +36,46 @@ type Facts struct {
 	Load1                                       float64
 	FreeBytes                                   int64 // -1 unknown
 	Time                                        time.Time
+	// Slots is how many of the machine's own build slots someone holds, from this
+	// host or another, and (only when asked in full) who; nil unknown (no flock on
+	// the machine).
+	Slots *RemoteSlots
+}
+
+// RemoteSlot is one of the machine's own build slots (remoteSlotScript) and what its
+// holder wrote in it.
+type RemoteSlot struct {
+	Slot       int    `json:"slot"`
+	Host       string `json:"host,omitempty"` // the host whose hook holds it
+	PID        int    `json:"pid,omitempty"`  // that hook's process, on its host
+	Derivation string `json:"derivation,omitempty"`
+}
+
+// RemoteSlots is what the machine said of its own build slots.
+type RemoteSlots struct {
+	Held    int          `json:"held"`    // taken, by any host
+	Holders []RemoteSlot `json:"holders"` // who holds them (full mode only)
 }
 
 // AskMachine runs factsScript on t (full: with the status-only facts) and parses its
 // answer.
+// It counts every slot file of the machine's own build slots.
 func AskMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, storeDir string, full bool) (Facts, error) {
+	return askFacts(ctx, r, t, storeDir, 0, full)
+}
+
+// askFacts is AskMachine counting the machine's own build slots 0 .. slots-1 (all of
+// its slot files when slots is 0).
+func askFacts(ctx context.Context, r *sshexec.Runner, t sshexec.Target, storeDir string, slots int, full bool) (Facts, error) {
 	mode := "basic"
 	if full {
 		mode = "full"
 	}
-	out, err := r.OutputRemote(ctx, t, []string{"sh", "-c", factsScript, "sh", storeDir, mode}, nil)
+	n := ""
+	if slots > 0 {
+		n = strconv.Itoa(slots)
+	}
+	out, err := r.OutputRemote(ctx, t, []string{"sh", "-c", factsScript, "sh", storeDir, mode, n}, nil)
 	if err != nil {
 		return Facts{}, err
 	}
@@ -75,6 +115,14 @@ func ParseFacts(out string) (Facts, error) {
 			}
 		case "guix":
 			f.GuixVersion = val
+		case "rslots":
+			if n, err := strconv.Atoi(val); err == nil && n >= 0 {
+				f.slots().Held = n
+			}
+		case "rslot":
+			if r, ok := parseRemoteSlot(val); ok {
+				f.slots().Holders = append(f.slots().Holders, r)
+			}
 		case "time":
 			sec, frac, _ := strings.Cut(val, ".")
 			s, err := strconv.ParseInt(sec, 10, 64)
@@ -92,4 +140,35 @@ func ParseFacts(out string) (Facts, error) {
 		return f, fmt.Errorf("unexpected answer to the probe %q", out)
 	}
 	return f, nil
+}
+
+func (f *Facts) slots() *RemoteSlots {
+	if f.Slots == nil {
+		f.Slots = &RemoteSlots{Holders: []RemoteSlot{}}
+	}
+	return f.Slots
+}
+
+// parseRemoteSlot parses "I HOST PID DRV" (remoteSlotScript's content after the slot's
+// number); a slot whose holder wrote nothing yet has only its number.
+func parseRemoteSlot(val string) (RemoteSlot, bool) {
+	fs := strings.Fields(val)
+	if len(fs) == 0 {
+		return RemoteSlot{}, false
+	}
+	i, err := strconv.Atoi(fs[0])
+	if err != nil || i < 0 {
+		return RemoteSlot{}, false
+	}
+	r := RemoteSlot{Slot: i}
+	if len(fs) > 1 {
+		r.Host = fs[1]
+	}
+	if len(fs) > 2 {
+		r.PID, _ = strconv.Atoi(fs[2])
+	}
+	if len(fs) > 3 {
+		r.Derivation = fs[3]
+	}
+	return r, true
 }

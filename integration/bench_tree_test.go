@@ -6,8 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,7 +24,11 @@ import (
 // `ssh machine guix archive --export | guix archive --import` down. BENCH_QUICK=1 takes
 // src/net only.
 func BenchmarkSourceTree(b *testing.B) {
-	src := filepath.Join(runtime.GOROOT(), "src")
+	goroot, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		b.Fatalf("go env GOROOT: %v", err)
+	}
+	src := filepath.Join(strings.TrimSpace(string(goroot)), "src")
 	if benchQuick() {
 		src = filepath.Join(src, "net")
 	}

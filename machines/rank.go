@@ -19,6 +19,16 @@ type Probe struct {
 	Cores     int       // number of cores
 	FreeBytes int64     // free space in the machine's store; -1 unknown
 	Time      time.Time // when probed
+	// RemoteSlotsHeld is how many of the machine's own build slots (shared by every
+	// host that offloads to it) are taken, by any host; -1 unknown. A probe cached
+	// before the field existed reads 0: not full, as unknown.
+	RemoteSlotsHeld int `json:",omitempty"`
+}
+
+// RemoteFull tells whether every one of the machine's own build slots was taken, for
+// a machine of parallel-builds slots.
+func (p Probe) RemoteFull(slots int) bool {
+	return p.RemoteSlotsHeld >= 0 && p.RemoteSlotsHeld >= max(slots, 1)
 }
 
 // NormalizedLoad returns the 1-minute load per core, capped at 1.0; fewer
@@ -38,6 +48,10 @@ type Candidate struct {
 	M     *Machine
 	Probe *Probe // nil when the probe failed
 	Err   error  // why the probe failed
+	// Queued: every local slot is taken and the build would wait for one of ours
+	// to end, which frees the machine's slot it holds too: the machine's own slots
+	// do not make it busy.
+	Queued bool
 }
 
 // Verdict says whether a candidate may be used and why, in one line fit
@@ -49,10 +63,11 @@ type Verdict struct {
 	Score  float64
 }
 
-// Rank judges the candidates: it drops the unreachable (no probe), those
-// with less than MinFreeBytes free in the store, and the overloaded
-// (normalized load at or above the machine's overload-threshold, unless
-// that is #f). Usable ones score Speed/(1+NormalizedLoad) and come first,
+// Rank judges the candidates: it drops the unreachable (no probe), the full
+// (every one of the machine's own build slots taken, by any host; unless the
+// candidate is queued), those with less than MinFreeBytes free in the store,
+// and the overloaded (normalized load at or above the machine's
+// overload-threshold, unless that is #f). Usable ones score Speed/(1+NormalizedLoad) and come first,
 // best first, with ties put in random order by rnd so that equal machines
 // share the work (rnd nil: input order); the others follow in input order.
 func Rank(c []Candidate, rnd *rand.Rand) []Verdict {
@@ -86,6 +101,9 @@ func judge(c Candidate) Verdict {
 		default:
 			v.Reason = fmt.Sprintf("machine '%s' is unreachable: %v", name, c.Err)
 		}
+	case !c.Queued && p.RemoteFull(m.ParallelBuilds):
+		v.Reason = fmt.Sprintf("machine '%s' is full: %d of %d build slots taken on the machine, by other hosts too",
+			name, p.RemoteSlotsHeld, max(m.ParallelBuilds, 1))
 	case p.FreeBytes >= 0 && p.FreeBytes < MinFreeBytes:
 		v.Reason = fmt.Sprintf("machine '%s' is low on disk space (%d MiB free in the store, need %d MiB)",
 			name, p.FreeBytes>>20, MinFreeBytes>>20)

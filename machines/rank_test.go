@@ -154,3 +154,36 @@ func TestUnique(t *testing.T) {
 		t.Errorf("Unique = %v", got)
 	}
 }
+
+// TestRankRemoteSlots: a machine whose own build slots are all taken (by any host) is
+// not usable, with a reason that says so, unless the build is queued behind one of
+// ours; an unknown count (no flock there) or a free slot leaves it usable.
+func TestRankRemoteSlots(t *testing.T) {
+	withSlots := func(name string, parallel int) *Machine {
+		m := mach(name, 1, nil)
+		m.ParallelBuilds = parallel
+		return m
+	}
+	p := func(held int) *Probe { pr := probe(0, 4, 10*gib); pr.RemoteSlotsHeld = held; return pr }
+	for _, c := range []struct {
+		name          string
+		parallel      int
+		held          int
+		queued        bool
+		usable        bool
+		reasonContain string
+	}{
+		{"full", 2, 2, false, false, "machine 'full:22' is full: 2 of 2 build slots taken on the machine, by other hosts too"},
+		{"one-free", 2, 1, false, true, "is available"},
+		{"unknown", 2, -1, false, true, "is available"},
+		{"default-one", 0, 1, false, false, "1 of 1 build slots taken"},
+		{"queued", 2, 2, true, true, "is available"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			vs := Rank([]Candidate{{M: withSlots(c.name, c.parallel), Probe: p(c.held), Queued: c.queued}}, nil)
+			if vs[0].Usable != c.usable || !strings.Contains(vs[0].Reason, c.reasonContain) {
+				t.Errorf("usable %v, reason %q; want %v and %q", vs[0].Usable, vs[0].Reason, c.usable, c.reasonContain)
+			}
+		})
+	}
+}

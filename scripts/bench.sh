@@ -86,6 +86,11 @@ What the figures are (integration/bench_test.go):
   gcroots-writable: the machine's user may write in the daemon's gcroots (root on a
   Guix machine), so the .drv's GC root is a symlink; gcroots-not-writable: it is made
   by `guix build -d -r`.
+- Shared machine: three hosts (hooks with their own state directories) each list one
+  machine with parallel-builds 2 and ask for four sleeping builds at once; the machine's
+  own build slots keep it at two builds at once (checked, from the builders' lines),
+  where each host alone would allow two, six together. Baseline: the ideal (waves of 2
+  builds x build time).
 - Machines file: median time to read it, as the hook does for every request. Evaluator:
   offload's own evaluator on Guix System's generated file (append-map wrapper), against
   the manual's hand-written shape. Guix repl: the file with a virtual build machine's

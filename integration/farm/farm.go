@@ -93,6 +93,10 @@ func (m *Machine) StateKey() string {
 	return mm.StateKey()
 }
 
+// SlotsDir is where the machine keeps its own build slots, shared by every hook that
+// offloads to it (OFFLOAD_SLOTS_DIR in its sessions' environment).
+func (m *Machine) SlotsDir() string { return filepath.Join(m.Dir, "slots") }
+
 // Invocations returns the guix command lines run on the machine so far.
 func (m *Machine) Invocations() []string { return readLines(m.GuixLog) }
 
@@ -213,6 +217,9 @@ func New(t testing.TB, opts Options) *Farm {
 			"FAKEGUIX_SUBSTITUTES":         m.SubstituteDir(),
 			// A hostile archive's symlink points here, never at a real system file.
 			"FAKEGUIX_HOSTILE_TARGET": filepath.Join(dir, "canary"),
+			// The machine's own build slots: its machines log in as the same user
+			// (whose home would otherwise hold them for every machine and test).
+			"OFFLOAD_SLOTS_DIR": m.SlotsDir(),
 		}})
 		m.Port = m.Server.Port
 		f.Machines = append(f.Machines, m)

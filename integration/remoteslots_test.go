@@ -1,0 +1,270 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"offload/integration/daemon"
+	"offload/integration/drv"
+	"offload/integration/farm"
+	"offload/locking"
+	"offload/sshexec/sshtest"
+)
+
+// A build machine shared by several hosts: each host is a hook with its own
+// GUIX_STATE_DIRECTORY (its own local slots, queue, state and ssh connections), all
+// reading the same machines file, against the farm's one machine.
+
+// hostEnv is the environment of host i's hooks: host 0 is the farm's own state, the
+// others have theirs.
+func hostEnv(tb testing.TB, f *farm.Farm, i int) []string {
+	tb.Helper()
+	if i == 0 {
+		return f.HookEnv()
+	}
+	dir := filepath.Join(f.Dir, "host"+strconv.Itoa(i), "state")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	return append(f.HookEnv(), "GUIX_STATE_DIRECTORY="+dir)
+}
+
+// startHostHook starts a hook of host i as guix-daemon would.
+func startHostHook(tb testing.TB, f *farm.Farm, i int) (*daemon.Hook, error) {
+	return daemon.StartWith(context.Background(), f.HookArgv("x86_64-linux", 0, true, 0), hostEnv(tb, f, i), daemon.Options{})
+}
+
+// sharedOutcome is what sharedBuilds saw.
+type sharedOutcome struct {
+	failures []string
+	maxConc  int // most builds running at once on the machine, from the builders' lines
+	builds   int // builds whose start and end the builders wrote
+	waited   int // builds that waited for one of the machine's own slots
+	elapsed  time.Duration
+}
+
+// sharedBuilds asks for perHost builds of secs seconds on each of hosts hosts at once,
+// each on its own hook, postponed requests asked again every 200 ms on the same hook
+// as the daemon does, and counts from the builders' own start and end lines, in the
+// order they were written, how many ran at once.
+func sharedBuilds(tb testing.TB, f *farm.Farm, hosts, perHost, secs int) sharedOutcome {
+	tb.Helper()
+	events := filepath.Join(f.Dir, "events")
+	type job struct {
+		host int
+		d    *drv.Derivation
+	}
+	var jobs []job
+	for h := range hosts {
+		hostEnv(tb, f, h) // its state directory, before the hooks start
+		for i := range perHost {
+			nonce := fmt.Sprintf("h%d-%d-%d", h, i, time.Now().UnixNano())
+			jobs = append(jobs, job{h, f.MakeDrv(drv.Spec{
+				Name: "t-shared",
+				Args: []string{"-c", `echo "start $NONCE" >> "$EVENTS"; sleep ` + strconv.Itoa(secs) +
+					`; echo "end $NONCE" >> "$EVENTS"; echo ok > "$out"`},
+				Env:   map[string]string{"NONCE": nonce, "EVENTS": events},
+				Nonce: nonce,
+			})})
+		}
+	}
+	var out sharedOutcome
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for _, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fail := func(format string, args ...any) {
+				mu.Lock()
+				out.failures = append(out.failures, fmt.Sprintf("host %d, %s: ", j.host, j.d.Path)+fmt.Sprintf(format, args...))
+				mu.Unlock()
+			}
+			h, err := startHostHook(tb, f, j.host)
+			if err != nil {
+				fail("%v", err)
+				return
+			}
+			defer h.Kill()
+			for {
+				ans, err := f.Request(h, j.d)
+				if err != nil {
+					fail("request: %v", err)
+					return
+				}
+				if ans == "accept" {
+					break
+				}
+				if ans != "postpone" {
+					fail("answer %s", ans)
+					return
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			if err := f.SendPaths(h, j.d); err != nil {
+				fail("%v", err)
+			}
+			if st, _, err := h.Wait(); err != nil || st != 0 {
+				fail("hook exited %d (%v): %q", st, err, h.Messages())
+			}
+			if contains(h.Messages(), "by other hosts too; '"+j.d.Path+"' waits for one there") {
+				mu.Lock()
+				out.waited++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	out.elapsed = time.Since(t0)
+	fh, err := os.Open(events)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer fh.Close()
+	cur := 0
+	sc := bufio.NewScanner(fh)
+	for sc.Scan() {
+		switch w := strings.Fields(sc.Text()); {
+		case len(w) != 2:
+		case w[0] == "start":
+			cur++
+			out.maxConc = max(out.maxConc, cur)
+		case w[0] == "end":
+			cur--
+			out.builds++
+		}
+	}
+	return out
+}
+
+// TestSharedMachineKeepsItsLimit: two hosts, each with the machine at parallel-builds
+// 2 in its machines file, ask for four builds each at once: every one succeeds, and
+// the machine never runs more than two at once (each host alone would allow two, four
+// together).
+func TestSharedMachineKeepsItsLimit(t *testing.T) {
+	sshtest.NeedTool(t, "flock")
+	const parallel = 2
+	f := farm.New(t, farm.Options{ParallelBuilds: parallel})
+	writeMachines(f, nil)
+	o := sharedBuilds(t, f, 2, 4, 2)
+	if len(o.failures) > 0 {
+		t.Fatalf("%d builds failed:\n%s", len(o.failures), strings.Join(o.failures, "\n"))
+	}
+	if o.builds != 8 {
+		t.Errorf("the builders wrote %d ends, want 8", o.builds)
+	}
+	if o.maxConc > parallel {
+		t.Errorf("the machine ran %d builds at once, more than its parallel-builds %d", o.maxConc, parallel)
+	}
+	t.Logf("at most %d at once; %d builds waited for a slot on the machine; %s", o.maxConc, o.waited, o.elapsed.Round(time.Millisecond))
+	if held := remoteSlotsHeld(t, f.Machines[0], parallel); held != 0 {
+		t.Errorf("%d of the machine's slots are still held after every build ended", held)
+	}
+}
+
+// TestSharedMachineSlotOfDeadHost: a host whose hook is killed mid-build (SIGKILL on
+// its process group, as the daemon does; its ssh session goes with it, though the
+// shared ssh connection stays) frees the machine's slot, although its build would
+// never end by itself: until then the other host is told the machine is full, then
+// its build goes there.
+func TestSharedMachineSlotOfDeadHost(t *testing.T) {
+	sshtest.NeedTool(t, "flock")
+	f := farm.New(t, farm.Options{ParallelBuilds: 1})
+	writeMachines(f, nil)
+	m := f.Machines[0]
+	// A build that never ends by itself, writing a line every 0.2 s: only the end of
+	// its session can free its slot. The stop file ends it when the test is over.
+	stop := filepath.Join(f.Dir, "stop")
+	t.Cleanup(func() { os.WriteFile(stop, nil, 0o644) })
+	endless := f.MakeDrv(drv.Spec{
+		Name:  "t-endless",
+		Args:  []string{"-c", `while [ ! -e "$STOP" ]; do echo tick; sleep 0.2; done; echo stopped > "$out"`},
+		Env:   map[string]string{"STOP": stop},
+		Nonce: fmt.Sprint(time.Now().UnixNano()),
+	})
+	a, err := startHostHook(t, f, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Kill)
+	if ans, err := f.Request(a, endless); err != nil || ans != "accept" {
+		t.Fatalf("host 0: %q %v: %q", ans, err, a.Messages())
+	}
+	if err := f.SendPaths(a, endless); err != nil {
+		t.Fatal(err)
+	}
+	slot := filepath.Join(m.SlotsDir(), "0")
+	waitUntil(t, "host 0's build to hold the machine's slot", func() bool {
+		_, reason, held, _ := locking.Holder(slot)
+		return held && strings.HasSuffix(reason, endless.Path)
+	})
+
+	b, err := startHostHook(t, f, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Kill)
+	d := okDrv(f, fmt.Sprint("dead-host-", time.Now().UnixNano()))
+	if ans, err := f.Request(b, d); err != nil || ans != "postpone" {
+		t.Fatalf("host 1 while host 0 builds: %q %v, want postpone: %q", ans, err, b.Messages())
+	}
+	if !contains(b.Messages(), "is full: 1 of 1 build slots taken on the machine, by other hosts too") {
+		t.Errorf("host 1 was not told why: %q", b.Messages())
+	}
+
+	a.Kill()
+	a.Wait()
+	waitUntil(t, "the dead host's slot to free itself", func() bool {
+		_, _, held, _ := locking.Holder(slot)
+		return !held
+	})
+	var ans string
+	waitUntil(t, "host 1's request to be accepted", func() bool {
+		ans, err = f.Request(b, d)
+		if err != nil || ans != "postpone" {
+			return true
+		}
+		time.Sleep(200 * time.Millisecond)
+		return false
+	})
+	if err != nil || ans != "accept" {
+		t.Fatalf("host 1 after host 0 died: %q %v: %q", ans, err, b.Messages())
+	}
+	if err := f.SendPaths(b, d); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, err := b.Wait(); err != nil || st != 0 {
+		t.Fatalf("host 1's build: exit %d (%v): %q", st, err, b.Messages())
+	}
+}
+
+// remoteSlotsHeld counts the machine's own slots 0 .. n-1 that someone holds.
+func remoteSlotsHeld(tb testing.TB, m *farm.Machine, n int) int {
+	tb.Helper()
+	held := 0
+	for i := range n {
+		if _, _, h, err := locking.Holder(filepath.Join(m.SlotsDir(), strconv.Itoa(i))); err != nil {
+			tb.Fatal(err)
+		} else if h {
+			held++
+		}
+	}
+	return held
+}
+
+// waitUntil waits for cond, failing the test after a bound generous for a loaded host.
+func waitUntil(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	if !waitFor(2*time.Minute, cond) {
+		tb.Fatalf("gave up waiting for %s", what)
+	}
+}
