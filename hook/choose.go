@@ -21,7 +21,11 @@ import (
 type decision struct {
 	answer  string // "accept", "decline", "postpone"
 	machine *machines.Machine
-	slot    *locking.Lock
+	// target is how the offload reaches machine: settled once, when the machine was
+	// taken into the choice, and used by the probe, the reachability check and the
+	// offload's session alike (so that all three share one ssh connection).
+	target sshexec.Target
+	slot   *locking.Lock
 	// queued: slot is a place in the machine's queue, not a build slot; the build
 	// waits for one of the machine's build slots after the accept (waitForSlot).
 	queued bool
@@ -63,16 +67,17 @@ func (h *Hook) DecideDryRun(ctx context.Context, req Request, w io.Writer) Verdi
 
 // candidate is a matching machine on which we hold a free slot, waiting for its probe.
 type candidate struct {
-	m     *machines.Machine
-	slot  *locking.Lock
-	probe *machines.Probe
-	live  bool // probed over ssh for this request, not taken from the cache
+	m      *machines.Machine
+	target sshexec.Target // how this request reaches m (see decision.target)
+	slot   *locking.Lock
+	probe  *machines.Probe
+	live   bool // probed over ssh for this request, not taken from the cache
 	// queued: every build slot is taken and slot is a place in the machine's queue.
 	queued bool
 	err    error
 }
 
-// decideExcluding applies the choice rules (docs/choice.md): decline when nothing
+// decideExcluding applies the choice rules (docs/hook.md): decline when nothing
 // matches (or when every matching machine is down and the daemon can build locally),
 // postpone when matching machines are busy, overloaded or (with no local slot) down,
 // accept the best usable one that is reachable now otherwise. With queue, a machine
@@ -101,7 +106,7 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 	busy += nbusy
 	down = append(down, ndown...)
 	if best != nil {
-		return decision{answer: "accept", machine: best.m, slot: best.slot, queued: best.queued}
+		return decision{answer: "accept", machine: best.m, target: best.target, slot: best.slot, queued: best.queued}
 	}
 	if busy == 0 && len(down) > 0 {
 		return h.allDown(req, down)
@@ -139,7 +144,7 @@ func (h *Hook) takeSlots(req Request, matching []*machines.Machine, now time.Tim
 			continue
 		}
 		slots := max(m.ParallelBuilds, 1)
-		c := &candidate{m: m}
+		c := &candidate{m: m, target: h.target(m)}
 		if h.dryRun {
 			free := freeSlots(h.layout.Slots(m.ID()), slots)
 			if free > 0 || !queue {
@@ -231,7 +236,7 @@ func (h *Hook) reachable(ctx context.Context, c *candidate) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*h.connectTimeout())
 	defer cancel()
-	err := h.Runner.Connect(ctx, h.target(c.m))
+	err := h.Runner.Connect(ctx, c.target)
 	if err == nil {
 		return nil
 	}
@@ -348,7 +353,7 @@ func (h *Hook) probeAll(ctx context.Context, cands []*candidate, now time.Time) 
 		wg.Add(1)
 		go func(c *candidate) {
 			defer wg.Done()
-			p, err := h.probe(ctx, c.m)
+			p, err := h.probe(ctx, c)
 			if err != nil {
 				c.err = err
 				h.record(c.m, err)
@@ -367,8 +372,9 @@ func (h *Hook) probeAll(ctx context.Context, cands []*candidate, now time.Time) 
 
 // probe asks a machine for its load; a machine that does not answer in time counts as
 // unreachable (never as idle).
-func (h *Hook) probe(ctx context.Context, m *machines.Machine) (*machines.Probe, error) {
-	p, err := ProbeMachine(ctx, h.Runner, h.target(m), m.Display(), h.Conf.StoreDir, max(m.ParallelBuilds, 1), 2*h.connectTimeout())
+func (h *Hook) probe(ctx context.Context, c *candidate) (*machines.Probe, error) {
+	m := c.m
+	p, err := ProbeMachine(ctx, h.Runner, c.target, m.Display(), h.Conf.StoreDir, max(m.ParallelBuilds, 1), 2*h.connectTimeout())
 	if p != nil {
 		p.Time = h.Now()
 	}

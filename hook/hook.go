@@ -217,7 +217,7 @@ func (h *Hook) accepted(ctx context.Context, in *bufio.Reader, req Request, d de
 	for {
 		m := d.machine
 		tried[m.ID()] = true
-		err := h.offload(ctx, m, req, inputs, outputs)
+		err := h.offload(ctx, m, d.target, req, inputs, outputs)
 		var early *beforeBuildError
 		var local *localError
 		if !errors.As(err, &early) || errors.As(err, &local) {

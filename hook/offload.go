@@ -199,7 +199,7 @@ const (
 // sends them under the machine's upload lock, builds with the daemon's limits with the
 // log on fd 4, and restores the outputs under the download lock. A failure before the
 // build starts is a *beforeBuildError (another machine may take the build).
-func (h *Hook) offload(ctx context.Context, m *machines.Machine, req Request, inputs, outputs []string) error {
+func (h *Hook) offload(ctx context.Context, m *machines.Machine, t sshexec.Target, req Request, inputs, outputs []string) error {
 	mode, err := ParseCompressionMode(h.Conf.Compression)
 	if err != nil {
 		h.note("%v; using %s", err, mode)
@@ -211,7 +211,7 @@ func (h *Hook) offload(ctx context.Context, m *machines.Machine, req Request, in
 		return &beforeBuildError{Err: err}
 	}
 	defer upload.Release()
-	s, err := h.startSession(ctx, m, req, outputs)
+	s, err := h.startSession(ctx, m, t, req, outputs)
 	if err != nil {
 		return &beforeBuildError{Err: err}
 	}
@@ -263,7 +263,7 @@ type session struct {
 }
 
 // startSession starts the ssh session running sessionScript on m.
-func (h *Hook) startSession(ctx context.Context, m *machines.Machine, req Request, outputs []string) (*session, error) {
+func (h *Hook) startSession(ctx context.Context, m *machines.Machine, t sshexec.Target, req Request, outputs []string) (*session, error) {
 	inR, inW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -293,7 +293,7 @@ func (h *Hook) startSession(ctx context.Context, m *machines.Machine, req Reques
 		limit(h.Conf.MaxSilentTime), limit(h.Conf.BuildTimeout), strconv.Itoa(max(m.ParallelBuilds, 1)),
 		rootHost() + " " + strconv.Itoa(os.Getpid())}, outputs...)
 	go func() {
-		err := h.Runner.RunRemote(s.ctx, h.target(m), argv, sshexec.Stdio{Stdin: inR, Stdout: outW, Stderr: s.stderr})
+		err := h.Runner.RunRemote(s.ctx, t, argv, sshexec.Stdio{Stdin: inR, Stdout: outW, Stderr: s.stderr})
 		s.runErr = err
 		close(s.done)
 		// Our copies of ssh's ends: once closed, a write to stdin fails and stdout

@@ -499,7 +499,7 @@ func (f *sessionFixture) fail(t *testing.T, step string) {
 func (f *sessionFixture) run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	return f.h.offload(ctx, f.m, Request{Drv: f.drv}, []string{f.input}, []string{f.output})
+	return f.h.offload(ctx, f.m, f.h.target(f.m), Request{Drv: f.drv}, []string{f.input}, []string{f.output})
 }
 
 func (f *sessionFixture) remoteLog(t *testing.T) string { return readLog(t, filepath.Join(f.R, "log")) }
