@@ -66,12 +66,12 @@ func run(args []string) int {
 		kong.UsageOnError(),
 	)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "offload: %v\n", err)
+		complain("%v", err)
 		return 1
 	}
 	kctx, err := parser.Parse(args)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "offload: %v\n", err)
+		complain("%v", err)
 		return 80
 	}
 	if os.Getenv("OFFLOAD_VERBOSE") == "1" {
@@ -80,13 +80,19 @@ func run(args []string) int {
 	kctx.BindTo(ctx, (*context.Context)(nil))
 	err = kctx.Run(&cli.Globals)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "offload: %v\n", err)
+		complain("%v", err)
 	}
 	var ec exitCoder
 	if errors.As(err, &ec) {
 		return ec.ExitCode()
 	}
 	return hook.ExitCode(err)
+}
+
+// complain writes one line for the user on stderr, after "offload: " (the hook's own
+// lines go through hook's note, which does the same).
+func complain(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "offload: "+format+"\n", args...)
 }
 
 // exitCoder is an error that chooses its own exit status (e.g. "a check failed").
@@ -111,7 +117,7 @@ func isUint(s string) bool {
 func passThrough(args []string) int {
 	guix, err := sshexec.NewLookup().Guix()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "offload: cannot run `guix %s`: %v\n", args[0], err)
+		complain("cannot run `guix %s`: %v", args[0], err)
 		return 1
 	}
 	argv := append([]string{"guix"}, args...)
@@ -119,6 +125,6 @@ func passThrough(args []string) int {
 		fmt.Fprintf(os.Stderr, "+ %s\n", sshexec.QuoteCommand(append([]string{guix}, args...)))
 	}
 	err = syscall.Exec(guix, argv, os.Environ())
-	fmt.Fprintf(os.Stderr, "offload: exec %s: %v\n", guix, err)
+	complain("exec %s: %v", guix, err)
 	return 1
 }

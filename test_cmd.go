@@ -71,7 +71,7 @@ func loadFarm(file, re string) (hook.Config, []*machines.Machine, error) {
 		return conf, nil, err
 	}
 	for _, w := range warns {
-		fmt.Fprintf(os.Stderr, "offload: %s\n", w)
+		complain("%s", w)
 	}
 	var out []*machines.Machine
 	for _, m := range ms {

@@ -6,6 +6,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -316,5 +317,31 @@ func assertNamedOnce(t *testing.T, lines []string, m *farm.Machine) {
 		if strings.Count(l, "'"+name+"'") > 1 {
 			t.Errorf("the line names '%s' more than once: %s", name, l)
 		}
+	}
+}
+
+// TestCheckingEndsBackoff: a machine in backoff that answers `offload status` or
+// `offload test` is out of it at once: the next request uses it, without waiting for
+// the backoff to end.
+func TestCheckingEndsBackoff(t *testing.T) {
+	for _, cmd := range []string{"status", "test"} {
+		t.Run(cmd, func(t *testing.T) {
+			f := farm.New(t, farm.Options{})
+			writeMachines(f, nil)
+			m := f.Machines[0]
+			st := machines.State{Dir: filepath.Join(f.State, "offload")}
+			if err := st.RecordFailure(m.StateKey(), errors.New("connection refused"), time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			d := okDrv(f, "after-"+cmd) // also the local item `offload test` sends
+			if stdout, stderr, status := runOffload(t, f, cmd, f.MachinesFile()); status != 0 {
+				t.Fatalf("offload %s: status %d: %s%s", cmd, status, stdout, stderr)
+			}
+			if h, err := st.Health(m.StateKey()); err != nil || h.Failures != 0 {
+				t.Fatalf("after a successful `offload %s` the machine is still in backoff: %+v %v", cmd, h, err)
+			}
+			r := offload(t, f, d, buildOpts{wantsLocal: true})
+			assertBuilt(t, d, "after-"+cmd, r)
+		})
 	}
 }
