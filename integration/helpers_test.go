@@ -34,14 +34,20 @@ type buildOpts struct {
 	maxSilent, timeout int
 	wantsLocal         bool
 	env                []string
+	// guixSystem starts the hook as Guix System's daemon does: with its environment
+	// (farm.GuixSystemEnv) and as the child of a guix-daemon with guix beside it.
+	guixSystem bool
 }
 
 func startHook(t *testing.T, f *farm.Farm, o buildOpts) *daemon.Hook {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	argv := f.HookArgv("x86_64-linux", o.maxSilent, true, o.timeout)
-	h, err := daemon.StartWith(ctx, argv, append(f.HookEnv(), o.env...), daemon.Options{})
+	argv, env := f.HookArgv("x86_64-linux", o.maxSilent, true, o.timeout), f.HookEnv()
+	if o.guixSystem {
+		argv, env = f.DaemonHookArgv("x86_64-linux", o.maxSilent, true, o.timeout), f.GuixSystemEnv()
+	}
+	h, err := daemon.StartWith(ctx, argv, append(env, o.env...), daemon.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,7 +64,7 @@ func replRuns(f *farm.Farm) int { return countContaining(f.LocalInvocations(), "
 func offloadOnce(t *testing.T, f *farm.Farm, nonce string) {
 	t.Helper()
 	d := okDrv(f, nonce)
-	r := offload(t, f, d, buildOpts{})
+	r := offload(t, f, d, buildOpts{guixSystem: true}) // as Guix System runs the hook
 	if r.answer != "accept" || r.status != 0 {
 		t.Fatalf("answer %s, status %d; messages:\n%s", r.answer, r.status, r.messages)
 	}
@@ -134,7 +134,7 @@ func TestGuixSystemVirtualBuildMachine(t *testing.T) {
 	entry := fmt.Sprintf("(if (primitive-load %q)\n           (list %s)\n           '())", check, farmRecord(f.Machines[0], hk))
 	writeFile(t, f.MachinesFile(), guixSystemWrapper(otherMachine, entry))
 
-	h := startHook(t, f, buildOpts{})
+	h := startHook(t, f, buildOpts{guixSystem: true})
 	d := okDrv(f, "vm1")
 	ans, err := h.Request(false, d.System, d.Path, d.Features())
 	if err != nil {
@@ -175,7 +175,7 @@ func TestGuixSystemVirtualBuildMachine(t *testing.T) {
 
 	// The VM stopped again: a new hook declines.
 	os.Remove(flag)
-	if r := offload(t, f, okDrv(f, "vm2"), buildOpts{}); r.answer != "decline" {
+	if r := offload(t, f, okDrv(f, "vm2"), buildOpts{guixSystem: true}); r.answer != "decline" {
 		t.Errorf("VM stopped: answer %s:\n%s", r.answer, r.messages)
 	}
 }

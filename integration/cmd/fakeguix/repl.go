@@ -103,9 +103,11 @@ func (e *env) repl(ctx context.Context, args []string) error {
 	return err
 }
 
-// findGuile returns Debian's guile-3.0: `guile` on PATH, else `guile-3.0`.
+// findGuile returns Debian's guile-3.0: `guile` on PATH, else `guile-3.0`, else where
+// Debian installs them (the daemon's PATH on Guix System has neither; real guix has its
+// Guile at a fixed path, as this stand-in then does).
 func findGuile() (string, error) {
-	for _, name := range []string{"guile", "guile-3.0"} {
+	for _, name := range []string{"guile", "guile-3.0", "/usr/bin/guile", "/usr/bin/guile-3.0"} {
 		if p, err := exec.LookPath(name); err == nil {
 			return p, nil
 		}
