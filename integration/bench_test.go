@@ -34,6 +34,7 @@ import (
 	"offload/locking"
 	"offload/sshexec"
 	"offload/sshexec/sshtest"
+	"offload/statedir"
 )
 
 func benchQuick() bool { return testing.Short() || os.Getenv("BENCH_QUICK") == "1" }
@@ -189,6 +190,12 @@ func BenchmarkDecision(b *testing.B) {
 				b.Fatalf("hold the slot: %v", err)
 			}
 			defer slot.Release()
+			// And the place in its queue, so that the answer is a postpone.
+			queued, _, err := locking.AcquireSlot(statedir.Layout{Dir: filepath.Join(f.State, "offload")}.Queue(m.Name+":"+strconv.Itoa(m.Port)), 1, "bench: holding the queue")
+			if err != nil || queued == nil {
+				b.Fatalf("hold the queue place: %v", err)
+			}
+			defer queued.Release()
 			h := startBenchHook(b, f)
 			defer stopHook(h)
 			var ds []time.Duration
