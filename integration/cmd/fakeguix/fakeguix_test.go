@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"offload/integration/drv"
 	"offload/storeio"
@@ -442,7 +443,20 @@ func TestPassthroughAndLog(t *testing.T) {
 }
 
 // A process is gone when it does not exist or is a zombie.
+// gone tells whether process pid has died (or is a zombie), waiting up to 10 s for it:
+// a SIGKILL is delivered asynchronously, and on a loaded machine the process may still
+// show as running for a moment after kill(2) returned.
 func gone(pid int) bool {
+	for range 500 {
+		if dead(pid) {
+			return true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false
+}
+
+func dead(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return true
