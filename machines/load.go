@@ -123,7 +123,7 @@ func loadByGuix(ctx context.Context, path string, fast *Error, how How, guix Gui
 		if runErr != nil {
 			why = runErr
 		}
-		return nil, nil, &Error{Pos: Pos{File: path}, Msg: fmt.Sprintf("cannot have %s repl evaluate the file (%s): %v", how.Guix, how.Why, why)}
+		return nil, nil, &Error{Pos: fast.Pos, Msg: fmt.Sprintf("cannot have %s repl evaluate the file (%s): %v", how.Guix, how.Why, why)}
 	}
 	return machinesFromGuix(path, fast, items)
 }
@@ -240,10 +240,10 @@ func (ev *evaluator) guixWarnings(path, output string) {
 	}
 }
 
-// guixError is the error guix reported, as one line naming the file: at its location
+// guixError is the error guix reported, as one line FILE:LINE:COL: at its location
 // when Guile gave one (in the message, as read errors and Guix's own messages do, or
-// beside it); for an unbound variable without one, where the evaluator found the same
-// variable unbound.
+// beside it); else at the form that sent the file to guix (where the evaluator found
+// the same variable unbound, or else what guix said, after "guix: ").
 func guixError(path string, fast *Error, loc *val, msg string) error {
 	if p, ok := guixLocation(loc); ok {
 		return &Error{Pos: p, Msg: msg}
@@ -259,7 +259,8 @@ func guixError(path string, fast *Error, loc *val, msg string) error {
 	if v, ok := strings.CutPrefix(msg, "Unbound variable: "); ok && v == fast.Unsupported {
 		return &Error{Pos: fast.Pos, Msg: "unbound variable: " + v}
 	}
-	return &Error{Pos: Pos{File: path}, Msg: msg}
+	// No place from Guile: at the form that sent the file to guix.
+	return &Error{Pos: fast.Pos, Msg: "guix: " + msg}
 }
 
 // guixMachine makes a machine of (machine LOCATION (FIELD VALUE) ...), the fields

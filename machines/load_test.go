@@ -116,17 +116,17 @@ func TestLoadWithGuixErrors(t *testing.T) {
 		{"unbound variable placed where the evaluator saw it", guixOutput(`(error #f "Unbound variable: primitive-load")`), nil,
 			file + `:15:13: unbound variable: primitive-load`},
 		{"unlocated error", guixOutput(`(error #f "In procedure +: Wrong type argument in position 2: \"a\"")`), nil,
-			file + `: In procedure +: Wrong type argument in position 2: "a"`},
+			file + `:15:13: guix: In procedure +: Wrong type argument in position 2: "a"`}, // at the form that needed guix
 		{"wrong type in a field", guixOutput(strings.Replace(vmMachine, `(port 11022)`, `(port "11022")`, 1)), nil,
 			file + `:18:18: wrong type for field 'port': expected an integer, got a string "11022"`},
 		{"object in a field", guixOutput(strings.Replace(vmMachine, `(user "offloading")`, `(user (%object "#<procedure car (_)>"))`, 1)), nil,
 			file + `:18:18: wrong type for field 'user': expected a string, got an object #<procedure car (_)>`},
 		{"guix failed", []byte("Backtrace:\n..."), errors.New("command guix repl -- s f exited with status 1: no code for module (guix offload)"),
-			file + `: cannot have /g/guix repl evaluate the file (the file uses primitive-load): command guix repl -- s f exited with status 1: no code for module (guix offload)`},
+			file + `:15:13: cannot have /g/guix repl evaluate the file (the file uses primitive-load): command guix repl -- s f exited with status 1: no code for module (guix offload)`},
 		{"no result", []byte("hello\n"), nil,
-			file + `: cannot have /g/guix repl evaluate the file (the file uses primitive-load): it printed no result`},
+			file + `:15:13: cannot have /g/guix repl evaluate the file (the file uses primitive-load): it printed no result`},
 		{"unreadable result", []byte(guixMarker + "(offload-machines 1 (machine"), nil,
-			file + `: cannot have /g/guix repl evaluate the file (the file uses primitive-load): unreadable result: guix repl output:1:29: missing close paren for list opened at 1:21`},
+			file + `:15:13: cannot have /g/guix repl evaluate the file (the file uses primitive-load): unreadable result: guix repl output:1:29: missing close paren for list opened at 1:21`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -273,10 +273,11 @@ func TestGuileErrors(t *testing.T) {
 		{"(primitive-load \"/dev/null\")\n(list (build-machine (name \"a\") (systems '(\"s\"))))", ":2:7: build-machine: missing field initializers (user host-key) in form (build-machine (name \"a\") (systems (quote (\"s\"))))"},
 		// the evaluator finds foo unbound first; Guile agrees, without a place
 		{"(list\n  (foo))", ":2:4: unbound variable: foo"},
-		{"(primitive-load \"/dev/null\")\n(list (oops))", ": Unbound variable: oops"},
-		{"(primitive-load \"/dev/null\")\n\"not a list\"", ": the file did not return a list of build machines (Guix's hook ignores such a file)"},
-		{"(primitive-load \"/dev/null\")\n(list (call-with-input-file \"/nonexistent/k.pub\" (@ (ice-9 textual-ports) get-string-all)))", `: In procedure open-file: No such file or directory: "/nonexistent/k.pub"`},
-		{"(primitive-load \"/nonexistent/check.scm\")", `: In procedure open-file: No such file or directory: "/nonexistent/check.scm"`},
+		// Guile gives no place: the error is placed at the form that needed guix.
+		{"(primitive-load \"/dev/null\")\n(list (oops))", ":1:2: guix: Unbound variable: oops"},
+		{"(primitive-load \"/dev/null\")\n\"not a list\"", ":1:2: guix: the file did not return a list of build machines (Guix's hook ignores such a file)"},
+		{"(primitive-load \"/dev/null\")\n(list (call-with-input-file \"/nonexistent/k.pub\" (@ (ice-9 textual-ports) get-string-all)))", `:1:2: guix: In procedure open-file: No such file or directory: "/nonexistent/k.pub"`},
+		{"(primitive-load \"/nonexistent/check.scm\")", `:1:2: guix: In procedure open-file: No such file or directory: "/nonexistent/check.scm"`},
 	}
 	for i, tc := range tests {
 		path := filepath.Join(dir, "m"+string(rune('a'+i))+".scm")
