@@ -249,7 +249,9 @@ func WriteStatusTable(w io.Writer, sts []Status) error {
 		}
 		writeRemoteSlots(w, s.Machine, s.MachineSlots)
 		if !s.Reachable {
-			fmt.Fprintf(w, "%s: unreachable: %s\n", s.Machine, oneLine(s.Error))
+			// The line names the machine first: once is enough.
+			why := strings.ReplaceAll(oneLine(s.Error), "machine '"+s.Machine+"'", "the machine")
+			fmt.Fprintf(w, "%s: unreachable: %s\n", s.Machine, why)
 		}
 		for _, warn := range s.Warnings {
 			fmt.Fprintf(w, "%s: warning: %s\n", s.Machine, warn)

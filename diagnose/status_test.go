@@ -74,7 +74,7 @@ func TestWriteStatusTable(t *testing.T) {
 		{Machine: "fast", Reachable: true, Kernel: "Linux 6.1", Architecture: "x86_64", HostName: "fast", Cores: 8,
 			NormalizedLoad: f(0.25), FreeBytes: &free, ClockOffset: f(-0.004), GuixVersion: "guix (GNU Guix) 8e2f32cee982d42a79e53fc1e9aa7b8ff0514714",
 			ParallelBuilds: 2, SlotsInUse: 1, Slots: []SlotHolder{{Slot: 1, PID: 42, Reason: "building /gnu/store/x.drv"}}},
-		{Machine: "slow:2222", Error: "cannot reach or authenticate to machine 'slow'", DownSince: &since, ParallelBuilds: 1,
+		{Machine: "slow:2222", Error: "cannot reach or authenticate to machine 'slow:2222'", DownSince: &since, ParallelBuilds: 1,
 			Warnings: []string{"state is odd"}},
 	}
 	var b bytes.Buffer
@@ -85,7 +85,7 @@ func TestWriteStatusTable(t *testing.T) {
 fast       up                              Linux 6.1  x86_64  fast  8      0.25  20.0 GiB  -0.0s  8e2f32cee982  1/2
 slow:2222  DOWN since 2024-05-01 10:00:00  -          -       -     -      -     -         -      -             0/1
 fast: slot 1: process 42: building /gnu/store/x.drv
-slow:2222: unreachable: cannot reach or authenticate to machine 'slow'
+slow:2222: unreachable: cannot reach or authenticate to the machine
 slow:2222: warning: state is odd
 `
 	if b.String() != want {
