@@ -129,20 +129,7 @@ func (r *Runner) run(ctx context.Context, argv []string, stdio Stdio) error {
 	// started with -f forks away from it and outlives us, as it should.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	exited := make(chan struct{})
-	cmd.Cancel = func() error {
-		pgid := cmd.Process.Pid
-		syscall.Kill(-pgid, syscall.SIGTERM)
-		go func() {
-			t := time.NewTimer(killGrace)
-			defer t.Stop()
-			select {
-			case <-t.C:
-				syscall.Kill(-pgid, syscall.SIGKILL)
-			case <-exited:
-			}
-		}()
-		return nil
-	}
+	cmd.Cancel = killGroup(cmd, exited)
 	cmd.WaitDelay = waitDelay
 
 	if err := cmd.Start(); err != nil {
@@ -176,6 +163,30 @@ func (r *Runner) run(ctx context.Context, argv []string, stdio Stdio) error {
 		<-copied
 	}
 	errR.Close()
+	return runError(ctx, argv, err, tail)
+}
+
+// killGroup is the cancel of cmd: SIGTERM to its process group, then SIGKILL after
+// killGrace unless it exited (exited closed) by then.
+func killGroup(cmd *exec.Cmd, exited <-chan struct{}) func() error {
+	return func() error {
+		pgid := cmd.Process.Pid
+		syscall.Kill(-pgid, syscall.SIGTERM)
+		go func() {
+			t := time.NewTimer(killGrace)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				syscall.Kill(-pgid, syscall.SIGKILL)
+			case <-exited:
+			}
+		}()
+		return nil
+	}
+}
+
+// runError turns the result of a command's Wait into the package's errors.
+func runError(ctx context.Context, argv []string, err error, tail *Tail) error {
 	if err == nil {
 		return nil
 	}
