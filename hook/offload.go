@@ -673,10 +673,7 @@ func (s *session) download(ctx context.Context) error {
 	}
 	defer lock.Release()
 
-	// Leftovers of hooks the daemon killed mid-import (it uses SIGKILL).
-	if removed, err := storeio.CleanStaleTemps(h.Conf.StoreDir); err == nil && len(removed) > 0 {
-		h.note("removed %d stale temporary director%s from %s", len(removed), map[bool]string{true: "y", false: "ies"}[len(removed) == 1], h.Conf.StoreDir)
-	}
+	h.cleanStaleTemps()
 	acl, err := storeio.LoadACL(path.Join(h.Conf.ConfDir, "acl"))
 	if err != nil {
 		return fmt.Errorf("cannot check what machine '%s' returns: %w", m.Display(), err)
@@ -725,14 +722,8 @@ func (s *session) download(ctx context.Context) error {
 	if runErr != nil {
 		return exportFailed()
 	}
-	got := map[string]bool{}
-	for _, it := range items {
-		got[it.Path] = true
-	}
-	for _, o := range outputs {
-		if !got[o] {
-			return fmt.Errorf("machine '%s' did not return output %s", m.Display(), o)
-		}
+	if err := allReturned(m, outputs, items); err != nil {
+		return err
 	}
 	h.note("retrieved %d store item%s (%s) from '%s' in %.1fs", len(items), plural(len(items)), comp.describe(cr.n.Load(), raw.n.Load()), m.Display(), time.Since(start).Seconds())
 	return nil
@@ -820,6 +811,30 @@ func (r *stderrRouter) emit(p []byte) {
 	r.tails[r.phase].Write(p)
 	if r.phase == 1 {
 		r.log.Write(p)
+	}
+}
+
+// allReturned checks that every output the daemon asked for came back: a machine that
+// returns some of them must not get an exit 0 (the daemon would then fail with "failed
+// to produce output path", or register a partial result).
+func allReturned(m *machines.Machine, outputs []string, items []storeio.ItemInfo) error {
+	got := map[string]bool{}
+	for _, it := range items {
+		got[it.Path] = true
+	}
+	for _, o := range outputs {
+		if !got[o] {
+			return fmt.Errorf("machine '%s' did not return output %s", m.Display(), o)
+		}
+	}
+	return nil
+}
+
+// cleanStaleTemps removes the leftovers of hooks the daemon killed mid-import (it
+// uses SIGKILL).
+func (h *Hook) cleanStaleTemps() {
+	if removed, err := storeio.CleanStaleTemps(h.Conf.StoreDir); err == nil && len(removed) > 0 {
+		h.note("removed %d stale temporary director%s from %s", len(removed), map[bool]string{true: "y", false: "ies"}[len(removed) == 1], h.Conf.StoreDir)
 	}
 }
 
