@@ -137,6 +137,9 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 	name := m.Display()
 	var out []Check
 	add := func(check string, st CheckStatus, detail, fix string) {
+		// The line starts with the machine: an inner "machine 'X'" says it twice.
+		detail = strings.ReplaceAll(detail, "machine '"+name+"': ", "")
+		detail = strings.ReplaceAll(detail, "machine '"+name+"'", "the machine")
 		out = append(out, Check{Machine: name, Name: check, Status: st, Detail: detail, Fix: fix})
 	}
 	skipRest := func(why string, checks ...string) {

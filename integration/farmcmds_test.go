@@ -156,6 +156,15 @@ func TestOffloadTestBrokenMachines(t *testing.T) {
 	okDrv(f, "farmtest-broken")
 
 	out, errOut, status := runOffload(t, f, "test")
+	for _, m := range f.Machines {
+		// Each line names its machine once, at its start.
+		id := m.Name + ":" + itoa(m.Port)
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, id+": ") && strings.Contains(l, "'"+id+"'") {
+				t.Errorf("the line names %s twice: %s", id, l)
+			}
+		}
+	}
 	if status != 1 {
 		t.Fatalf("status %d, want 1\n%s%s", status, out, errOut)
 	}
