@@ -121,9 +121,10 @@ func passThrough(args []string) int {
 		return 1
 	}
 	argv := append([]string{"guix"}, args...)
-	if os.Getenv("OFFLOAD_VERBOSE") == "1" {
-		fmt.Fprintf(os.Stderr, "+ %s\n", sshexec.QuoteCommand(append([]string{guix}, args...)))
-	}
+	// Nothing is printed, even under OFFLOAD_VERBOSE=1: the daemon gives its helpers
+	// (authenticate, substitute) one pipe for stdout and stderr and reads their replies
+	// from it, so a trace line would corrupt the exchange (seen with a real daemon:
+	// exports failed under `guix authenticate`).
 	err = syscall.Exec(guix, argv, os.Environ())
 	complain("exec %s: %v", guix, err)
 	return 1

@@ -23,7 +23,9 @@ func TestPassThrough(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(f.Bin.Offload, "substitute", "--query", "x", "y")
-	cmd.Env = []string{"PATH=" + selfDir + ":" + f.Bin.GuixDir, "MARKER=kept"}
+	// OFFLOAD_VERBOSE=1, as the README suggests for the daemon's environment: still not
+	// a byte more on stdout or stderr, which the daemon reads helpers' replies from.
+	cmd.Env = []string{"PATH=" + selfDir + ":" + f.Bin.GuixDir, "MARKER=kept", "OFFLOAD_VERBOSE=1"}
 	cmd.Stdin = strings.NewReader("have /gnu/store/x\n")
 	var out bytes.Buffer
 	cmd.Stdout = &out
