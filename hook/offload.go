@@ -60,10 +60,9 @@ const rootsDir = ".cache/guix/offload"
 //	                         "offload-missing-end"
 //	stdin                    only for a machine that fetches substitutes itself
 //	                         (OFFLOAD_SUBSTITUTES): "substitute PATH...", missing inputs
-//	stdout                   then "offload-substitute PATH": each that `guix build
-//	                         --dry-run` says would be downloaded (substituteFuncs), the
-//	                         PATHs still missing once those were fetched, one a line,
-//	                         "offload-missing-end"
+//	stdout                   then, once `guix build --keep-going PATH...` fetched what
+//	                         it could (substituteFuncs), the PATHs still missing, one a
+//	                         line, "offload-missing-end"
 //	stdin                    "COMP send|skip [STALE...]": the compression of both bulk
 //	                         streams (zstd, gzip, or anything else for none), whether a
 //	                         bundle follows, and the root names to remove first; then,

@@ -91,7 +91,9 @@ func startScriptSetup(t *testing.T, shell []string, T string, setup func(*testin
 	args := append(append(shell[1:], "-c", sessionScript, "sh", filepath.Join(T, "roots"), "ROOT", drv, "TOKEN", maxSilent, timeout, "1", "thishost 42"), outputs...)
 	cmd := exec.Command(shell[0], args...)
 	cmd.Dir = T
-	cmd.Env = append([]string{"T=" + T, "PATH=" + bin + ":" + os.Getenv("PATH"), slotsDirEnv + "=" + filepath.Join(T, "slots")}, env...)
+	// GUIX_STATE_DIRECTORY: never this host's /var/guix (a test may give its own).
+	cmd.Env = append([]string{"T=" + T, "PATH=" + bin + ":" + os.Getenv("PATH"), slotsDirEnv + "=" + filepath.Join(T, "slots"),
+		"GUIX_STATE_DIRECTORY=" + filepath.Join(T, "no-var-guix")}, env...)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -449,7 +451,8 @@ cd "$R/home" && PATH="$R/bin:$PATH" exec sh -c "$c"`)
 [ -e "$LOCALFAIL" ] && { echo "guix archive: error: no signing key" >&2; exit 1; }
 shift 2; echo "bundle of $*"`)
 	t.Setenv("R", R)
-	t.Setenv(slotsDirEnv, filepath.Join(R, "slots")) // the machine's own build slots, out of the roots
+	t.Setenv(slotsDirEnv, filepath.Join(R, "slots"))                  // the machine's own build slots, out of the roots
+	t.Setenv("GUIX_STATE_DIRECTORY", filepath.Join(R, "no-var-guix")) // never this host's /var/guix
 	t.Setenv("LOCALFAIL", filepath.Join(T, "localfail"))
 
 	// The output the machine returns: a bundle signed by a key our ACL trusts.

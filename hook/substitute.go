@@ -45,36 +45,25 @@ func (s Substitutes) For(m *machines.Machine) bool {
 }
 
 // substituteFuncs defines the session script's step that makes the machine fetch
-// substitutes (see sessionScript): `substitute PATH...` asks `guix build --dry-run`
-// which of the PATHs would be downloaded (show-what-to-build's listing, guix/ui.scm:
-// "The following files would be downloaded:" or "N MB would be downloaded:", then
-// the paths indented by two spaces) and prints "offload-substitute PATH" for each;
-// then it fetches the PATHs with `guix build --keep-going` (a failed one does not stop
-// the others, and its status is not the script's: what is still missing is uploaded).
-// All of them, not only those listed: real Guix's build-notifier lists downloads for
-// derivations only, and a plain item it does not list may still be substitutable. Then it prints those of the PATHs still missing (`guix archive
-// --missing`), as the first answer. The listing is read from the dry run's stderr
-// alone; its stdout, and the fetch's, go to stderr: the session's stdout is its framing.
-var substituteFuncs = `substitute() { dl=$(guix build --dry-run "$@" 2>&1 >/dev/null | sed -n '` + dryRunSed + `'); ` +
-	`for p in $dl; do printf "` + substitutePrefix + `%s\n" "$p"; done; ` +
+// substitutes (see sessionScript): `substitute PATH...` fetches the PATHs with `guix
+// build --keep-going` (a failed one does not stop the others; real Guix exits 0 even
+// for a plain item no server has, so its status is only reported), then prints those
+// still missing (`guix archive --missing`), as the first answer. No dry run first: for
+// plain store items real Guix's build-notifier lists nothing and fetches them anyway
+// (seen with a real guix-daemon), so what was fetched is what is no longer missing. The
+// fetch's output goes to stderr: the session's stdout is its framing.
+var substituteFuncs = `substitute() { ` +
 	`guix build --keep-going "$@" </dev/null >&2 || echo "offload: guix build of substitutes exited with status $?" >&2; ` +
 	`printf "%s\n" "$@" | guix archive --missing; }`
 
-// dryRunSed prints the paths that show-what-to-build lists as would be downloaded:
-// from its "... would be downloaded:" line to the next line that is not indented,
-// the indented absolute paths.
-const dryRunSed = `/would be downloaded:$/,/^[^ ]/s/^  *\(\/[^ ]*\)$/\1/p`
+// substituteWord starts the hook's line that asks for substitutes: "substitute PATH...";
+// lineMissingEnd ends the machine's answer.
+const substituteWord = "substitute"
 
-// The session script's lines of the substitute step; lineMissingEnd ends it.
-const (
-	substituteWord   = "substitute" // the hook's line: "substitute PATH..."
-	substitutePrefix = "offload-substitute "
-)
-
-// substituted is what the machine fetched itself.
+// substituted is what the machine was asked to fetch itself, and what it fetched.
 type substituted struct {
-	items  []string // became valid there
-	failed []string // listed as substitutable, still missing
+	asked int
+	items []string // became valid there
 }
 
 // substitute asks the machine to fetch the paths subs (all missing there) from its
@@ -96,7 +85,6 @@ func (s *session) substitute(subs []string) (still map[string]bool, got substitu
 	go s.h.keepSaying(fmt.Sprintf("machine '%s' is fetching substitutes", m.Display()), stop)
 	defer close(stop)
 	still = map[string]bool{}
-	listed := map[string]bool{}
 	for {
 		l, err := s.line()
 		if err != nil {
@@ -104,14 +92,6 @@ func (s *session) substitute(subs []string) (still map[string]bool, got substitu
 		}
 		if l == lineMissingEnd {
 			break
-		}
-		if p, ok := strings.CutPrefix(l, substitutePrefix); ok {
-			if !asked[p] {
-				s.abort()
-				return nil, got, fmt.Errorf("machine '%s' listed as substitutable a path we did not ask about: %q", m.Display(), p)
-			}
-			listed[p] = true
-			continue
 		}
 		for _, p := range strings.Fields(l) {
 			if !asked[p] {
@@ -121,12 +101,10 @@ func (s *session) substitute(subs []string) (still map[string]bool, got substitu
 			still[p] = true
 		}
 	}
+	got.asked = len(subs)
 	for _, p := range subs {
-		switch {
-		case !still[p]:
+		if !still[p] {
 			got.items = append(got.items, p)
-		case listed[p]:
-			got.failed = append(got.failed, p)
 		}
 	}
 	return still, got, nil
@@ -144,14 +122,10 @@ func substituteCandidates(missing []string, drv string) []string {
 	return out
 }
 
-// substituteNote is the start of the line that says what the machine fetched itself
-// itself, with the nar sizes of the local items.
+// substituteNote is the start of the line that says what the machine fetched itself,
+// with the nar sizes of the local copies; what it could not fetch is uploaded.
 func (s *session) substituteNote(got substituted) string {
-	note := fmt.Sprintf("machine '%s' substituted %d store item%s%s", s.m.Display(), len(got.items), plural(len(got.items)), s.sizeNote(got.items))
-	if n := len(got.failed); n > 0 {
-		note += fmt.Sprintf(" (%d substitute%s failed: sending %s)", n, plural(n), map[bool]string{true: "it", false: "them"}[n == 1])
-	}
-	return note
+	return fmt.Sprintf("machine '%s' substituted %d of %d missing input%s%s", s.m.Display(), len(got.items), got.asked, plural(got.asked), s.sizeNote(got.items))
 }
 
 // sizeNote is " (X MiB)", the local nar sizes of paths, or "" when they cannot be read.

@@ -212,9 +212,12 @@ func New(t testing.TB, opts Options) *Farm {
 			"FAKEGUIX_STORE":               m.Store.Physical,
 			"FAKEGUIX_DB":                  m.Store.DB,
 			"GUIX_CONFIGURATION_DIRECTORY": m.Store.Conf,
-			"FAKEGUIX_LOG":                 m.GuixLog,
-			"FAKEGUIX_HOSTILE_FILE":        filepath.Join(mdir, "hostile"),
-			"FAKEGUIX_SUBSTITUTES":         m.SubstituteDir(),
+			// The machine's daemon state directory, without gcroots (as where its user
+			// may not write them): never this host's /var/guix.
+			"GUIX_STATE_DIRECTORY":  filepath.Join(mdir, "var-guix"),
+			"FAKEGUIX_LOG":          m.GuixLog,
+			"FAKEGUIX_HOSTILE_FILE": filepath.Join(mdir, "hostile"),
+			"FAKEGUIX_SUBSTITUTES":  m.SubstituteDir(),
 			// A hostile archive's symlink points here, never at a real system file.
 			"FAKEGUIX_HOSTILE_TARGET": filepath.Join(dir, "canary"),
 			// The machine's own build slots: its machines log in as the same user

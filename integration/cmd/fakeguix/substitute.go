@@ -19,9 +19,11 @@ import (
 // --import` does (every byte, and a signature by a key in the machine's ACL), so a
 // truncated or foreign-signed file is a substitute that fails to download.
 //
-// Two liberties, both on the side of showing more: real `guix build --dry-run` lists
-// downloads only for derivations (build-notifier in guix/ui.scm drops plain items), and
-// real Guix ignores a substitute signed by an unauthorized key rather than failing it.
+// As real Guix (checked against a real guix-daemon), `guix build` of plain items lists
+// nothing: build-notifier (guix/ui.scm) shows derivations only. One liberty: real Guix
+// ignores a substitute signed by an unauthorized key rather than failing it; here it
+// fails. (Real `guix build --dry-run` of plain items is not dry: the daemon fetches
+// them; here it does nothing. offload never asks for that.)
 
 // substituteFile is where the substitute of item p lives, or "" with no substitutes.
 func (e *env) substituteFile(p string) string {
@@ -32,20 +34,8 @@ func (e *env) substituteFile(p string) string {
 	return filepath.Join(dir, filepath.Base(p)[:32])
 }
 
-// buildItems implements `guix build [--dry-run] [--keep-going] ITEM...`.
+// buildItems implements `guix build [--dry-run] [--keep-going] ITEM...` of plain items.
 func (e *env) buildItems(items []string, opt buildOptions) error {
-	var download []string
-	var size int64
-	for _, p := range items {
-		if e.store.Valid(p) {
-			continue
-		}
-		if fi, err := os.Stat(e.substituteFile(p)); e.substituteFile(p) != "" && err == nil {
-			download = append(download, p)
-			size += fi.Size()
-		}
-	}
-	e.showDownloads(download, size, opt)
 	if opt.dryRun {
 		return nil
 	}
@@ -68,27 +58,6 @@ func (e *env) buildItems(items []string, opt buildOptions) error {
 		return fail("build of %s failed", showPaths(failed))
 	}
 	return nil
-}
-
-// showDownloads prints what show-what-to-build (guix/ui.scm) prints for downloads at
-// opt's verbosity: with sizes known (the files' sizes), "N MB would be downloaded:"
-// ("will be" without --dry-run) and the items indented by two spaces.
-func (e *env) showDownloads(download []string, size int64, opt buildOptions) {
-	if len(download) == 0 || opt.verbosity == 0 {
-		return
-	}
-	verb := "will"
-	if opt.dryRun {
-		verb = "would"
-	}
-	if opt.verbosity == 1 {
-		fmt.Fprintf(e.stderr, "%.1f MB %s be downloaded\n", float64(size)/1e6, verb)
-		return
-	}
-	fmt.Fprintf(e.stderr, "%.1f MB %s be downloaded:\n", float64(size)/1e6, verb)
-	for _, p := range download {
-		fmt.Fprintf(e.stderr, "  %s\n", p)
-	}
 }
 
 // substitute installs item p from its substitute, verified, and registers it; its
