@@ -130,7 +130,10 @@ func init() {
 		integer("compression-level", func(m *Machine) *int { return &m.CompressionLevel }, math.MinInt32, math.MaxInt32, nil),
 		str("daemon-socket", func(m *Machine) *string { return &m.DaemonSocket }),
 		{Name: "ssh-options",
-			set: func(_ *evaluator, m *Machine, v *val) (err error) {
+			set: func(ev *evaluator, m *Machine, v *val) (err error) {
+				// Guix's build-machine has no such field (checked with Guix's own
+				// reading of such a file: "extraneous field initializers").
+				ev.warn(v.pos, "ssh-options is not a field of Guix's build-machine: Guix's own hook refuses this file; put ssh options in ssh_config instead (README)")
 				if v.k == kStr {
 					m.SSHOptions = []string{v.str}
 					return nil
