@@ -222,6 +222,17 @@ func machinesFromGuix(path string, fast *Error, items []*val) ([]*Machine, []War
 			ms = append(ms, m)
 		}
 	}
+	// Guix warns of the deprecated system field on its own warning port, which some
+	// versions do not let the script capture: say it here unless guix's words came.
+	saidSystem := false
+	for _, w := range ev.warnings {
+		saidSystem = saidSystem || strings.Contains(strings.ToLower(w.Msg), "'system' field is deprecated")
+	}
+	for _, m := range ms {
+		if m.UsedSystemField && !saidSystem {
+			ev.warn(m.Pos, "the 'system' field is deprecated, use 'systems' instead")
+		}
+	}
 	ev.checkDuplicates(ms)
 	return ms, ev.warnings, nil
 }
@@ -263,6 +274,13 @@ func guixError(path string, fast *Error, loc *val, msg string) error {
 	return &Error{Pos: fast.Pos, Msg: "guix: " + msg}
 }
 
+// noSystems tells Guix's value of systems for a record that has neither systems nor
+// system: (#f).
+func noSystems(v *val) bool {
+	items, ok := v.slice()
+	return ok && len(items) == 1 && items[0].k == kBool && !items[0].b
+}
+
 // guixMachine makes a machine of (machine LOCATION (FIELD VALUE) ...), the fields
 // holding Guix's values with its defaults applied.
 func (ev *evaluator) guixMachine(path string, loc *val, fields []*val) (*Machine, error) {
@@ -289,6 +307,10 @@ func (ev *evaluator) guixMachine(path string, loc *val, fields []*val) (*Machine
 		switch {
 		case name == "%used-system":
 			m.UsedSystemField = v.truthy()
+		case name == "systems" && noSystems(v):
+			// Neither systems nor system: Guix makes (systems (#f)), a machine that
+			// matches nothing, where offload's own evaluator reports an error.
+			ev.warn(p, "build-machine has neither 'systems' nor 'system': it matches no build")
 		case name == "private-key" && v.k == kBool && !v.b:
 			m.PrivateKey = "" // Guix's default without HOME
 		case fieldSetters[name] != nil:

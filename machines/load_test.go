@@ -290,3 +290,30 @@ func TestGuileErrors(t *testing.T) {
 		}
 	}
 }
+
+// Guix's own reading, as a real Guix (2022) does it: the system-field warning goes to
+// its warning port, which the script does not capture, so offload says it; a record
+// with neither systems nor system is (systems (#f)) there, a machine that matches
+// nothing, not an error.
+func TestLoadWithGuixQuirks(t *testing.T) {
+	out := guixOutput(strings.Replace(strings.Replace(vmMachine, `(host-key "ssh-ed25519 AAAAvm\n")`, `(host-key "ssh-ed25519 AAAAvm\n") (%used-system #t)`, 1),
+		`(systems ("x86_64-linux" "i686-linux"))`, `(systems (#f))`, 1))
+	l, err := LoadWith(context.Background(), "testdata/guix-system-vm.scm", LoadOptions{
+		Guix: func(context.Context, string, string) ([]byte, error) { return out, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"testdata/guix-system-vm.scm:18:18: warning: build-machine has neither 'systems' nor 'system': it matches no build",
+		"testdata/guix-system-vm.scm:18:18: warning: the 'system' field is deprecated, use 'systems' instead",
+	}
+	if got := warnStrings(l.Warnings); !reflect.DeepEqual(got, want) {
+		t.Errorf("warnings\n got %q\nwant %q", got, want)
+	}
+	if len(l.Machines) != 1 || len(l.Machines[0].Systems) != 0 {
+		t.Fatalf("machines %+v", l.Machines)
+	}
+	if ok, _ := l.Machines[0].Matches("x86_64-linux", nil); ok {
+		t.Errorf("a machine without systems matches")
+	}
+}
