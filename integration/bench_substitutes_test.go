@@ -52,7 +52,7 @@ func BenchmarkSubstitutes(b *testing.B) {
 		if want := strconv.Itoa(items + 1); len(env) == 0 && sent[1] != want {
 			b.Fatalf("sent %s items without substitutes, want %s:\n%s", sent[1], want, res.messages)
 		}
-		if want := strconv.Itoa(items - subst + 1); len(env) > 0 && (sent[1] != want || !strings.Contains(res.messages, fmt.Sprintf("substituted %d store items", subst))) {
+		if want := strconv.Itoa(items - subst + 1); len(env) > 0 && (sent[1] != want || !strings.Contains(res.messages, fmt.Sprintf("substituted %d of %d missing inputs", subst, items))) {
 			b.Fatalf("sent %s items with substitutes, want %s:\n%s", sent[1], want, res.messages)
 		}
 		num := func(s string) float64 { v, _ := strconv.ParseFloat(s, 64); return v }
