@@ -939,12 +939,10 @@ func BenchmarkTinyOffload(b *testing.B) {
 			m := f.Machines[0]
 			var extra []string
 			if writable {
-				// The stand-in keeps its state (db, gcroots/auto) in m.Dir: a daemon's
-				// state directory, which has gcroots.
-				if err := os.MkdirAll(filepath.Join(m.Dir, "gcroots"), 0o755); err != nil {
+				// A daemon's state directory has gcroots, which root may write in.
+				if err := os.MkdirAll(filepath.Join(m.GuixStateDir(), "gcroots"), 0o755); err != nil {
 					b.Fatal(err)
 				}
-				extra = append(extra, "GUIX_STATE_DIRECTORY="+m.Dir)
 			}
 			slowShell(b, m, 100*time.Millisecond, extra...)
 			writeMachines(f, nil)

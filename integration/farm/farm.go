@@ -85,6 +85,10 @@ type Machine struct {
 // Target is how sshexec reaches the machine.
 func (m *Machine) Target() sshexec.Target { return m.Server.Target() }
 
+// GuixStateDir is the GUIX_STATE_DIRECTORY of the machine's guix (its daemon's state
+// directory): made without gcroots; a test that wants them there makes them.
+func (m *Machine) GuixStateDir() string { return filepath.Join(m.Dir, "var-guix") }
+
 // StateKey names the hook's state file of the machine as WriteMachinesFile describes it
 // (machines.Machine.StateKey).
 func (m *Machine) StateKey() string {
