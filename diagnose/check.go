@@ -138,8 +138,7 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 	var out []Check
 	add := func(check string, st CheckStatus, detail, fix string) {
 		// The line starts with the machine: an inner "machine 'X'" says it twice.
-		detail = strings.ReplaceAll(detail, "machine '"+name+"': ", "")
-		detail = strings.ReplaceAll(detail, "machine '"+name+"'", "the machine")
+		detail = machines.Unnamed(detail, name)
 		out = append(out, Check{Machine: name, Name: check, Status: st, Detail: detail, Fix: fix})
 	}
 	skipRest := func(why string, checks ...string) {

@@ -250,7 +250,7 @@ func WriteStatusTable(w io.Writer, sts []Status) error {
 		writeRemoteSlots(w, s.Machine, s.MachineSlots)
 		if !s.Reachable {
 			// The line names the machine first: once is enough.
-			why := strings.ReplaceAll(oneLine(s.Error), "machine '"+s.Machine+"'", "the machine")
+			why := machines.Unnamed(oneLine(s.Error), s.Machine)
 			fmt.Fprintf(w, "%s: unreachable: %s\n", s.Machine, why)
 		}
 		for _, warn := range s.Warnings {

@@ -247,7 +247,7 @@ func (h *Hook) reachable(ctx context.Context, c *candidate) error {
 // about is err's message for a line that names m already: the machine is named once
 // per message, so "machine 'NAME:PORT'" in err becomes "the machine".
 func about(m *machines.Machine, err error) string {
-	return strings.ReplaceAll(err.Error(), "machine '"+m.Display()+"'", "the machine")
+	return machines.Unnamed(err.Error(), m.Display())
 }
 
 // record puts m into backoff for failure (not in a dry run, which changes no state).
