@@ -120,15 +120,6 @@ func (h *Hook) target(m *machines.Machine) sshexec.Target {
 	return t
 }
 
-// toolPrefix starts the lines by which missingScript says which decompressors the
-// machine has (store paths start with "/", so they cannot be mistaken for these).
-const toolPrefix = "offload-has "
-
-// missingScript asks which of the paths on stdin the machine lacks and which of zstd
-// and gzip it has: the question the session script (offload.go) asks first, on its
-// own, for `offload test`. One line, so that --verbose traces show all of it.
-const missingScript = `for c in zstd gzip; do if command -v "$c" >/dev/null 2>&1; then echo "` + toolPrefix + `$c"; fi; done; exec guix archive --missing`
-
 // parseMissing splits the output of missingScript into store paths and tools.
 func parseMissing(out string) (paths []string, has map[string]bool) {
 	has = map[string]bool{}
@@ -151,27 +142,6 @@ func AskMissing(ctx context.Context, r *sshexec.Runner, t sshexec.Target, paths 
 	missing, has = parseMissing(out.String())
 	return missing, has, out.String(), err
 }
-
-// transferFuncs defines the shell functions by which the session script (offload.go)
-// decompresses the upload into `guix archive --import` and compresses `guix archive
-// --export` of the outputs, with the machine's own zstd or gzip ($1). POSIX sh has no
-// pipefail: the status of the pipeline's first command comes back through fd 4.
-//
-// import_z reads the compressed bundle on stdin; the import's failure comes first (when
-// it stops reading, the decompressor's failure is only a consequence), and a
-// decompressor that failed while the import succeeded still fails the whole. The
-// import's stdout goes to stderr: the session's stdout is its framing.
-//
-// export_z writes the compressed export of its other arguments on stdout and returns
-// the export's status, else the compressor's. One line, like the session script.
-var transferFuncs = strings.Join([]string{
-	`import_z() { st=$( { { "$1" -dc; echo $? >&4; } | guix archive --import >&2; } 4>&1 ); imp=$?; ` +
-		`[ "$imp" -eq 0 ] || return "$imp"; ` +
-		`[ "${st:-1}" -eq 0 ] || { echo "$1 -d: exit status ${st:-unknown}" >&2; return 1; }; }`,
-	`export_z() { c=$1; shift; exec 3>&1; ` +
-		`st=$( { { guix archive --export "$@"; echo $? >&4; } | "$c" -q -1 -c >&3; } 4>&1 ); cst=$?; ` +
-		`[ "${st:-1}" -eq 0 ] || return "${st:-1}"; return "$cst"; }`,
-}, "; ")
 
 // newCompressor returns the writer that compresses into w with c (nil when c is not
 // ours to compress). Level 1 for both: on a fast link the compressor is the

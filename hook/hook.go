@@ -19,35 +19,6 @@ import (
 	"offload/statedir"
 )
 
-// Exit codes the daemon understands (docs/hook.md, "The daemon's side").
-const (
-	ExitOK          = 0
-	ExitTransient   = 1
-	ExitBuildFailed = 100
-	ExitTimedOut    = 101
-)
-
-// ErrBuildFailed and ErrTimedOut mark errors that are the build's own outcome, as
-// opposed to a failure of the hook (network, remote down, bad archive).
-var (
-	ErrBuildFailed = errors.New("build failed")
-	ErrTimedOut    = errors.New("build timed out")
-)
-
-// ExitCode maps an error returned by Run to the exit status the daemon expects.
-func ExitCode(err error) int {
-	switch {
-	case err == nil:
-		return ExitOK
-	case errors.Is(err, ErrTimedOut):
-		return ExitTimedOut
-	case errors.Is(err, ErrBuildFailed):
-		return ExitBuildFailed
-	default:
-		return ExitTransient
-	}
-}
-
 // Config is what the daemon tells the hook (its arguments and environment).
 type Config struct {
 	System          string // the daemon's own system type (first argument)

@@ -44,22 +44,6 @@ func (s Substitutes) For(m *machines.Machine) bool {
 	return s.all || s.names[m.Name] || s.names[m.ID()]
 }
 
-// substituteFuncs defines the session script's step that makes the machine fetch
-// substitutes (see sessionScript): `substitute PATH...` fetches the PATHs with `guix
-// build --keep-going` (a failed one does not stop the others; real Guix exits 0 even
-// for a plain item no server has, so its status is only reported), then prints those
-// still missing (`guix archive --missing`), as the first answer. No dry run first: for
-// plain store items real Guix's build-notifier lists nothing and fetches them anyway
-// (seen with a real guix-daemon), so what was fetched is what is no longer missing. The
-// fetch's output goes to stderr: the session's stdout is its framing.
-var substituteFuncs = `substitute() { ` +
-	`guix build --keep-going "$@" </dev/null >&2 || echo "offload: guix build of substitutes exited with status $?" >&2; ` +
-	`printf "%s\n" "$@" | guix archive --missing; }`
-
-// substituteWord starts the hook's line that asks for substitutes: "substitute PATH...";
-// lineMissingEnd ends the machine's answer.
-const substituteWord = "substitute"
-
 // substituted is what the machine was asked to fetch itself, and what it fetched.
 type substituted struct {
 	asked int
