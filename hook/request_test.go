@@ -124,3 +124,33 @@ func TestProbeScriptBasic(t *testing.T) {
 		t.Errorf("%+v %v", f, err)
 	}
 }
+
+// TestParsePathsRefusesNonStorePaths: the inputs and outputs lines after "# accept" name
+// what is sent to a machine and what is restored here; a path outside the store must
+// never get that far.
+func TestParsePathsRefusesNonStorePaths(t *testing.T) {
+	const store = "/gnu/store"
+	good := store + "/0123456789abcdfghijklmnpqrsvwxyz-hello-2.12"
+	if got, err := parsePaths(good+" ", store, "inputs"); err != nil || len(got) != 1 || got[0] != good {
+		t.Fatalf("parsePaths(%q) = %v, %v", good, got, err)
+	}
+	for _, bad := range []string{
+		"/etc/passwd",
+		"../x",
+		store + "/../etc/passwd",
+		"/tmp/0123456789abcdfghijklmnpqrsvwxyz-hello",
+		store + "/0123456789abcdfghijklmnpqrsvwxyz-hello/../../etc",
+		store,
+	} {
+		for _, what := range []string{"inputs", "outputs"} {
+			_, err := parsePaths(good+" "+bad+" ", store, what)
+			if err == nil {
+				t.Errorf("%s line with %q accepted", what, bad)
+				continue
+			}
+			if !strings.Contains(err.Error(), what+" line") {
+				t.Errorf("%s line with %q: error %q does not say which line", what, bad, err)
+			}
+		}
+	}
+}

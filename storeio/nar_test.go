@@ -412,3 +412,34 @@ func TestRestoreDepthLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoreNeverWritesThroughASymlink restores a directory nar onto a target that is
+// an existing symlink to a directory: the restore must refuse, and nothing may appear in
+// the directory the symlink points to (the Mkdirat that must not accept EEXIST, and the
+// O_NOFOLLOW opens, guard this).
+func TestRestoreNeverWritesThroughASymlink(t *testing.T) {
+	tmp := t.TempDir()
+	victim := filepath.Join(tmp, "victim")
+	if err := os.Mkdir(victim, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(tmp, "target")
+	if err := os.Symlink(victim, target); err != nil {
+		t.Fatal(err)
+	}
+	var nar narBuilder
+	nar.str(narMagic, "(", "type", "directory", "entry", "(", "name", "planted", "node").file("owned").str(")", ")")
+	if err := Restore(bytes.NewReader(nar.Bytes()), target); err == nil {
+		t.Fatal("restored a directory through an existing symlink")
+	}
+	entries, err := os.ReadDir(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 0 {
+		t.Fatalf("the restore wrote through the symlink: %s holds %v", victim, entries)
+	}
+	if fi, err := os.Lstat(target); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("the existing symlink was replaced or removed: %v %v", fi, err)
+	}
+}
