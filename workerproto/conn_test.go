@@ -217,8 +217,7 @@ func TestCancelClosesConnection(t *testing.T) {
 }
 
 func TestCloseFromAnotherGoroutine(t *testing.T) {
-	var c *Conn
-	c = dial(t,
+	c := dial(t,
 		expect(w().ints(opImportPaths)),
 		send(w().next("importing\n")),
 		closed(),
