@@ -109,7 +109,7 @@ func handshake() []act {
 }
 
 // socket makes a Unix socket path short enough for sun_path.
-func socket(t *testing.T) string {
+func socket(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "wp")
 	if err != nil {
