@@ -179,32 +179,31 @@ func (c *Conn) call(ctx context.Context, op string, paths int, fn func() (int64,
 	if !stop() {
 		return fmt.Errorf("%s: %w", op, ctx.Err())
 	}
-	if err == nil {
-		return nil
-	}
 	var de *DaemonError
 	var le *localError
+	c.mu.Lock()
+	user, prev := c.userShut, c.lastErr
+	c.lastErr = nil
+	if errors.As(err, &de) {
+		c.lastErr = de // it may explain why the next call finds the connection closed
+	}
+	c.mu.Unlock()
 	switch {
-	case errors.As(err, &le):
-		// Our side failed, the daemon's stream was followed to its end: still in sync.
-	case errors.As(err, &de):
-		c.mu.Lock()
-		c.lastErr = de
-		c.mu.Unlock()
-	default:
-		c.mu.Lock()
-		user, last := c.userShut, c.lastErr
-		c.mu.Unlock()
-		switch {
-		case user:
-			err = ErrClosed
-		case gone(err) && !errors.Is(err, ErrNoDaemon):
-			if last != nil {
-				err = fmt.Errorf("%w after its error %q: %w", ErrDaemonClosed, last.Error(), err)
-			} else {
-				err = fmt.Errorf("%w: %w", ErrDaemonClosed, err)
-			}
+	case err == nil:
+		return nil
+	case de != nil || errors.As(err, &le):
+		// The daemon refused, or our side failed after following the daemon's stream to
+		// its end: the connection is in sync.
+	case user:
+		err = ErrClosed
+	case gone(err) && !errors.Is(err, ErrNoDaemon):
+		if prev != nil {
+			err = fmt.Errorf("%w after its error %q: %w", ErrDaemonClosed, prev.Error(), err)
+		} else {
+			err = fmt.Errorf("%w: %w", ErrDaemonClosed, err)
 		}
+		c.shut(err)
+	default:
 		c.shut(err)
 	}
 	return fmt.Errorf("%s: %w", op, err)

@@ -128,6 +128,23 @@ func TestErrorThenCloseMakesNextCallFail(t *testing.T) {
 	}
 }
 
+// Only the error just before the close explains it.
+func TestOlderErrorNotBlamedForClose(t *testing.T) {
+	c := dial(t,
+		expect(w().ints(opIsValidPath).str("/tmp/foo")),
+		send(w().fail("path `/tmp/foo' is not in the store", 1)),
+		expect(w().ints(opIsValidPath).str("/gnu/store/a")),
+		send(w().last().ints(1)),
+		hangup(),
+	)
+	c.IsValidPath(bg, "/tmp/foo")
+	c.IsValidPath(bg, "/gnu/store/a")
+	_, err := c.IsValidPath(bg, "/gnu/store/a")
+	if !errors.Is(err, ErrDaemonClosed) || strings.Contains(err.Error(), "/tmp/foo") {
+		t.Errorf("err = %v, want ErrDaemonClosed without the older error", err)
+	}
+}
+
 func TestErrorKeepsConnection(t *testing.T) {
 	c := dial(t,
 		expect(w().ints(opIsValidPath).str("/tmp/foo")),
