@@ -7,11 +7,15 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"offload/storeio"
 )
 
 var bg = context.Background()
@@ -321,5 +325,66 @@ func TestUnexpectedTransfer(t *testing.T) {
 		if err := c.AddTempRoot(bg, "/gnu/store/a"); !errors.Is(err, ErrProtocol) {
 			t.Errorf("err = %v, want a protocol error", err)
 		}
+	}
+}
+
+// exportItem returns the export item of the file at fsPath, as a daemon sends it:
+// storeio's one-item bundle without the leading 1 and the final 0.
+func exportItem(t *testing.T, fsPath string, info storeio.ItemInfo) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	bw := storeio.NewBundleWriter(&b, nil)
+	if err := bw.Add(fsPath, info); err != nil {
+		t.Fatal(err)
+	}
+	if err := bw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()[8 : b.Len()-8]
+}
+
+// What the hook does with outputs: ExportItems piped into storeio.ImportBundle, which
+// restores all or nothing.
+func TestExportItemsIntoImportBundle(t *testing.T) {
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "a"), []byte("A\n"), 0o644)
+	os.WriteFile(filepath.Join(src, "b"), []byte(strings.Repeat("B", 100000)), 0o644)
+	pa := TextPath("/gnu/store", "a", []byte("A\n"), nil)
+	pb := TextPath("/gnu/store", "b", []byte("B"), []string{pa})
+	ia := exportItem(t, filepath.Join(src, "a"), storeio.ItemInfo{Path: pa})
+	ib := exportItem(t, filepath.Join(src, "b"), storeio.ItemInfo{Path: pb, References: []string{pa}})
+	c := dial(t,
+		expect(w().ints(opExportPath).str(pa).ints(0)),
+		send(w().write(string(ia[:5])).write(string(ia[5:])).last().ints(1)),
+		expect(w().ints(opExportPath).str(pb).ints(0)),
+		send(w().write(string(ib[:65536])).next("log\n").write(string(ib[65536:])).last().ints(1)),
+		expect(w().ints(opExportPath).str(pa).ints(0)),
+		send(w().write(string(ia)).last().ints(1)),
+		expect(w().ints(opExportPath).str(pb).ints(0)),
+		send(w().write(string(ib[:1000])).fail("hash of path `"+pb+"' has changed", 1)),
+	)
+	restore := func() (string, error) {
+		dst := t.TempDir()
+		pr, pw := io.Pipe()
+		done := make(chan error, 1)
+		go func() {
+			_, err := storeio.ImportBundle(pr, storeio.ImportOptions{StoreDir: "/gnu/store", RealDir: dst})
+			pr.CloseWithError(err)
+			done <- err
+		}()
+		pw.CloseWithError(c.ExportItems(bg, []string{pa, pb}, false, pw))
+		return dst, <-done
+	}
+	dst, err := restore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dst, filepath.Base(pb))); err != nil || len(b) != 100000 {
+		t.Errorf("restored b: %d bytes, %v", len(b), err)
+	}
+	dst, err = restore()
+	mustDaemonError(t, err, 1, "has changed")
+	if left, _ := os.ReadDir(dst); len(left) != 0 {
+		t.Errorf("a failed export left %v in the store", left)
 	}
 }
