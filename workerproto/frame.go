@@ -85,17 +85,11 @@ func WritePairs(w io.Writer, ps []Pair) error {
 
 func padLen(n int) int { return (8 - n%8) % 8 }
 
-// readFull is io.ReadFull with a clean EOF kept as io.EOF (the caller may care that the
-// peer closed between two values) and a partial one as io.ErrUnexpectedEOF.
-func readFull(r io.Reader, b []byte) error {
-	_, err := io.ReadFull(r, b)
-	return err
-}
-
-// ReadLong reads a u64 little-endian.
+// ReadLong reads a u64 little-endian. A clean end of stream before it is io.EOF (the
+// peer closed between two values), a partial one io.ErrUnexpectedEOF.
 func ReadLong(r io.Reader) (uint64, error) {
 	var b [8]byte
-	if err := readFull(r, b[:]); err != nil {
+	if _, err := io.ReadFull(r, b[:]); err != nil {
 		return 0, err
 	}
 	return binary.LittleEndian.Uint64(b[:]), nil
@@ -135,26 +129,22 @@ func readStrInto(r io.Reader, buf []byte) ([]byte, error) {
 	}
 	var b []byte
 	if n <= uint64(cap(buf)) || n <= 64<<10 {
-		if n <= uint64(cap(buf)) {
-			b = buf[:n]
-		} else {
+		if b = buf[:0]; n > uint64(cap(buf)) {
 			b = make([]byte, n)
 		}
-		if err := readFull(r, b); err != nil {
+		b = b[:n]
+		if _, err := io.ReadFull(r, b); err != nil {
 			return nil, noEOF(err)
 		}
 	} else {
 		var bb bytes.Buffer
-		if m, err := io.CopyN(&bb, r, int64(n)); err != nil {
-			if err == io.EOF && m < int64(n) {
-				err = io.ErrUnexpectedEOF
-			}
-			return nil, err
+		if _, err := io.CopyN(&bb, r, int64(n)); err != nil {
+			return nil, noEOF(err)
 		}
 		b = bb.Bytes()
 	}
 	var pad [8]byte
-	if err := readFull(r, pad[:padLen(int(n))]); err != nil {
+	if _, err := io.ReadFull(r, pad[:padLen(int(n))]); err != nil {
 		return nil, noEOF(err)
 	}
 	if pad != zeros {

@@ -114,3 +114,18 @@ func TestReadStrMemoryFollowsData(t *testing.T) {
 		t.Errorf("allocated %d bytes for a 10-byte string", n)
 	}
 }
+
+func TestReadStrIntoSizes(t *testing.T) {
+	for _, tc := range []struct{ n, bufCap int }{{0, 0}, {5, 0}, {5, 8}, {100000, 0}, {100000, 128 << 10}, {64 << 10, 64 << 10}} {
+		s := strings.Repeat("s", tc.n)
+		in := w().str(s).ints(42)
+		r := bytes.NewReader(in.Bytes())
+		got, err := readStrInto(r, make([]byte, 0, tc.bufCap))
+		if err != nil || string(got) != s {
+			t.Errorf("%d bytes into a buffer of %d: got %d bytes, %v", tc.n, tc.bufCap, len(got), err)
+		}
+		if v, err := ReadInt(r); v != 42 || err != nil {
+			t.Errorf("%d bytes into a buffer of %d: then %d, %v", tc.n, tc.bufCap, v, err)
+		}
+	}
+}
