@@ -109,7 +109,7 @@ func Dial(ctx context.Context, socket string) (*Conn, error) {
 // writes, as it is for net.Conn and os.File.
 func NewConn(ctx context.Context, rw io.ReadWriteCloser) (*Conn, error) {
 	c := newConn(rw)
-	if err := c.call(ctx, "handshake", 0, func() (int64, error) { return 0, c.handshake() }); err != nil {
+	if err := c.call(ctx, "handshake", 0, func(*stats) error { return c.handshake() }); err != nil {
 		c.shut(err)
 		return nil, err
 	}
@@ -158,14 +158,20 @@ func (c *Conn) usable() error {
 	return fmt.Errorf("connection unusable after an earlier failure: %w", c.broken)
 }
 
+// stats is what Trace reports of an operation besides its name, time and error.
+type stats struct {
+	paths int   // paths given (or, for an import, imported)
+	bytes int64 // bytes exported, imported or added
+}
+
 // call runs one operation: it refuses to start on a broken Conn, closes the connection
 // if ctx ends meanwhile, decides whether the Conn survives the error, and traces.
-func (c *Conn) call(ctx context.Context, op string, paths int, fn func() (int64, error)) (err error) {
+func (c *Conn) call(ctx context.Context, op string, paths int, fn func(s *stats) error) (err error) {
 	start := time.Now()
-	var n int64
+	s := stats{paths: paths}
 	defer func() {
 		if c.Trace != nil {
-			c.Trace(op, paths, n, time.Since(start), err)
+			c.Trace(op, s.paths, s.bytes, time.Since(start), err)
 		}
 	}()
 	if err := c.usable(); err != nil {
@@ -175,7 +181,7 @@ func (c *Conn) call(ctx context.Context, op string, paths int, fn func() (int64,
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	stop := context.AfterFunc(ctx, func() { c.shut(fmt.Errorf("cancelled: %w", ctx.Err())) })
-	n, err = fn()
+	err = fn(&s)
 	if !stop() {
 		return fmt.Errorf("%s: %w", op, ctx.Err())
 	}

@@ -276,6 +276,10 @@ func TestTraceOncePerOperation(t *testing.T) {
 		send(w().write("12345").write("678").last().ints(1)),
 		expect(w().ints(opAddTempRoot).str("/gnu/store/b")),
 		send(w().fail("no", 1)),
+		expect(w().ints(opImportPaths)),
+		send(w().ints(stderrRead, 32768)),
+		expect(w().str("bundle")),
+		send(w().last().strs("/gnu/store/a", "/gnu/store/b")),
 	)
 	c.Trace = func(op string, paths int, bytes int64, d time.Duration, err error) {
 		got = append(got, rec{op, paths, bytes, err != nil})
@@ -284,7 +288,9 @@ func TestTraceOncePerOperation(t *testing.T) {
 	c.QueryValidPaths(ctx, []string{"/gnu/store/a", "/gnu/store/b"})
 	c.ExportPath(ctx, "/gnu/store/a", false, &strings.Builder{})
 	c.AddTempRoot(ctx, "/gnu/store/b")
-	want := []rec{{"query-valid-paths", 2, 0, false}, {"export-path", 1, 8, false}, {"add-temp-root", 1, 0, true}}
+	c.ImportPaths(ctx, strings.NewReader("bundle"))
+	want := []rec{{"query-valid-paths", 2, 0, false}, {"export-path", 1, 8, false}, {"add-temp-root", 1, 0, true},
+		{"import-paths", 2, 6, false}}
 	if len(got) != len(want) {
 		t.Fatalf("traces %v, want %v", got, want)
 	}

@@ -72,12 +72,12 @@ func strArg(c *Conn, s string) func() error {
 // IsValidPath tells whether p is a valid store item. A path outside the store is a
 // DaemonError (the connection survives it).
 func (c *Conn) IsValidPath(ctx context.Context, p string) (valid bool, err error) {
-	err = c.call(ctx, "is-valid-path", 1, func() (int64, error) {
+	err = c.call(ctx, "is-valid-path", 1, func(*stats) error {
 		if err := c.request(nil, opIsValidPath, strArg(c, p)); err != nil {
-			return 0, err
+			return err
 		}
 		valid, err = ReadBool(c.r)
-		return 0, noEOF(err)
+		return noEOF(err)
 	})
 	return valid, err
 }
@@ -85,12 +85,12 @@ func (c *Conn) IsValidPath(ctx context.Context, p string) (valid bool, err error
 // QueryValidPaths returns the valid members of ps, sorted, in one round trip. A member
 // outside the store makes the daemon close the connection after its error.
 func (c *Conn) QueryValidPaths(ctx context.Context, ps []string) (valid []string, err error) {
-	err = c.call(ctx, "query-valid-paths", len(ps), func() (int64, error) {
+	err = c.call(ctx, "query-valid-paths", len(ps), func(*stats) error {
 		if err := c.request(nil, opQueryValidPaths, func() error { return WriteStrs(c.w, ps) }); err != nil {
-			return 0, err
+			return err
 		}
 		valid, err = ReadStrs(c.r)
-		return 0, noEOF(err)
+		return noEOF(err)
 	})
 	return valid, err
 }
@@ -98,11 +98,11 @@ func (c *Conn) QueryValidPaths(ctx context.Context, ps []string) (valid []string
 // QueryPathInfo returns what the daemon registered for the valid item p. An invalid p
 // is a DaemonError; a path outside the store closes the connection after the error.
 func (c *Conn) QueryPathInfo(ctx context.Context, p string) (info PathInfo, err error) {
-	err = c.call(ctx, "query-path-info", 1, func() (int64, error) {
+	err = c.call(ctx, "query-path-info", 1, func(*stats) error {
 		if err := c.request(nil, opQueryPathInfo, strArg(c, p)); err != nil {
-			return 0, err
+			return err
 		}
-		return 0, noEOF(c.readPathInfo(&info))
+		return noEOF(c.readPathInfo(&info))
 	})
 	return info, err
 }
@@ -135,25 +135,25 @@ func (c *Conn) readPathInfo(info *PathInfo) error {
 
 // QueryReferences returns the references of the valid item p, sorted.
 func (c *Conn) QueryReferences(ctx context.Context, p string) (refs []string, err error) {
-	err = c.call(ctx, "query-references", 1, func() (int64, error) {
+	err = c.call(ctx, "query-references", 1, func(*stats) error {
 		if err := c.request(nil, opQueryReferences, strArg(c, p)); err != nil {
-			return 0, err
+			return err
 		}
 		refs, err = ReadStrs(c.r)
-		return 0, noEOF(err)
+		return noEOF(err)
 	})
 	return refs, err
 }
 
 // QueryDeriver returns the .drv that built p, or "" when the daemon does not know it.
 func (c *Conn) QueryDeriver(ctx context.Context, p string) (drv string, err error) {
-	err = c.call(ctx, "query-deriver", 1, func() (int64, error) {
+	err = c.call(ctx, "query-deriver", 1, func(*stats) error {
 		if err := c.request(nil, opQueryDeriver, strArg(c, p)); err != nil {
-			return 0, err
+			return err
 		}
 		b, err := ReadStr(c.r)
 		drv = string(b)
-		return 0, noEOF(err)
+		return noEOF(err)
 	})
 	return drv, err
 }
@@ -163,7 +163,7 @@ func (c *Conn) QueryDeriver(ctx context.Context, p string) (drv string, err erro
 // No signature is needed, which is how a .drv reaches a remote store: send its inputs
 // first, the .drv last. The daemon also adds a temp root for the result.
 func (c *Conn) AddTextToStore(ctx context.Context, name string, content []byte, refs []string) (p string, err error) {
-	err = c.call(ctx, "add-text-to-store", 1+len(refs), func() (int64, error) {
+	err = c.call(ctx, "add-text-to-store", 1+len(refs), func(s *stats) error {
 		err := c.request(nil, opAddTextToStore, func() error {
 			if err := WriteStr(c.w, []byte(name)); err != nil {
 				return err
@@ -174,11 +174,11 @@ func (c *Conn) AddTextToStore(ctx context.Context, name string, content []byte, 
 			return WriteStrs(c.w, refs)
 		})
 		if err != nil {
-			return 0, err
+			return err
 		}
 		b, err := ReadStr(c.r)
-		p = string(b)
-		return int64(len(content)), noEOF(err)
+		p, s.bytes = string(b), int64(len(content))
+		return noEOF(err)
 	})
 	return p, err
 }
@@ -186,11 +186,11 @@ func (c *Conn) AddTextToStore(ctx context.Context, name string, content []byte, 
 // AddTempRoot protects p from the daemon's garbage collector for as long as the Conn
 // lives.
 func (c *Conn) AddTempRoot(ctx context.Context, p string) error {
-	return c.call(ctx, "add-temp-root", 1, func() (int64, error) {
+	return c.call(ctx, "add-temp-root", 1, func(*stats) error {
 		if err := c.request(nil, opAddTempRoot, strArg(c, p)); err != nil {
-			return 0, err
+			return err
 		}
-		return 0, c.okReply()
+		return c.okReply()
 	})
 }
 
@@ -199,9 +199,9 @@ func (c *Conn) AddTempRoot(ctx context.Context, p string) error {
 // (permanent) or 101 (timeout), or 1. Beware: an invalid plain path without substitute
 // is not a failure; check validity afterwards.
 func (c *Conn) BuildPaths(ctx context.Context, paths []string, mode BuildMode) error {
-	return c.call(ctx, "build-paths", len(paths), func() (int64, error) {
+	return c.call(ctx, "build-paths", len(paths), func(*stats) error {
 		if mode != BuildNormal && c.minor < 15 {
-			return 0, &localError{fmt.Errorf("daemon protocol %#x has no build modes", c.version)}
+			return &localError{fmt.Errorf("daemon protocol %#x has no build modes", c.version)}
 		}
 		err := c.request(nil, opBuildPaths, func() error {
 			if err := WriteStrs(c.w, paths); err != nil {
@@ -213,9 +213,9 @@ func (c *Conn) BuildPaths(ctx context.Context, paths []string, mode BuildMode) e
 			return nil
 		})
 		if err != nil {
-			return 0, err
+			return err
 		}
-		return 0, c.okReply()
+		return c.okReply()
 	})
 }
 
@@ -225,10 +225,10 @@ func (c *Conn) BuildPaths(ctx context.Context, paths []string, mode BuildMode) e
 // partial item that the caller must drop. If w fails, the rest of the item is read and
 // dropped (keeping the Conn usable) and w's error is returned.
 func (c *Conn) ExportPath(ctx context.Context, p string, sign bool, w io.Writer) error {
-	return c.call(ctx, "export-path", 1, func() (int64, error) { return c.exportPath(p, sign, w) })
+	return c.call(ctx, "export-path", 1, func(s *stats) error { return c.exportPath(s, p, sign, w) })
 }
 
-func (c *Conn) exportPath(p string, sign bool, w io.Writer) (int64, error) {
+func (c *Conn) exportPath(s *stats, p string, sign bool, w io.Writer) error {
 	t := &transfer{out: w}
 	err := c.request(t, opExportPath, func() error {
 		if err := WriteStr(c.w, []byte(p)); err != nil {
@@ -242,7 +242,8 @@ func (c *Conn) exportPath(p string, sign bool, w io.Writer) (int64, error) {
 	if err == nil && t.outErr != nil {
 		err = &localError{fmt.Errorf("writing the export of %s: %w", p, t.outErr)}
 	}
-	return t.n, err
+	s.bytes += t.n
+	return err
 }
 
 // ExportItems writes a whole `guix archive --export` stream of paths, in the caller's
@@ -250,22 +251,21 @@ func (c *Conn) exportPath(p string, sign bool, w io.Writer) (int64, error) {
 // first error it writes nothing more and returns it, so a reader of w sees a stream
 // without its end marker and can refuse it whole.
 func (c *Conn) ExportItems(ctx context.Context, paths []string, sign bool, w io.Writer) error {
-	return c.call(ctx, "export", len(paths), func() (int64, error) {
-		var n int64
+	return c.call(ctx, "export", len(paths), func(s *stats) error {
 		for _, p := range paths {
 			if err := WriteLong(w, 1); err != nil {
-				return n, &localError{fmt.Errorf("writing the export stream: %w", err)}
+				return &localError{fmt.Errorf("writing the export stream: %w", err)}
 			}
-			k, err := c.exportPath(p, sign, w)
-			n += 8 + k
-			if err != nil {
-				return n, err
+			s.bytes += 8
+			if err := c.exportPath(s, p, sign, w); err != nil {
+				return err
 			}
 		}
 		if err := WriteLong(w, 0); err != nil {
-			return n, &localError{fmt.Errorf("writing the export stream: %w", err)}
+			return &localError{fmt.Errorf("writing the export stream: %w", err)}
 		}
-		return n + 8, nil
+		s.bytes += 8
+		return nil
 	})
 }
 
@@ -276,7 +276,7 @@ func (c *Conn) ExportItems(ctx context.Context, paths []string, sign bool, w io.
 // atomic: items before a failing one stay imported. If bundle fails or ends early, the
 // daemon is told the stream ended and the error says so.
 func (c *Conn) ImportPaths(ctx context.Context, bundle io.Reader) (paths []string, err error) {
-	err = c.call(ctx, "import-paths", 0, func() (int64, error) {
+	err = c.call(ctx, "import-paths", 0, func(s *stats) error {
 		t := &transfer{in: bundle}
 		err := c.request(t, opImportPaths, nil)
 		if err == nil {
@@ -292,7 +292,8 @@ func (c *Conn) ImportPaths(ctx context.Context, bundle io.Reader) (paths []strin
 		default:
 			err = fmt.Errorf("reading the bundle: %w (daemon: %w)", t.inErr, err)
 		}
-		return t.n, err
+		s.paths, s.bytes = len(paths), t.n
+		return err
 	})
 	return paths, err
 }

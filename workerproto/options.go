@@ -61,12 +61,12 @@ func seconds(d time.Duration) string {
 // SetOptions sends o, framed for the daemon's protocol minor (§4.10). The settings hold
 // for the rest of the connection.
 func (c *Conn) SetOptions(ctx context.Context, o Options) error {
-	return c.call(ctx, "set-options", 0, func() (int64, error) {
+	return c.call(ctx, "set-options", 0, func(*stats) error {
 		args, err := c.optionArgs(o)
 		if err != nil {
-			return 0, &localError{err} // nothing was sent
+			return &localError{err} // nothing was sent
 		}
-		return 0, c.request(nil, opSetOptions, args)
+		return c.request(nil, opSetOptions, args)
 	})
 }
 
