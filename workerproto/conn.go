@@ -75,7 +75,8 @@ type Conn struct {
 	// chunk by chunk and not line-aligned. Nil drops them. Its errors are ignored.
 	Log io.Writer
 	// Trace, when set, is called once per operation with its name, the number of paths
-	// it was given, the bytes moved (export, import, text), its duration and its error.
+	// it was given (for an import, the number imported), the bytes moved (export,
+	// import, text), its duration and its error: enough for one -v line per operation.
 	Trace func(op string, paths int, bytes int64, d time.Duration, err error)
 
 	rwc     io.ReadWriteCloser
