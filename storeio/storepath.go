@@ -1,6 +1,7 @@
 package storeio
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -95,4 +96,17 @@ func NixBase32(b []byte) string {
 		out[n-1-i] = nixBase32Alphabet[c&0x1f]
 	}
 	return string(out)
+}
+
+// MakeStorePath returns storeDir/HASH-name, HASH being the 32 base-32 characters of
+// sha256(fingerprint) folded to 20 bytes by XOR, as the daemon names items. For real
+// items the fingerprint is "TYPE:sha256:HEX:STOREDIR:NAME", TYPE being e.g. "text" plus
+// ":REF" per sorted reference (AddTextToStore), "source" or "output:OUT".
+func MakeStorePath(storeDir, fingerprint, name string) string {
+	d := sha256.Sum256([]byte(fingerprint))
+	var c [20]byte
+	for i, x := range d {
+		c[i%len(c)] ^= x
+	}
+	return storeDir + "/" + NixBase32(c[:]) + "-" + name
 }

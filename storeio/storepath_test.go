@@ -1,6 +1,8 @@
 package storeio
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"testing"
 )
 
@@ -64,5 +66,22 @@ func TestNixBase32Length(t *testing.T) {
 	}
 	if NixBase32(make([]byte, 20)) != "00000000000000000000000000000000" {
 		t.Error("zero hash")
+	}
+}
+
+// The daemon's own path for a text item without references (vec-plain.txt in
+// vectors/bundles, made by add-text-to-store) and for one with a reference (vec-ref.txt).
+func TestMakeStorePathMatchesDaemon(t *testing.T) {
+	plain := "/gnu/store/24qd8hd2sn67df4gwbpdc33axwnm3r61-vec-plain.txt"
+	for _, tc := range []struct{ typ, content, name, want string }{
+		{"text", "Hello, test vectors!\n", "vec-plain.txt", plain},
+		{"text:" + plain, "This item refers to " + plain + "\n", "vec-ref.txt",
+			"/gnu/store/hr0w17rzhvdq4jwa0sb4grs6h9na174y-vec-ref.txt"},
+	} {
+		sum := sha256.Sum256([]byte(tc.content))
+		fp := tc.typ + ":sha256:" + hex.EncodeToString(sum[:]) + ":/gnu/store:" + tc.name
+		if got := MakeStorePath("/gnu/store", fp, tc.name); got != tc.want {
+			t.Errorf("MakeStorePath(%q) = %s, want %s", fp, got, tc.want)
+		}
 	}
 }
