@@ -50,7 +50,8 @@ func (s *session) build() error {
 			return fmt.Errorf("derivation '%s' offloaded to '%s' failed: %w", drv, m.Display(), ErrBuildFailed)
 		}
 	}
-	return s.failure("`guix build`", "running guix build on machine '%s'", "building '"+drv+"'", s.stderr.tails[1])
+	// Not the build's own failure: the session, the machine or its guix failed.
+	return &machineError{Err: s.failure("`guix build`", "running guix build on machine '%s'", "building '"+drv+"'", s.stderr.tails[1])}
 }
 
 // buildStarts waits for "offload-building", through the machine's wait for one of

@@ -58,13 +58,16 @@ func (s *session) download(ctx context.Context) error {
 	}
 	runErr := s.wait()
 	exportFailed := func() error {
-		return s.failure("`guix archive --export`", "retrieving outputs from machine '%s'", "retrieving outputs", s.stderr.tails[2])
+		return &machineError{Err: s.failure("`guix archive --export`", "retrieving outputs from machine '%s'", "retrieving outputs", s.stderr.tails[2])}
 	}
 	if runErr != nil && impErr != nil && machineFirst {
 		return exportFailed()
 	}
 	if impErr != nil && storeio.IsRefusal(impErr) {
 		return fmt.Errorf("refusing what machine '%s' returned: %w", m.Display(), impErr)
+	}
+	if impErr != nil && runErr != nil {
+		return exportFailed() // the stream was cut: the session's end says why
 	}
 	if impErr != nil {
 		return fmt.Errorf("restoring the outputs from machine '%s' into %s: %w", m.Display(), h.Conf.StoreDir, impErr)

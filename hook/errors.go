@@ -46,3 +46,11 @@ type localError struct{ Err error }
 func (e *localError) Error() string { return e.Err.Error() }
 
 func (e *localError) Unwrap() error { return e.Err }
+
+// machineError is a failure of the machine or of the way to it after the build may have
+// started (the connection was lost, its daemon died or failed outside the build): not
+// the build's own outcome, so the build may be done again elsewhere.
+type machineError struct{ Err error }
+
+func (e *machineError) Error() string { return e.Err.Error() }
+func (e *machineError) Unwrap() error { return e.Err }

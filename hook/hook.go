@@ -12,11 +12,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"offload/machines"
 	"offload/sshexec"
 	"offload/statedir"
+	"offload/storeio"
+	"offload/workerproto"
 )
 
 // Config is what the daemon tells the hook (its arguments and environment).
@@ -39,6 +42,19 @@ type Config struct {
 
 	// Substitutes ($OFFLOAD_SUBSTITUTES) says which machines fetch substitutes themselves.
 	Substitutes Substitutes
+
+	// Path ($OFFLOAD_PATH) forces the daemon or the shell path (daemonpath.go); "" decides
+	// per machine.
+	Path string
+	// LocalDaemon is the local guix-daemon's socket ($GUIX_DAEMON_SOCKET when it is a
+	// file name, else $GUIX_STATE_DIRECTORY/daemon-socket/socket), for local exports
+	// without a guix process.
+	LocalDaemon string
+	// BulkThreshold, when positive, is the bundle size in bytes above which transfers go
+	// by the streamed path instead of the daemon connection (else from the round trip).
+	BulkThreshold int64
+	// Attempts ($OFFLOAD_ATTEMPTS) bounds how often an accepted build is tried (retry.go).
+	Attempts int
 }
 
 // ConfigFromEnv fills the parts of Config that come from the environment.
@@ -65,7 +81,34 @@ func ConfigFromEnv(getenv func(string) string) Config {
 		ProbeMaxAge:  5 * time.Second,
 		LockWait:     30 * time.Minute,
 		Substitutes:  ParseSubstitutes(getenv(SubstitutesEnv)),
+		Path:         parsePath(getenv(PathEnv)),
+		Attempts:     parseAttempts(getenv(AttemptsEnv)),
+		LocalDaemon:  localDaemonSocket(getenv("GUIX_DAEMON_SOCKET"), state),
 	}
+}
+
+// parsePath reads $OFFLOAD_PATH: "daemon" or "shell" force a path, anything else decides.
+func parsePath(v string) string {
+	switch v {
+	case pathDaemon, pathShell:
+		return v
+	}
+	return ""
+}
+
+// localDaemonSocket is where the local guix-daemon listens: $GUIX_DAEMON_SOCKET when it
+// names a file (a guix:// or other URI is not ours to speak), else the state directory's.
+func localDaemonSocket(env, state string) string {
+	if strings.HasPrefix(env, "/") {
+		return env
+	}
+	if p, ok := strings.CutPrefix(env, "file://"); ok && strings.HasPrefix(p, "/") {
+		return p
+	}
+	if env != "" {
+		return ""
+	}
+	return filepath.Join(state, "daemon-socket", "socket")
 }
 
 // Hook serves one hook process: the daemon's requests on In, answers and messages on
@@ -88,6 +131,13 @@ type Hook struct {
 
 	state  machines.State
 	layout statedir.Layout // of Conf.StateDir
+
+	localOnce sync.Once
+	local     *workerproto.Conn // the local daemon, once dialled (nil: none answered)
+	localWhy  error
+	keyOnce   sync.Once
+	key       *storeio.SecretKey // this host's signing key, once read (nil: not readable)
+	rtt       time.Duration      // the round trip to the chosen machine's daemon, measured
 }
 
 func (h *Hook) init() {
@@ -145,6 +195,12 @@ func (h *Hook) Run(ctx context.Context) error {
 			return err
 		}
 		d := h.decide(ctx, req)
+		if d.slot != nil && !h.canExport(ctx) {
+			// After an accept there is no way back: never accept what cannot be sent.
+			d.release()
+			h.note("cannot send inputs from this host: no local guix-daemon answers at %s, and %v; building locally", h.Conf.LocalDaemon, h.Conf.GuixErr)
+			d = decision{answer: "decline"}
+		}
 		if d.slot == nil {
 			if err := h.answer(d.answer); err != nil {
 				return err
@@ -159,8 +215,14 @@ func (h *Hook) Run(ctx context.Context) error {
 	}
 }
 
-// accepted reads the two path lines and runs the offload, failing over to the next
-// machine when the chosen one fails before the build started on it.
+// canExport tells whether this host can export its store items for a machine: through
+// the local daemon, or with the local guix (local_export.go).
+func (h *Hook) canExport(ctx context.Context) bool {
+	return h.Conf.Guix != "" || h.Conf.GuixErr == nil || h.localDaemon(ctx) != nil
+}
+
+// accepted reads the two path lines and runs the offload, again elsewhere or later when
+// the machine fails (retry.go).
 func (h *Hook) accepted(ctx context.Context, in *bufio.Reader, req Request, d decision) error {
 	defer func() { d.release() }()
 	inLine, err := readLine(in)
@@ -184,29 +246,7 @@ func (h *Hook) accepted(ctx context.Context, in *bufio.Reader, req Request, d de
 			return err
 		}
 	}
-	tried := map[string]bool{}
-	for {
-		m := d.machine
-		tried[m.ID()] = true
-		err := h.offload(ctx, m, d.target, req, inputs, outputs)
-		var early *beforeBuildError
-		var local *localError
-		if !errors.As(err, &early) || errors.As(err, &local) {
-			// The build started (its outcome stands), or our own side failed (no
-			// machine is to blame, and none would do better).
-			return err
-		}
-		// The machine failed before the build started on it: nothing ran there, so
-		// another machine may take the build.
-		h.record(m, early.Err)
-		d.release()
-		h.note("machine '%s' failed before the build started: %s", m.Display(), about(m, early.Err))
-		d = h.decideExcluding(ctx, req, tried, false)
-		if d.slot == nil {
-			return fmt.Errorf("no other machine could take %s after machine '%s' failed before the build started", req.Drv, m.Display())
-		}
-		h.note("trying machine '%s' instead", d.machine.Display())
-	}
+	return h.attempts(ctx, req, d, inputs, outputs)
 }
 
 // loadMachines reads the machines file. A missing file means no machines; a broken

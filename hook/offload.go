@@ -7,13 +7,29 @@ import (
 	"offload/sshexec"
 )
 
-// offload performs an accepted build on machine m in one ssh session (sessionScript is
+// offload performs an accepted build on machine m, on the daemon path when the machine
+// allows it, else on the shell path (daemonpath.go). A failure before the build starts
+// is a *beforeBuildError (another machine may take the build).
+//
+// On the shell path, one ssh session does it all (sessionScript is
 // its remote side; nothing is fetched after a failed build, and the build's time limits
 // hold on both sides: docs/hook.md): it asks which inputs the machine lacks,
 // sends them under the machine's upload lock, builds with the daemon's limits with the
 // log on fd 4, and restores the outputs under the download lock. A failure before the
 // build starts is a *beforeBuildError (another machine may take the build).
 func (h *Hook) offload(ctx context.Context, m *machines.Machine, t sshexec.Target, req Request, inputs, outputs []string) error {
+	conn, err := h.openDaemon(ctx, m, t)
+	if err != nil {
+		return &beforeBuildError{Err: err}
+	}
+	if conn != nil {
+		return h.offloadDaemon(ctx, m, t, conn, req, inputs, outputs)
+	}
+	return h.offloadShell(ctx, m, t, req, inputs, outputs)
+}
+
+// offloadShell performs an accepted build on m through one remote shell script.
+func (h *Hook) offloadShell(ctx context.Context, m *machines.Machine, t sshexec.Target, req Request, inputs, outputs []string) error {
 	mode, err := ParseCompressionMode(h.Conf.Compression)
 	if err != nil {
 		h.note("%v; using %s", err, mode)

@@ -222,3 +222,23 @@ var substituteFuncs = `substitute() { ` +
 // substituteWord starts the hook's line that asks for substitutes: "substitute PATH...";
 // lineMissingEnd ends the machine's answer.
 const substituteWord = "substitute"
+
+// bulkImportScript is the machine's side of a bulk upload on the daemon path: it says
+// which decompressors it has (one line, toolPrefix and the names), reads the hook's
+// choice (one line: zstd, gzip, or anything else for none), then imports the rest of
+// stdin with `guix archive --import`, through import_z when compressed. The shell's
+// `read` takes no byte beyond its line from a pipe.
+var bulkImportScript = transferFuncs + `; printf "` + toolPrefix + `"; for c in zstd gzip; do if command -v "$c" >/dev/null 2>&1; then printf "%s " "$c"; fi; done; echo; ` +
+	`read -r comp || exit 2; case $comp in zstd | gzip) import_z "$comp" ;; *) guix archive --import >&2 ;; esac`
+
+// slotHoldScript holds one of the machine's shared build slots for the daemon path, run
+// as `sh -c SCRIPT sh ROOTS SLOTS HOLDER DRV`: remoteSlotScript takes the slot (saying
+// lineWaiting while every slot is taken), then it says lineBuilding and holds the slot
+// in `cat`, which inherits fd 9, until its stdin ends. A machine without flock says
+// lineNoFlock instead and ends.
+var slotHoldScript = `d=$1 ns=$2 who=$3 drv=$4; ` +
+	`command -v flock >/dev/null 2>&1 || { echo ` + lineNoFlock + `; exit 0; }; ` +
+	remoteSlotScript + `; echo ` + lineBuilding + ` || exit; exec cat >/dev/null`
+
+// lineNoFlock is slotHoldScript's answer on a machine without flock(1).
+const lineNoFlock = "offload-no-flock"

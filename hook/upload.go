@@ -1,9 +1,9 @@
 package hook
 
 import (
+	"errors"
 	"fmt"
 	"io"
-	"offload/sshexec"
 	"slices"
 	"sort"
 	"strings"
@@ -147,8 +147,8 @@ func (s *session) expect(want, step, what, bare string) error {
 	return nil
 }
 
-// send streams the local `guix archive --export PATHS`, compressed with comp, into the
-// session's stdin and closes it; raw counts the export itself. A failure of the
+// send streams the local export of paths (localExporter: without a guix process when
+// the local daemon answers), compressed with comp, into the session's stdin and closes it; raw counts the export itself. A failure of the
 // export while the session lives is ours (localError); once the session ended, it is
 // the consequence of the machine's failure, which the caller reports.
 func (s *session) send(paths []string, comp Compression, raw *countingWriter) {
@@ -162,10 +162,17 @@ func (s *session) send(paths []string, comp Compression, raw *countingWriter) {
 	if zw != nil {
 		raw.w = zw
 	}
-	argv := append([]string{s.h.Conf.Guix, "archive", "--export"}, paths...)
-	if err := s.h.Runner.Run(s.ctx, argv, sshexec.Stdio{Stdout: raw}); err != nil {
+	exp, err := s.h.localExporter(s.ctx, paths)
+	if err == nil {
+		err = exp.write(s.ctx, raw)
+	}
+	if err != nil {
 		if !s.ended() && s.ctx.Err() == nil {
-			s.setLocal(&localError{fmt.Errorf("local `guix archive --export`: %w", err)})
+			var local *localError
+			if !errors.As(err, &local) {
+				err = &localError{err}
+			}
+			s.setLocal(err)
 		}
 		s.stdin.Close() // no end of stream: the machine sees it cut short
 		if zw != nil {

@@ -3,6 +3,7 @@ package sshexec
 import (
 	"context"
 	"net"
+	"strconv"
 	"time"
 
 	"offload/locking"
@@ -37,7 +38,14 @@ func (r *Runner) ensureMaster(ctx context.Context, t Target) error {
 	}
 	// A socket without a master (the master was killed) is removed by ssh itself:
 	// with ControlMaster=auto it finds the connection refused and unlinks it.
-	argv, err := r.sshArgv(t, []string{"-n", "-N", "-f"}, nil)
+	// The master owns the daemon socket's forward (ForwardSocket): it replaces a socket
+	// file an earlier master left behind. Keepalives end a master whose machine froze or
+	// whose network went dark within about 15 s, and with it every session it carries, so
+	// that no offload waits on a dead machine for ever.
+	argv, err := r.sshArgv(t, []string{"-n", "-N", "-f",
+		"-o", "StreamLocalBindUnlink=yes",
+		"-o", "ServerAliveInterval=" + strconv.Itoa(serverAliveInterval),
+		"-o", "ServerAliveCountMax=3"}, nil)
 	if err != nil {
 		return err
 	}
@@ -64,6 +72,10 @@ func (r *Runner) Connect(ctx context.Context, t Target) error {
 	}
 	return r.ensureMaster(ctx, t)
 }
+
+// serverAliveInterval is the master's keepalive period in seconds (three missed
+// answers end it).
+const serverAliveInterval = 5
 
 // masterAlive reports whether a master listens on sock.
 func masterAlive(sock string) bool {

@@ -47,10 +47,27 @@ type Lookup struct {
 }
 
 // NewLookup returns the lookup for this process: its environment, its own file and
-// the directory of its parent when that is guix-daemon.
+// the directory of the guix-daemon among its ancestors.
 func NewLookup() Lookup {
 	self, _ := os.Executable()
-	return Lookup{Getenv: os.Getenv, Self: self, DaemonDir: daemonDir(os.Getppid())}
+	return Lookup{Getenv: os.Getenv, Self: self, DaemonDir: daemonAncestorDir(os.Getppid())}
+}
+
+// maxAncestors bounds the walk up the process tree.
+const maxAncestors = 32
+
+// daemonAncestorDir returns the directory of guix-daemon's program when process pid or
+// one of its ancestors runs it, else "": the daemon may start the hook through a
+// wrapper (a shell script that sets the environment, a profile's launcher), so the
+// hook's parent is not always the daemon.
+func daemonAncestorDir(pid int) string {
+	for i := 0; i < maxAncestors && pid > 1; i++ {
+		if dir := daemonDir(pid); dir != "" {
+			return dir
+		}
+		pid = parentPID(pid)
+	}
+	return ""
 }
 
 // daemonDir returns the directory of process pid's program when that program is
@@ -61,6 +78,26 @@ func daemonDir(pid int) string {
 		return ""
 	}
 	return filepath.Dir(exe)
+}
+
+// parentPID returns the parent of process pid (0 when unknown), from /proc/PID/stat,
+// whose second field, the command in parentheses, may itself hold ") ".
+func parentPID(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndex(s, ") ")
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+2:])
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
 }
 
 // SSH finds ssh: $OFFLOAD_SSH, then BuiltinSSH, then PATH, then UsualDirs.

@@ -2,9 +2,12 @@ package sshexec
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -98,5 +101,44 @@ func TestNoSSHFailsBeforeSpawning(t *testing.T) {
 	err := r.RunRemote(t.Context(), Target{Name: "h", HostKey: "x"}, []string{"true"}, Stdio{})
 	if !errors.Is(err, missing) {
 		t.Errorf("err = %v, want the lookup's error", err)
+	}
+}
+
+// TestDaemonFoundThroughAWrapper: guix-daemon may start the hook through a wrapper that
+// stays its parent (a shell script setting the environment); the daemon's directory is
+// still found, by walking up the process tree.
+func TestDaemonFoundThroughAWrapper(t *testing.T) {
+	dir := t.TempDir()
+	sh, err := os.ReadFile("/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	daemon := filepath.Join(dir, "guix-daemon")
+	if err := os.WriteFile(daemon, sh, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// guix-daemon → wrapper sh (not exec'd) → the "hook" (sleep), whose pid it prints.
+	cmd := exec.Command(daemon, "-c", `/bin/sh -c 'sleep 60 & echo $!; wait'; :`)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Process.Kill(); cmd.Wait() })
+	var pid int
+	if _, err := fmt.Fscan(out, &pid); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGKILL)
+	if got := daemonAncestorDir(pid); got != dir {
+		t.Fatalf("daemonAncestorDir(hook under a wrapper) = %q, want %q", got, dir)
+	}
+	if got := daemonDir(pid); got != "" {
+		t.Fatalf("the hook itself taken for the daemon: %q", got)
+	}
+	if got := daemonAncestorDir(os.Getpid()); got != "" {
+		t.Fatalf("a process without a guix-daemon ancestor: %q", got)
 	}
 }

@@ -1,0 +1,260 @@
+package hook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"time"
+
+	"offload/machines"
+	"offload/sshexec"
+	"offload/workerproto"
+)
+
+// offloadDaemon performs an accepted build on m by speaking to m's guix-daemon (conn,
+// which it closes): one query for what the machine lacks, the missing inputs sent
+// (daemon_upload.go), the build with the daemon's limits and its log relayed to fd 4 as
+// it comes, and the outputs exported, signed, straight into the all-or-nothing restore
+// (daemon_download.go). Whatever the connection's worker holds (the temporary GC roots
+// of the inputs and the .drv, its settings) ends with it, on the machine, however the
+// hook ends. A failure before the build starts is a *beforeBuildError.
+func (h *Hook) offloadDaemon(ctx context.Context, m *machines.Machine, t sshexec.Target, conn *workerproto.Conn, req Request, inputs, outputs []string) error {
+	defer conn.Close()
+	if err := conn.SetOptions(ctx, h.daemonOptions(false)); err != nil {
+		return &beforeBuildError{Err: fmt.Errorf("setting the build options: %w", err)}
+	}
+	// The machine's shared build slot, taken by one small remote shell while the inputs
+	// go up; held until the build ends.
+	slot := h.holdRemoteSlot(ctx, m, t, req)
+	defer slot.release()
+
+	missing, err := h.lacking(ctx, m, conn, req, inputs)
+	if err != nil {
+		return &beforeBuildError{Err: err}
+	}
+	if err := h.sendInputs(ctx, m, t, conn, req, missing); err != nil {
+		return &beforeBuildError{Err: err}
+	}
+	if err := slot.wait(ctx, h, m, req.Drv); err != nil {
+		return &beforeBuildError{Err: err}
+	}
+	// The machine's signing helper (a Guile start) starts on a second connection while
+	// the build runs, so that the outputs' export does not wait for it.
+	exporter := h.warmExporter(ctx, m, t, req.Drv)
+	defer exporter.close()
+
+	if err := h.buildOnDaemon(ctx, m, conn, req); err != nil {
+		return err
+	}
+	slot.release()
+	if len(outputs) == 0 {
+		return nil
+	}
+	if err := h.fetchOutputs(ctx, m, exporter.conn(conn), outputs); err != nil {
+		return err
+	}
+	h.say("done with offloaded '%s'", req.Drv)
+	return nil
+}
+
+// daemonOptions are the settings of our connections to a machine's daemon: the
+// daemon's own time limits (the remote daemon enforces them per build), no messages but
+// the build's log, and no offloading again from there (this machine was chosen).
+func (h *Hook) daemonOptions(substitutes bool) workerproto.Options {
+	o := workerproto.Options{
+		KeepGoing:       substitutes,
+		Verbosity:       0,
+		BuildVerbosity:  0,
+		PrintBuildTrace: h.Conf.PrintBuildTrace,
+		UseSubstitutes:  substitutes,
+	}
+	o.Overrides = append(o.Overrides,
+		workerproto.Pair{Name: "build-max-silent-time", Value: strconv.Itoa(max(h.Conf.MaxSilentTime, 0))},
+		workerproto.Pair{Name: "build-timeout", Value: strconv.Itoa(max(h.Conf.BuildTimeout, 0))},
+	)
+	return o
+}
+
+// lacking asks the machine, in one query, which of the .drv and its inputs it lacks, and
+// protects those it has from its garbage collector for as long as the connection lives.
+// With OFFLOAD_SUBSTITUTES for m, the machine first fetches what it can itself.
+func (h *Hook) lacking(ctx context.Context, m *machines.Machine, conn *workerproto.Conn, req Request, inputs []string) ([]string, error) {
+	want := uniqueSorted(append([]string{req.Drv}, inputs...))
+	start := time.Now()
+	missing, err := missingOn(ctx, conn, want)
+	h.rtt = time.Since(start)
+	if err != nil {
+		return nil, fmt.Errorf("asking which inputs it lacks: %w", err)
+	}
+	if subs := substituteCandidates(missing, req.Drv); h.Conf.Substitutes.For(m) && len(subs) > 0 {
+		missing, err = h.substituteOnDaemon(ctx, m, conn, want, missing, subs)
+		if err != nil {
+			return nil, err
+		}
+	}
+	lacks := map[string]bool{}
+	for _, p := range missing {
+		lacks[p] = true
+	}
+	for _, p := range want {
+		if lacks[p] {
+			continue
+		}
+		if err := conn.AddTempRoot(ctx, p); err != nil {
+			return nil, fmt.Errorf("protecting %s from the machine's garbage collector: %w", p, err)
+		}
+	}
+	if len(missing) == 0 {
+		h.note("machine '%s' already has the %d inputs", m.Display(), len(want))
+	}
+	return missing, nil
+}
+
+// missingOn returns the members of want that the daemon does not have, in want's order.
+func missingOn(ctx context.Context, conn *workerproto.Conn, want []string) ([]string, error) {
+	valid, err := conn.QueryValidPaths(ctx, want)
+	if err != nil {
+		return nil, err
+	}
+	has := map[string]bool{}
+	for _, p := range valid {
+		has[p] = true
+	}
+	var missing []string
+	for _, p := range want {
+		if !has[p] {
+			missing = append(missing, p)
+		}
+	}
+	return missing, nil
+}
+
+// substituteOnDaemon has the machine's daemon fetch subs from its substitute servers (a
+// plain store path can only be substituted: BuildPaths of it is a fetch), then asks
+// again what it lacks. A failed fetch is no failure: what is still missing is sent.
+func (h *Hook) substituteOnDaemon(ctx context.Context, m *machines.Machine, conn *workerproto.Conn, want, missing, subs []string) ([]string, error) {
+	if err := conn.SetOptions(ctx, h.daemonOptions(true)); err != nil {
+		return nil, fmt.Errorf("setting the substitute options: %w", err)
+	}
+	if err := conn.BuildPaths(ctx, subs, workerproto.BuildNormal); err != nil {
+		var de *workerproto.DaemonError
+		if !errors.As(err, &de) {
+			return nil, fmt.Errorf("fetching substitutes: %w", err)
+		}
+		h.note("machine '%s' could not fetch every substitute: %s", m.Display(), de.Message)
+	}
+	if err := conn.SetOptions(ctx, h.daemonOptions(false)); err != nil {
+		return nil, fmt.Errorf("setting the build options: %w", err)
+	}
+	still, err := missingOn(ctx, conn, want)
+	if err != nil {
+		return nil, fmt.Errorf("asking which inputs it lacks: %w", err)
+	}
+	h.note("machine '%s' substituted %d of %d missing inputs", m.Display(), len(missing)-len(still), len(subs))
+	return still, nil
+}
+
+// buildOnDaemon builds req.Drv on the machine's daemon with the log relayed to fd 4 as
+// it comes, and tells the build's own failure (100) and timeout (101) from the rest.
+func (h *Hook) buildOnDaemon(ctx context.Context, m *machines.Machine, conn *workerproto.Conn, req Request) error {
+	h.say("offloading '%s' to '%s'...", req.Drv, m.Display())
+	h.say("@ build-remote %s %s", req.Drv, m.Display())
+	bctx := ctx
+	if h.Conf.BuildTimeout > 0 {
+		// Stop waiting locally too, so that a hung connection cannot keep us alive.
+		var cancel context.CancelFunc
+		bctx, cancel = context.WithTimeout(ctx, time.Duration(h.Conf.BuildTimeout)*time.Second+buildMargin)
+		defer cancel()
+	}
+	conn.Log = h.Log
+	err := conn.BuildPaths(bctx, []string{req.Drv}, workerproto.BuildNormal)
+	conn.Log = nil
+	var de *workerproto.DaemonError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &de) && de.Status == ExitTimedOut:
+		return fmt.Errorf("derivation '%s' offloaded to '%s' timed out: %w", req.Drv, m.Display(), ErrTimedOut)
+	case errors.As(err, &de) && de.Status == ExitBuildFailed:
+		return fmt.Errorf("derivation '%s' offloaded to '%s' failed: %w", req.Drv, m.Display(), ErrBuildFailed)
+	case bctx.Err() != nil && ctx.Err() == nil:
+		return fmt.Errorf("no result from machine '%s' %s after the build timeout: %w", m.Display(), buildMargin, ErrTimedOut)
+	}
+	return &machineError{Err: fmt.Errorf("machine '%s': building '%s': %w", m.Display(), req.Drv, err)}
+}
+
+// exporter is the second connection to the machine's daemon, opened while the build
+// runs so that its signing helper has started by the time the outputs are exported.
+type exporter struct {
+	done chan struct{}
+	c    *workerproto.Conn
+}
+
+// warmExporter opens the exporter and signs the export of drv (a few hundred bytes,
+// thrown away): the helper starts once per connection, on its first signature.
+func (h *Hook) warmExporter(ctx context.Context, m *machines.Machine, t sshexec.Target, drv string) *exporter {
+	e := &exporter{done: make(chan struct{})}
+	go func() {
+		defer close(e.done)
+		c, _, err := DialMachineDaemon(ctx, h.Runner, t, daemonSocket(m))
+		if err != nil || c == nil {
+			return
+		}
+		c.Trace = h.traceOp(m)
+		if c.SetOptions(ctx, h.daemonOptions(false)) != nil || c.ExportPath(ctx, drv, true, io.Discard) != nil {
+			c.Close()
+			return
+		}
+		e.c = c
+	}()
+	return e
+}
+
+// conn returns the warmed connection, or fallback when warming failed.
+func (e *exporter) conn(fallback *workerproto.Conn) *workerproto.Conn {
+	<-e.done
+	if e.c != nil {
+		return e.c
+	}
+	return fallback
+}
+
+func (e *exporter) close() {
+	<-e.done
+	if e.c != nil {
+		e.c.Close()
+	}
+}
+
+// topoOrder orders paths so that each comes after those of its references that are
+// among paths (the order an export bundle needs), keeping the given order otherwise.
+func topoOrder(paths []string, refs func(string) []string) []string {
+	in := map[string]bool{}
+	for _, p := range paths {
+		in[p] = true
+	}
+	done := map[string]bool{}
+	var out []string
+	var visit func(p string, depth int)
+	visit = func(p string, depth int) {
+		if done[p] || depth > len(paths) {
+			return
+		}
+		done[p] = true
+		rs := slices.Clone(refs(p))
+		slices.Sort(rs)
+		for _, r := range rs {
+			if in[r] && r != p {
+				visit(r, depth+1)
+			}
+		}
+		out = append(out, p)
+	}
+	for _, p := range paths {
+		visit(p, 0)
+	}
+	return out
+}

@@ -1,0 +1,98 @@
+package hook
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"time"
+
+	"offload/machines"
+	"offload/sshexec"
+)
+
+// remoteSlot is one of the machine's own build slots, shared by every host that
+// offloads to it (so that parallel-builds holds on the machine), held on the daemon
+// path by a small remote shell (slotHoldScript) that lives until we close its stdin:
+// until the build ends, or until this hook dies, since its ssh dies with it and sshd
+// then closes the session. A machine without flock(1) has no shared slots.
+type remoteSlot struct {
+	stdin  io.WriteCloser
+	lines  chan string
+	done   chan error
+	closed bool
+}
+
+// holdRemoteSlot starts taking a slot; wait says when it is held.
+func (h *Hook) holdRemoteSlot(ctx context.Context, m *machines.Machine, t sshexec.Target, req Request) *remoteSlot {
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	s := &remoteSlot{stdin: inW, lines: make(chan string, 16), done: make(chan error, 1)}
+	holder := rootHost() + " " + strconv.Itoa(os.Getpid())
+	argv := []string{"sh", "-c", slotHoldScript, "sh", rootsDir, strconv.Itoa(max(m.ParallelBuilds, 1)), holder, req.Drv}
+	go func() {
+		err := h.Runner.RunRemote(ctx, t, argv, sshexec.Stdio{Stdin: inR, Stdout: outW, Stderr: io.Discard})
+		outW.Close()
+		inR.CloseWithError(io.ErrClosedPipe)
+		s.done <- err
+	}()
+	go func() {
+		defer close(s.lines)
+		sc := bufio.NewScanner(outR)
+		for sc.Scan() {
+			s.lines <- sc.Text()
+		}
+	}()
+	return s
+}
+
+// wait returns once the slot is held (or the machine has no flock), saying while it
+// waits that every slot of the machine is taken, by other hosts too.
+func (s *remoteSlot) wait(ctx context.Context, h *Hook, m *machines.Machine, drv string) error {
+	every := h.ProgressEvery
+	if every <= 0 {
+		every = progressEvery
+	}
+	var since, said time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case l, ok := <-s.lines:
+			switch {
+			case !ok:
+				err := <-s.done
+				s.done <- err
+				if err == nil {
+					err = fmt.Errorf("the session ended")
+				}
+				return fmt.Errorf("taking one of its build slots: %w", err)
+			case l == lineBuilding || l == lineNoFlock:
+				return nil
+			case l != lineWaiting:
+				return fmt.Errorf("said %q where the slot script says %q (does the remote user's shell start-up print on stdout?)", l, lineBuilding)
+			case since.IsZero():
+				since, said = time.Now(), time.Now()
+				h.say("offload: all %d build slots of machine '%s' are taken on the machine, by other hosts too; '%s' waits for one there", max(m.ParallelBuilds, 1), m.Display(), drv)
+			case time.Since(said) >= every:
+				said = time.Now()
+				h.say("offload: '%s' still waits for a build slot on machine '%s' (%s so far)", drv, m.Display(), said.Sub(since).Round(time.Second))
+			}
+		}
+	}
+}
+
+// release gives the slot back (closing the session); a no-op after the first call.
+func (s *remoteSlot) release() {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	s.stdin.Close()
+	go func() {
+		for range s.lines {
+		}
+	}()
+}

@@ -1,0 +1,242 @@
+package hook
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+	"time"
+
+	"offload/machines"
+	"offload/sshexec"
+	"offload/storeio"
+	"offload/workerproto"
+)
+
+// sendInputs puts what the machine lacks into its store: first the plain items (store
+// items need a signed bundle: the daemon checks every import against its ACL), then the
+// .drv files, each with AddTextToStore, which needs no signature and no Guile, in an
+// order where every reference is valid before it is used.
+//
+// Small bundles go through the daemon connection (ImportPaths pulls 32 KiB per round
+// trip); bulk ones through the machine's own `guix archive --import`, fed by one
+// streamed, compressed ssh session that pays no round trip per block (bulkUpload).
+// Only bulk transfers take the machine's upload lock: tiny uploads do not queue behind
+// each other.
+func (h *Hook) sendInputs(ctx context.Context, m *machines.Machine, t sshexec.Target, conn *workerproto.Conn, req Request, missing []string) error {
+	var items, drvs []string
+	for _, p := range missing {
+		if strings.HasSuffix(p, ".drv") {
+			drvs = append(drvs, p)
+		} else {
+			items = append(items, p)
+		}
+	}
+	if len(items) > 0 {
+		if err := h.sendItems(ctx, m, t, conn, req, items); err != nil {
+			return err
+		}
+	}
+	return h.addDrvs(ctx, conn, drvs)
+}
+
+// sendItems sends the plain store items, as one signed bundle.
+func (h *Hook) sendItems(ctx context.Context, m *machines.Machine, t sshexec.Target, conn *workerproto.Conn, req Request, items []string) error {
+	exp, err := h.localExporter(ctx, items)
+	if err != nil {
+		return err
+	}
+	defer exp.close()
+	n := len(items)
+	start := time.Now()
+	if exp.size > h.bulkThreshold() {
+		lock, err := h.machineLock(ctx, m, "upload", "sending inputs of "+req.Drv)
+		if err != nil {
+			return err
+		}
+		defer lock.Release()
+		// Another hook may have sent some of them while we waited for the lock.
+		if still, err := missingOn(ctx, conn, items); err == nil && len(still) < len(items) {
+			if len(still) == 0 {
+				return nil
+			}
+			exp.close()
+			if exp, err = h.localExporter(ctx, still); err != nil {
+				return err
+			}
+			items, n = still, len(still)
+		}
+		return h.bulkUpload(ctx, m, t, exp, n, start)
+	}
+	h.note("sending %d store item%s (%s) to '%s'...", n, plural(n), mib(exp.size), m.Display())
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(exp.write(ctx, pw)) }()
+	cr := &countingReader{r: pr}
+	_, err = conn.ImportPaths(ctx, cr)
+	pr.CloseWithError(io.ErrClosedPipe) // stops the writer if the daemon stopped reading
+	if err != nil {
+		if exp.failed() != nil {
+			return &localError{Err: exp.failed()}
+		}
+		return fmt.Errorf("sending %d store item%s: %w", n, plural(n), err)
+	}
+	h.note("sent %d store item%s (%s) to '%s' in %.1fs", n, plural(n), mib(cr.n.Load()), m.Display(), time.Since(start).Seconds())
+	return nil
+}
+
+// bulkThreshold is the bundle size above which the streamed upload is faster than
+// ImportPaths: the round trips ImportPaths pays (one per 32 KiB) cost more than the
+// remote Guile start of `guix archive --import` (about 300 ms). The round trip is the
+// one measured by the query of what the machine lacks.
+func (h *Hook) bulkThreshold() int64 {
+	if h.Conf.BulkThreshold > 0 {
+		return h.Conf.BulkThreshold
+	}
+	rtt := h.rtt
+	if rtt < 100*time.Microsecond {
+		rtt = 100 * time.Microsecond
+	}
+	const guileStart = 300 * time.Millisecond
+	return int64(guileStart/rtt) * 32 << 10
+}
+
+// bulkUpload streams the bundle into the machine's `guix archive --import` through one
+// ssh session (bulkImportScript): the machine says which decompressors it has, we say
+// which compression follows, then the bundle flows, compressed as the mode and the
+// machine allow.
+func (h *Hook) bulkUpload(ctx context.Context, m *machines.Machine, t sshexec.Target, exp *localExport, n int, start time.Time) error {
+	mode, err := ParseCompressionMode(h.Conf.Compression)
+	if err != nil {
+		h.note("%v; using %s", err, mode)
+	}
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	tail := sshexec.NewTail(16 << 10)
+	done := make(chan error, 1)
+	go func() {
+		err := h.Runner.RunRemote(ctx, t, []string{"sh", "-c", bulkImportScript}, sshexec.Stdio{Stdin: inR, Stdout: outW, Stderr: tail})
+		outW.CloseWithError(io.EOF)
+		inR.CloseWithError(io.ErrClosedPipe)
+		done <- err
+	}()
+	failed := func(err error) error {
+		inW.CloseWithError(io.ErrClosedPipe)
+		if runErr := <-done; runErr != nil {
+			err = runErr
+		}
+		if t := sshexec.LastLines(tail.String(), 3); t != "" {
+			return fmt.Errorf("sending %d store item%s: %w: %s", n, plural(n), err, t)
+		}
+		return fmt.Errorf("sending %d store item%s: %w", n, plural(n), err)
+	}
+	first, err := readShortLine(outR)
+	if err != nil {
+		return failed(err)
+	}
+	has := map[string]bool{}
+	for _, c := range strings.Fields(strings.TrimPrefix(first, toolPrefix)) {
+		has[c] = true
+	}
+	comp, note := ChooseCompression(mode, has)
+	if note != "" {
+		h.note("machine '%s': %s", m.Display(), note)
+	}
+	h.note("sending %d store item%s (%s) to '%s' (%s)...", n, plural(n), mib(exp.size), m.Display(), comp)
+	sent := &countingWriter{w: inW}
+	werr := make(chan error, 1)
+	go func() {
+		err := func() error {
+			if _, err := io.WriteString(sent, string(comp)+"\n"); err != nil {
+				return err
+			}
+			zw, err := newCompressor(comp, sent)
+			if err != nil {
+				return err
+			}
+			var w io.Writer = sent
+			if zw != nil {
+				w = zw
+			}
+			if err := exp.write(ctx, w); err != nil {
+				return err
+			}
+			if zw != nil {
+				return zw.Close()
+			}
+			return nil
+		}()
+		inW.CloseWithError(err)
+		werr <- err
+	}()
+	stop := make(chan struct{})
+	go h.reportProgress("sending to '"+m.Display()+"'", &sent.n, stop)
+	go io.Copy(io.Discard, outR)
+	runErr := <-done
+	close(stop)
+	<-werr
+	if exp.failed() != nil {
+		return &localError{Err: exp.failed()}
+	}
+	if runErr != nil {
+		return failed(runErr)
+	}
+	h.note("sent %d store item%s (%s) to '%s' in %.1fs", n, plural(n), comp.describe(sent.n.Load(), exp.written.Load()), m.Display(), time.Since(start).Seconds())
+	return nil
+}
+
+// readShortLine reads one line of at most 256 bytes, byte by byte (nothing after it is
+// consumed).
+func readShortLine(r io.Reader) (string, error) {
+	var b []byte
+	one := make([]byte, 1)
+	for len(b) < 256 {
+		if _, err := io.ReadFull(r, one); err != nil {
+			return "", err
+		}
+		if one[0] == '\n' {
+			return string(b), nil
+		}
+		b = append(b, one[0])
+	}
+	return "", fmt.Errorf("a line of more than 256 bytes where the import script says which decompressors it has")
+}
+
+// addDrvs adds the .drv files with AddTextToStore, inputs before the derivations that
+// use them, and checks that each lands at its own path.
+func (h *Hook) addDrvs(ctx context.Context, conn *workerproto.Conn, drvs []string) error {
+	type parsed struct {
+		name string
+		text []byte
+		refs []string
+	}
+	ds := map[string]parsed{}
+	for _, p := range drvs {
+		text, err := os.ReadFile(p)
+		if err != nil {
+			return &localError{Err: fmt.Errorf("reading %s: %w", p, err)}
+		}
+		d, err := storeio.ParseDerivation(p, text)
+		if err != nil {
+			return &localError{Err: err}
+		}
+		refs := append([]string(nil), d.InputSrcs...)
+		for _, in := range d.InputDrvs {
+			refs = append(refs, in.Path)
+		}
+		_, name, _ := strings.Cut(path.Base(p), "-")
+		ds[p] = parsed{name: name, text: text, refs: uniqueSorted(refs)}
+	}
+	for _, p := range topoOrder(drvs, func(p string) []string { return ds[p].refs }) {
+		d := ds[p]
+		got, err := conn.AddTextToStore(ctx, d.name, d.text, d.refs)
+		if err != nil {
+			return fmt.Errorf("adding %s: %w", p, err)
+		}
+		if got != p {
+			return fmt.Errorf("adding %s: the machine's daemon stored it as %s", p, got)
+		}
+	}
+	return nil
+}
