@@ -9,9 +9,9 @@ import (
 
 func TestDrvRequest(t *testing.T) {
 	dir := t.TempDir()
-	// A real derivation written by Guix (../shared/vectors/hook/ok-final), and one with
+	// A real derivation written by Guix (../testdata/vectors/hook/ok-final), and one with
 	// required features and escapes.
-	vec := "../../shared/vectors/hook/ok-final/derivation.drv"
+	vec := "../testdata/vectors/hook/ok-final/derivation.drv"
 	if _, err := os.Stat(vec); err == nil {
 		sys, feats, err := DrvRequest(vec)
 		if err != nil || sys != "x86_64-linux" || len(feats) != 0 {
