@@ -60,10 +60,7 @@ func TestParseRequest(t *testing.T) {
 func TestParseRequestVectors(t *testing.T) {
 	files, _ := filepath.Glob("../testdata/vectors/hook/*/stdin.raw")
 	if len(files) == 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("no vectors in ../testdata/vectors/hook")
-		}
-		t.Skip("no vectors")
+		t.Fatal("no vectors in ../testdata/vectors/hook")
 	}
 	n := 0
 	for _, f := range files {
