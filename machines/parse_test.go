@@ -73,7 +73,7 @@ func TestManualExample(t *testing.T) {
 	b.HostKey = "ssh-rsa AAAAB3Nza..."
 	b.PrivateKey = "/root/.ssh/identity-for-guix"
 	same(t, ms[1], b)
-	if got, want := ms[0].Pos, (Pos{"testdata/manual.scm", 1, 7}); got != want {
+	if got, want := ms[0].Pos, (Pos{File: "testdata/manual.scm", Line: 1, Col: 7}); got != want {
 		t.Errorf("pos = %v, want %v", got, want)
 	}
 	if got, want := ms[1].Pos.String(), "testdata/manual.scm:8:7"; got != want {
