@@ -50,6 +50,7 @@ fuzz:
 	$(GO) test ./storeio -run '^$$' -fuzz FuzzNarRestore -fuzztime $(FUZZTIME)
 	$(GO) test ./storeio -run '^$$' -fuzz FuzzParseSexp -fuzztime $(FUZZTIME)
 	$(GO) test ./machines -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./machines/scheme -run '^$$' -fuzz FuzzEval -fuzztime $(FUZZTIME)
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin

@@ -1,6 +1,9 @@
 // Package machines owns everything about the build machines that does not
-// touch the network: reading the machines file (/etc/guix/machines.scm) with
-// a small Scheme interpreter that understands what users write in it,
+// touch the network: Guix's build-machine record (its fields and defaults, the
+// checks and warnings of each), reading the machines file
+// (/etc/guix/machines.scm) with offload's Scheme interpreter (package
+// machines/scheme, to which it adds the build-machine syntax, build-machine?
+// and the modules that define them) or else with guix, linting the key files,
 // matching a machine against a build request, ranking probed machines to
 // choose one, and the per-machine state files that remember connection
 // failures (with exponential backoff) and recent load probes.

@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+
+	"offload/machines/scheme"
 )
 
 // Field is one field of Guix's build-machine record, declared once: how the machines
@@ -16,7 +18,7 @@ import (
 type Field struct {
 	Name string // as in the file: "private-key"
 	// set reads the field's value from the file into m.
-	set func(ev *evaluator, m *Machine, v *val) error
+	set func(p *parser, m *Machine, v *scheme.Value) error
 	// scheme writes the clause's value; ok false leaves the clause out (no value, or a
 	// deprecated field that is printed as its replacement).
 	scheme func(m *Machine) (text string, ok bool)
@@ -28,12 +30,12 @@ type Field struct {
 var Fields []Field
 
 // fieldSetters finds a field's setter by name.
-var fieldSetters = map[string]func(ev *evaluator, m *Machine, v *val) error{}
+var fieldSetters = map[string]func(p *parser, m *Machine, v *scheme.Value) error{}
 
 func init() {
 	str := func(name string, dst func(*Machine) *string) Field {
 		return Field{Name: name,
-			set: func(_ *evaluator, m *Machine, v *val) (err error) {
+			set: func(_ *parser, m *Machine, v *scheme.Value) (err error) {
 				*dst(m), err = wantString(name, v)
 				return err
 			},
@@ -43,7 +45,7 @@ func init() {
 	}
 	strs := func(name string, dst func(*Machine) *[]string) Field {
 		return Field{Name: name,
-			set: func(_ *evaluator, m *Machine, v *val) (err error) {
+			set: func(_ *parser, m *Machine, v *scheme.Value) (err error) {
 				*dst(m), err = wantStrings(name, v)
 				return err
 			},
@@ -51,12 +53,12 @@ func init() {
 			value:  func(m *Machine) any { return nonNil(*dst(m)) },
 		}
 	}
-	integer := func(name string, dst func(*Machine) *int, lo, hi int, check func(ev *evaluator, v *val, n int)) Field {
+	integer := func(name string, dst func(*Machine) *int, lo, hi int, check func(p *parser, v *scheme.Value, n int)) Field {
 		return Field{Name: name,
-			set: func(ev *evaluator, m *Machine, v *val) (err error) {
+			set: func(p *parser, m *Machine, v *scheme.Value) (err error) {
 				*dst(m), err = wantInt(name, v, lo, hi)
 				if err == nil && check != nil {
-					check(ev, v, *dst(m))
+					check(p, v, *dst(m))
 				}
 				return err
 			},
@@ -80,16 +82,16 @@ func init() {
 		str("private-key", func(m *Machine) *string { return &m.PrivateKey }),
 		hostKey,
 		integer("parallel-builds", func(m *Machine) *int { return &m.ParallelBuilds }, math.MinInt32, math.MaxInt32,
-			func(ev *evaluator, v *val, n int) {
+			func(p *parser, v *scheme.Value, n int) {
 				if n < 1 {
-					ev.warn(v.pos, fmt.Sprintf("parallel-builds is %d: nothing will be offloaded to this machine", n))
+					p.warn(v.Pos(), fmt.Sprintf("parallel-builds is %d: nothing will be offloaded to this machine", n))
 				}
 			}),
 		{Name: "speed",
-			set: func(ev *evaluator, m *Machine, v *val) (err error) {
+			set: func(p *parser, m *Machine, v *scheme.Value) (err error) {
 				m.Speed, err = wantReal("speed", v)
 				if err == nil && m.Speed <= 0 {
-					ev.warn(v.pos, fmt.Sprintf("speed is %s: it should be positive", formatNum(v)))
+					p.warn(v.Pos(), fmt.Sprintf("speed is %s: it should be positive", v))
 				}
 				return err
 			},
@@ -98,8 +100,8 @@ func init() {
 		},
 		strs("features", func(m *Machine) *[]string { return &m.Features }),
 		{Name: "overload-threshold",
-			set: func(ev *evaluator, m *Machine, v *val) error {
-				if v.k == kBool && !v.b {
+			set: func(p *parser, m *Machine, v *scheme.Value) error {
+				if v.IsFalse() {
 					m.OverloadThreshold = nil
 					return nil
 				}
@@ -108,7 +110,7 @@ func init() {
 					return typeErr("overload-threshold", v, "a real number or #f")
 				}
 				if f < 0 || f > 1 {
-					ev.warn(v.pos, fmt.Sprintf("overload-threshold is %s, outside [0, 1]", formatNum(v)))
+					p.warn(v.Pos(), fmt.Sprintf("overload-threshold is %s, outside [0, 1]", v))
 				}
 				m.OverloadThreshold = &f
 				return nil
@@ -130,12 +132,12 @@ func init() {
 		integer("compression-level", func(m *Machine) *int { return &m.CompressionLevel }, math.MinInt32, math.MaxInt32, nil),
 		str("daemon-socket", func(m *Machine) *string { return &m.DaemonSocket }),
 		{Name: "ssh-options",
-			set: func(ev *evaluator, m *Machine, v *val) (err error) {
+			set: func(p *parser, m *Machine, v *scheme.Value) (err error) {
 				// Guix's build-machine has no such field (checked with Guix's own
 				// reading of such a file: "extraneous field initializers").
-				ev.warn(v.pos, "ssh-options is not a field of Guix's build-machine: Guix's own hook refuses this file; put ssh options in ssh_config instead (README)")
-				if v.k == kStr {
-					m.SSHOptions = []string{v.str}
+				p.warn(v.Pos(), "ssh-options is not a field of Guix's build-machine: Guix's own hook refuses this file; put ssh options in ssh_config instead (README)")
+				if s, ok := v.Str(); ok {
+					m.SSHOptions = []string{s}
 					return nil
 				}
 				m.SSHOptions, err = wantStrings("ssh-options", v)

@@ -110,20 +110,14 @@ func TestGuixSystemFormErrors(t *testing.T) {
 	}{
 		{"(list\n (build-machine (name \"a\") (user \"u\") (systems '(\"s\"))\n  (host-key (call-with-input-file \"" + missing + "\" (@ (ice-9 textual-ports) get-string-all)))))",
 			`f.scm:3:13: In procedure open-file: No such file or directory: "` + missing + `"`, ""},
-		{`(call-with-input-file 1 get-string-all)`, `f.scm:1:23: call-with-input-file: argument 1 is an integer, expected a string`, ""},
-		{`(get-string-all "x")`, `f.scm:1:17: get-string-all: argument 1 is a string, expected an input port`, ""},
-		{`(append-map (lambda (x) x) '(1))`, `f.scm:1:1: append-map: the procedure returned an integer 1, not a list`, ""},
-		{`((@ (srfi srfi-1) append-map) (lambda (x) x) 5)`, `f.scm:1:46: append-map: argument 2 is an integer, expected a list`, ""},
-		{`(list (@ (srfi srfi-1)))`, `f.scm:1:7: bad module reference (@ (srfi srfi-1)): expected (@ (MODULE NAME ...) VARIABLE)`, ""},
-		{`(list (@ srfi append-map))`, `f.scm:1:7: bad module reference (@ srfi append-map): expected (@ (MODULE NAME ...) VARIABLE)`, ""},
 		{`(list (@ (guix offload) build-machine))`, `f.scm:1:7: bad use of syntax 'build-machine'`, ""},
 		{`(build-machine? 1 2)`, `f.scm:1:1: wrong number of arguments to build-machine?: got 2, want 1`, ""},
 		// valid Guile that offload's evaluator does not implement
 		{"(if (primitive-load \"/gnu/store/x-check.scm\")\n    '() '())", `f.scm:1:6: unbound variable: primitive-load`, "primitive-load"},
-		{`((@ (gnu services herd) current-service) 'vm)`, `f.scm:1:2: offload's evaluator does not know (@ (gnu services herd) current-service)`, "(@ (gnu services herd) current-service)"},
-		{`((@@ (srfi srfi-1) fold) cons '() '())`, `f.scm:1:2: offload's evaluator does not know (@@ (srfi srfi-1) fold)`, "(@@ (srfi srfi-1) fold)"},
-		{`(use-modules ((srfi srfi-1) #:select (append-map)))`, `f.scm:1:29: unsupported syntax "#:select"`, "#:select"},
-		{`(list (string-join '("a") ","))`, `f.scm:1:8: unbound variable: string-join`, "string-join"},
+		// the record's modules hold the record's syntax and predicate, nothing else;
+		// Guile's own module does not have them
+		{`((@ (guix offload) build-machine-name) 1)`, `f.scm:1:2: offload's evaluator does not know (@ (guix offload) build-machine-name)`, "(@ (guix offload) build-machine-name)"},
+		{`((@ (guile) build-machine?) 1)`, `f.scm:1:2: offload's evaluator does not know (@ (guile) build-machine?)`, "(@ (guile) build-machine?)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.want, func(t *testing.T) {

@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"offload/machines/scheme"
 )
 
 // guixScript is the program that guix runs to evaluate a machines file the way
@@ -132,20 +134,24 @@ const guixMarker = ";; offload-machines\n"
 
 // guixItems returns the items of the (offload-machines 1 ITEM ...) datum that the
 // script printed after its marker line.
-func guixItems(out []byte) ([]*val, error) {
+func guixItems(out []byte) ([]*scheme.Value, error) {
 	i := bytes.LastIndex(out, []byte(guixMarker))
 	if i < 0 {
 		return nil, errors.New("it printed no result")
 	}
-	forms, err := newReader("guix repl output", out[i+len(guixMarker):]).readAll()
+	forms, err := scheme.Read("guix repl output", out[i+len(guixMarker):])
 	if err != nil {
 		return nil, fmt.Errorf("unreadable result: %v", err)
 	}
 	if len(forms) != 1 {
 		return nil, fmt.Errorf("unreadable result: %d data", len(forms))
 	}
-	items, ok := forms[0].slice()
-	if !ok || len(items) < 2 || !items[0].isSym("offload-machines") || !isInt(items[1]) || items[1].num != 1 {
+	items, ok := forms[0].List()
+	if ok && len(items) >= 2 {
+		version, _ := items[1].Number()
+		ok = items[0].IsSymbol("offload-machines") && items[1].IsInteger() && version == 1
+	}
+	if !ok || len(items) < 2 {
 		return nil, fmt.Errorf("unexpected result %s", forms[0])
 	}
 	return items[2:], nil
@@ -153,37 +159,42 @@ func guixItems(out []byte) ([]*val, error) {
 
 // guixLocation turns (FILE LINE COLUMN) into a Pos; #f or anything else is "not
 // known" (ok false).
-func guixLocation(v *val) (Pos, bool) {
-	parts, ok := v.slice()
-	if !ok || len(parts) != 3 || parts[0].k != kStr || !isInt(parts[1]) || !isInt(parts[2]) || parts[1].num < 1 {
+func guixLocation(v *scheme.Value) (Pos, bool) {
+	parts, ok := v.List()
+	if !ok || len(parts) != 3 || !parts[1].IsInteger() || !parts[2].IsInteger() {
 		return Pos{}, false
 	}
-	return Pos{File: parts[0].str, Line: int(parts[1].num), Col: int(parts[2].num)}, true
+	file, ok := parts[0].Str()
+	line, _ := parts[1].Number()
+	col, _ := parts[2].Number()
+	if !ok || line < 1 {
+		return Pos{}, false
+	}
+	return Pos{File: file, Line: int(line), Col: int(col)}, true
 }
 
 // guixValue turns a printed value back into a value placed at p: (%symbol NAME) is a
 // symbol, (%object WRITTEN) an object without read syntax.
-func guixValue(v *val, p Pos) *val {
-	if v.k == kPair {
-		if parts, ok := v.slice(); ok && len(parts) == 2 && parts[0].k == kSym && parts[1].k == kStr {
-			switch parts[0].str {
-			case "%symbol":
-				return mkSym(parts[1].str, p)
-			case "%object":
-				return &val{k: kOpaque, str: parts[1].str, pos: p}
-			}
-		}
-		items, ok := v.slice()
-		if !ok {
-			return v.at(p)
-		}
-		out := make([]*val, len(items))
-		for i, it := range items {
-			out[i] = guixValue(it, p)
-		}
-		return listOf(out, p)
+func guixValue(v *scheme.Value, p Pos) *scheme.Value {
+	items, ok := v.List()
+	if !ok || len(items) == 0 {
+		return v.At(p)
 	}
-	return v.at(p)
+	if len(items) == 2 {
+		tag, isSym := items[0].Symbol()
+		text, isStr := items[1].Str()
+		switch {
+		case isSym && isStr && tag == "%symbol":
+			return scheme.NewSymbol(text, p)
+		case isSym && isStr && tag == "%object":
+			return scheme.NewOpaque(text, p)
+		}
+	}
+	out := make([]*scheme.Value, len(items))
+	for i, it := range items {
+		out[i] = guixValue(it, p)
+	}
+	return scheme.NewList(out, p)
 }
 
 // guixMessage matches the "FILE:LINE:COLUMN: " that starts Guile's read errors and
@@ -193,31 +204,42 @@ var guixMessage = regexp.MustCompile(`^(.+?):(\d+):(\d+): ((?:error|warning): )?
 
 // machinesFromGuix makes machines of the script's items, with the evaluator's own
 // checks of every field (types, ranges, the same warnings as for a file it reads).
-func machinesFromGuix(path string, fast *Error, items []*val) ([]*Machine, []Warning, error) {
-	ev := newEvaluator()
+func machinesFromGuix(path string, fast *Error, items []*scheme.Value) ([]*Machine, []Warning, error) {
+	p := newParser()
 	var ms []*Machine
 	for _, it := range items {
-		parts, ok := it.slice()
-		if !ok || len(parts) == 0 || parts[0].k != kSym {
+		parts, ok := it.List()
+		var tag string
+		if ok && len(parts) > 0 {
+			tag, ok = parts[0].Symbol()
+		}
+		if !ok || len(parts) == 0 {
 			return nil, nil, &Error{Pos: Pos{File: path}, Msg: fmt.Sprintf("guix repl printed an unexpected item %s", it)}
 		}
-		switch parts[0].str {
+		switch tag {
 		case "output":
-			if len(parts) == 2 && parts[1].k == kStr {
-				ev.guixWarnings(path, parts[1].str)
+			if len(parts) != 2 {
+				break
+			}
+			if text, ok := parts[1].Str(); ok {
+				p.guixWarnings(text)
 			}
 		case "error":
-			if len(parts) != 3 || parts[2].k != kStr {
+			var msg string
+			if len(parts) == 3 {
+				msg, ok = parts[2].Str()
+			}
+			if len(parts) != 3 || !ok {
 				return nil, nil, &Error{Pos: Pos{File: path}, Msg: fmt.Sprintf("guix repl printed an unexpected item %s", it)}
 			}
-			return nil, ev.warnings, guixError(path, fast, parts[1], parts[2].str)
+			return nil, p.warnings, guixError(fast, parts[1], msg)
 		case "machine":
 			if len(parts) < 2 {
 				return nil, nil, &Error{Pos: Pos{File: path}, Msg: fmt.Sprintf("guix repl printed an unexpected item %s", it)}
 			}
-			m, err := ev.guixMachine(path, parts[1], parts[2:])
+			m, err := p.guixMachine(path, parts[1], parts[2:])
 			if err != nil {
-				return nil, ev.warnings, err
+				return nil, p.warnings, err
 			}
 			ms = append(ms, m)
 		}
@@ -225,21 +247,21 @@ func machinesFromGuix(path string, fast *Error, items []*val) ([]*Machine, []War
 	// Guix warns of the deprecated system field on its own warning port, which some
 	// versions do not let the script capture: say it here unless guix's words came.
 	saidSystem := false
-	for _, w := range ev.warnings {
+	for _, w := range p.warnings {
 		saidSystem = saidSystem || strings.Contains(strings.ToLower(w.Msg), "'system' field is deprecated")
 	}
 	for _, m := range ms {
 		if m.UsedSystemField && !saidSystem {
-			ev.warn(m.Pos, "the 'system' field is deprecated, use 'systems' instead")
+			p.warn(m.Pos, "the 'system' field is deprecated, use 'systems' instead")
 		}
 	}
-	ev.checkDuplicates(ms)
-	return ms, ev.warnings, nil
+	p.checkDuplicates(ms)
+	return ms, p.warnings, nil
 }
 
 // guixWarnings keeps the "FILE:LINE:COLUMN: warning: MSG" lines of what loading the
 // file printed (Guix's warnings, such as the deprecated system field).
-func (ev *evaluator) guixWarnings(path, output string) {
+func (p *parser) guixWarnings(output string) {
 	for _, line := range strings.Split(output, "\n") {
 		m := guixMessage.FindStringSubmatch(line)
 		if m == nil || m[4] != "warning: " {
@@ -247,7 +269,7 @@ func (ev *evaluator) guixWarnings(path, output string) {
 		}
 		l, _ := strconv.Atoi(m[2])
 		c, _ := strconv.Atoi(m[3])
-		ev.warn(Pos{File: m[1], Line: l, Col: c + 1}, m[5])
+		p.warn(Pos{File: m[1], Line: l, Col: c + 1}, m[5])
 	}
 }
 
@@ -255,7 +277,7 @@ func (ev *evaluator) guixWarnings(path, output string) {
 // when Guile gave one (in the message, as read errors and Guix's own messages do, or
 // beside it); else at the form that sent the file to guix (where the evaluator found
 // the same variable unbound, or else what guix said, after "guix: ").
-func guixError(path string, fast *Error, loc *val, msg string) error {
+func guixError(fast *Error, loc *scheme.Value, msg string) error {
 	if p, ok := guixLocation(loc); ok {
 		return &Error{Pos: p, Msg: msg}
 	}
@@ -276,17 +298,17 @@ func guixError(path string, fast *Error, loc *val, msg string) error {
 
 // noSystems tells Guix's value of systems for a record that has neither systems nor
 // system: (#f).
-func noSystems(v *val) bool {
-	items, ok := v.slice()
-	return ok && len(items) == 1 && items[0].k == kBool && !items[0].b
+func noSystems(v *scheme.Value) bool {
+	items, ok := v.List()
+	return ok && len(items) == 1 && items[0].IsFalse()
 }
 
 // guixMachine makes a machine of (machine LOCATION (FIELD VALUE) ...), the fields
 // holding Guix's values with its defaults applied.
-func (ev *evaluator) guixMachine(path string, loc *val, fields []*val) (*Machine, error) {
-	p, ok := guixLocation(loc)
+func (p *parser) guixMachine(path string, loc *scheme.Value, fields []*scheme.Value) (*Machine, error) {
+	at, ok := guixLocation(loc)
 	if !ok {
-		p = Pos{File: path}
+		at = Pos{File: path}
 	}
 	m := &Machine{
 		Port:              DefaultPort,
@@ -296,34 +318,38 @@ func (ev *evaluator) guixMachine(path string, loc *val, fields []*val) (*Machine
 		Compression:       DefaultCompression,
 		CompressionLevel:  DefaultCompressionLevel,
 		DaemonSocket:      DefaultDaemonSocket,
-		Pos:               p,
+		Pos:               at,
 	}
 	for _, f := range fields {
-		parts, ok := f.slice()
-		if !ok || len(parts) != 2 || parts[0].k != kSym {
-			return nil, &Error{Pos: p, Msg: fmt.Sprintf("guix repl printed an unexpected field %s", f)}
+		parts, ok := f.List()
+		var name string
+		if ok && len(parts) == 2 {
+			name, ok = parts[0].Symbol()
 		}
-		name, v := parts[0].str, guixValue(parts[1], p)
+		if !ok || len(parts) != 2 {
+			return nil, &Error{Pos: at, Msg: fmt.Sprintf("guix repl printed an unexpected field %s", f)}
+		}
+		v := guixValue(parts[1], at)
 		switch {
 		case name == "%used-system":
-			m.UsedSystemField = v.truthy()
+			m.UsedSystemField = !v.IsFalse()
 		case name == "systems" && noSystems(v):
 			// Neither systems nor system: Guix makes (systems (#f)), a machine that
 			// matches nothing, where offload's own evaluator reports an error.
-			ev.warn(p, "build-machine has neither 'systems' nor 'system': it matches no build")
-		case name == "private-key" && v.k == kBool && !v.b:
+			p.warn(at, "build-machine has neither 'systems' nor 'system': it matches no build")
+		case name == "private-key" && v.IsFalse():
 			m.PrivateKey = "" // Guix's default without HOME
 		case fieldSetters[name] != nil:
-			if err := fieldSetters[name](ev, m, v); err != nil {
+			if err := fieldSetters[name](p, m, v); err != nil {
 				return nil, err
 			}
 		}
 	}
 	if m.Name == "" {
-		return nil, &Error{Pos: p, Msg: "build-machine record lacks required field 'name'"}
+		return nil, &Error{Pos: at, Msg: "build-machine record lacks required field 'name'"}
 	}
 	if m.HostKey == "" {
-		ev.warn(p, fmt.Sprintf("build-machine '%s' has no host-key field", m.Name))
+		p.warn(at, fmt.Sprintf("build-machine '%s' has no host-key field", m.Name))
 	}
 	return m, nil
 }

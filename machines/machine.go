@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"offload/machines/scheme"
 	"offload/sshexec"
 )
 
@@ -49,20 +50,9 @@ const (
 	DefaultDaemonSocket     = "/var/guix/daemon-socket/socket"
 )
 
-// Pos is a place in a machines file. Line and Col are 1-based; Col counts
-// characters, not bytes, with tab stops every 8 columns (GNU style).
-type Pos struct {
-	File      string
-	Line, Col int
-}
-
-// String returns "FILE:LINE:COL", or "FILE" when the line is not known (0).
-func (p Pos) String() string {
-	if p.Line == 0 {
-		return p.File
-	}
-	return fmt.Sprintf("%s:%d:%d", p.File, p.Line, p.Col)
-}
+// Pos is a place in a machines file: FILE:LINE:COL, as offload's Scheme interpreter
+// counts it.
+type Pos = scheme.Pos
 
 // ID returns "NAME:PORT", the name used for the machine's lock, slot and
 // state files. Two records with the same ID are the same machine.
@@ -144,22 +134,11 @@ func (w Warning) String() string {
 	return w.Pos.String() + ": warning: " + w.Msg
 }
 
-// Error is a machines file that cannot be used, with the place of the fault.
-type Error struct {
-	Pos Pos
-	Msg string
-	// Unsupported, when not "", says that the fault is only offload's: the file uses
-	// something that is valid Guile but that offload's evaluator does not implement
-	// (a procedure or syntax it does not know, such as primitive-load, or a module
-	// binding outside its table). It names that thing; LoadWith then has guix
-	// evaluate the file.
-	Unsupported string
-}
-
-// Error returns "FILE:LINE:COL: MSG".
-func (e *Error) Error() string {
-	return e.Pos.String() + ": " + e.Msg
-}
+// Error is a machines file that cannot be used, with the place of the fault. When
+// its Unsupported is set, the fault is only offload's evaluator's (the file uses valid
+// Guile that the evaluator does not implement, such as primitive-load): LoadWith then
+// has guix evaluate the file.
+type Error = scheme.Error
 
 // Load reads and parses the machines file at path. A missing file gives an
 // error wrapping fs.ErrNotExist, which callers treat as "no machines"; a

@@ -2,6 +2,8 @@ package machines
 
 import (
 	"fmt"
+
+	"offload/machines/scheme"
 )
 
 // Parse evaluates src, the text of the machines file named file, and
@@ -9,43 +11,63 @@ import (
 // expression, which must be a list of build-machine records. A file that
 // cannot be used gives an *Error saying where and why; Parse never panics.
 func Parse(file string, src []byte) ([]*Machine, []Warning, error) {
-	return newEvaluator().parse(file, src)
+	return newParser().parse(file, src)
 }
 
-func (ev *evaluator) parse(file string, src []byte) ([]*Machine, []Warning, error) {
-	forms, err := newReader(file, src).readAll()
-	if err != nil {
-		return nil, nil, err
+// parser reads one machines file: offload's Scheme interpreter with Guix's
+// build-machine record added to it, and the warnings about the file.
+type parser struct {
+	in         *scheme.Interp
+	warnings   []Warning
+	privateKey string // default private-key
+}
+
+// recordModules are the modules that define the build-machine record: (guix
+// offload) since 2025, (guix scripts offload) before.
+var recordModules = []string{"guix offload", "guix scripts offload"}
+
+func newParser() *parser {
+	p := &parser{in: scheme.New(), privateKey: defaultPrivateKey()}
+	p.in.DefineSyntax("build-machine", p.evalBuildMachine)
+	p.in.Define("build-machine?", scheme.Predicate(func(v *scheme.Value) bool {
+		_, ok := machineOf(v)
+		return ok
+	}))
+	for _, mod := range recordModules {
+		p.in.DefineModule(mod, "build-machine", "build-machine?")
 	}
-	if len(forms) == 0 {
+	return p
+}
+
+func (p *parser) parse(file string, src []byte) ([]*Machine, []Warning, error) {
+	last, err := p.in.EvalFile(file, src)
+	if err != nil {
+		return nil, p.warnings, err
+	}
+	if last == nil {
 		return nil, nil, &Error{Pos: Pos{File: file, Line: 1, Col: 1}, Msg: "the machines file is empty; it must end with a list of build-machine records"}
 	}
-	var last *val
-	for _, f := range forms {
-		if last, err = ev.eval(f, ev.global); err != nil {
-			return nil, ev.warnings, asError(err, f.pos)
-		}
-	}
-	items, ok := last.slice()
+	items, ok := last.List()
 	if !ok {
-		return nil, ev.warnings, &Error{Pos: last.pos, Msg: fmt.Sprintf("the machines file must end with a list of build-machine records, not %s", last.typeName())}
+		return nil, p.warnings, &Error{Pos: last.Pos(), Msg: fmt.Sprintf("the machines file must end with a list of build-machine records, not %s", last.TypeName())}
 	}
 	ms := make([]*Machine, 0, len(items))
 	for i, it := range items {
-		if it.k != kMachine {
-			return nil, ev.warnings, &Error{Pos: it.pos, Msg: fmt.Sprintf("element %d of the machine list is %s %s, not a build-machine record", i+1, it.typeName(), it)}
+		m, ok := machineOf(it)
+		if !ok {
+			return nil, p.warnings, &Error{Pos: it.Pos(), Msg: fmt.Sprintf("element %d of the machine list is %s %s, not a build-machine record", i+1, it.TypeName(), it)}
 		}
-		ms = append(ms, it.m.clone())
+		ms = append(ms, m.clone())
 	}
-	ev.checkDuplicates(ms)
-	return ms, ev.warnings, nil
+	p.checkDuplicates(ms)
+	return ms, p.warnings, nil
 }
 
 // checkDuplicates warns about records that describe the same machine
 // (name and port) differently in anything but their systems: a machine may
 // be listed once per system, but two parallel-builds for one machine make
 // no sense.
-func (ev *evaluator) checkDuplicates(ms []*Machine) {
+func (p *parser) checkDuplicates(ms []*Machine) {
 	first := map[string]*Machine{}
 	for _, m := range ms {
 		prev, ok := first[m.ID()]
@@ -54,7 +76,7 @@ func (ev *evaluator) checkDuplicates(ms []*Machine) {
 			continue
 		}
 		if diff := differences(prev, m); len(diff) > 0 {
-			ev.warn(m.Pos, fmt.Sprintf("machine %s is also defined at %d:%d with a different %s",
+			p.warn(m.Pos, fmt.Sprintf("machine %s is also defined at %d:%d with a different %s",
 				m.ID(), prev.Pos.Line, prev.Pos.Col, joinAnd(diff)))
 		}
 	}

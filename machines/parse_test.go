@@ -73,7 +73,7 @@ func TestManualExample(t *testing.T) {
 	b.HostKey = "ssh-rsa AAAAB3Nza..."
 	b.PrivateKey = "/root/.ssh/identity-for-guix"
 	same(t, ms[1], b)
-	if got, want := ms[0].Pos, (Pos{"testdata/manual.scm", 1, 7}); got != want {
+	if got, want := ms[0].Pos, (Pos{File: "testdata/manual.scm", Line: 1, Col: 7}); got != want {
 		t.Errorf("pos = %v, want %v", got, want)
 	}
 	if got, want := ms[1].Pos.String(), "testdata/manual.scm:8:7"; got != want {
@@ -304,11 +304,6 @@ var errorCases = []struct{ src, want string }{
 	{"(list\n  (build-machine (name \"a\")", `f.scm:2:28: missing close paren for list opened at 2:3`},
 	{"(list " + okRecord + "))", `f.scm:1:77: unexpected ')'`},
 	{"(list (build-machine (name \"a\"]))", `f.scm:1:31: ']' closes list opened with '(' at 1:22`},
-	// strings
-	{"(list \"abc", `f.scm:1:11: missing closing quote for string opened at 1:7`},
-	{`(list "a\qb")`, `f.scm:1:9: unknown escape \q in string`},
-	// comments
-	{"#| a #| b |# c\n", `f.scm:2:1: missing |# for block comment opened at 1:1`},
 	// wrong types
 	{"(list (build-machine (name \"a\") (user \"u\") (systems '(\"s\"))\n  (port \"22\")))", `f.scm:2:9: wrong type for field 'port': expected an integer, got a string "22"`},
 	{`(list (build-machine (name 'a) (user "u") (systems '("s"))))`, `f.scm:1:28: wrong type for field 'name': expected a string, got a symbol a`},
@@ -323,7 +318,6 @@ var errorCases = []struct{ src, want string }{
 	// columns count characters, with tab stops every 8
 	{"(list (build-machine (name \"é\") (user \"u\") (systems '(\"s\")) (cores 4)))", `f.scm:1:62: unknown build-machine field 'cores'`},
 	{"(list\n\t(build-machine (name \"a\") (user \"u\") (systems '(\"s\"))\n\t\t  (cores 4)))", `f.scm:3:20: unknown build-machine field 'cores'`},
-	{"(list\n  \t(foo))", `f.scm:2:10: unbound variable: foo`},
 	// unknown field, missing fields, duplicates
 	{`(list (build-machine (name "a") (user "u") (systems '("s")) (cores 4)))`, `f.scm:1:62: unknown build-machine field 'cores'`},
 	{`(list (build-machine (name "a") (systems '("s"))))`, `f.scm:1:7: build-machine record lacks required field 'user'`},
@@ -331,25 +325,13 @@ var errorCases = []struct{ src, want string }{
 	{`(list (build-machine (name "a") (user "u")))`, `f.scm:1:7: build-machine record lacks required field 'systems'`},
 	{`(list (build-machine (name "a") (name "b") (user "u") (systems '("s"))))`, `f.scm:1:34: duplicate build-machine field 'name'`},
 	{`(list (build-machine name))`, `f.scm:1:22: bad build-machine field: name (expected (FIELD VALUE))`},
-	// unknown procedures and bad calls
-	{"(list\n  (make-machine \"a\"))", `f.scm:2:4: unbound variable: make-machine`},
+	// an error inside a field's value (the interpreter's own errors are tested in package scheme)
 	{`(list (build-machine (name (string-append "a" 1)) (user "u") (systems '("s"))))`, `f.scm:1:47: string-append: argument 2 is an integer, expected a string`},
-	{`(list ("a" 1))`, `f.scm:1:7: wrong type to apply: "a"`},
-	{`(map (lambda (a b) a) '(1))`, `f.scm:1:1: wrong number of arguments to anonymous procedure: got 1, want 2`},
-	{`(cons 1)`, `f.scm:1:1: wrong number of arguments to cons: got 1, want 2`},
-	{"(define x 1)\n,x", `f.scm:2:1: unquote outside of quasiquote`},
 	// the file's value
 	{`"machines"`, `f.scm:1:1: the machines file must end with a list of build-machine records, not a string`},
 	{"(list\n " + okRecord + "\n \"oops\")", `f.scm:3:2: element 2 of the machine list is a string "oops", not a build-machine record`},
 	{"; only a comment\n", `f.scm:1:1: the machines file is empty; it must end with a list of build-machine records`},
 	{`(use-modules (gnu))`, `f.scm:1:1: the machines file must end with a list of build-machine records, not an unspecified value`},
-	// runaway evaluation
-	{`(define (f) (f)) (f)`, `f.scm:1:13: recursion too deep`},
-	{`(let loop () (loop))`, `f.scm:1:14: recursion too deep`},
-	{`(iota 100000000)`, `f.scm:1:1: evaluation takes too long (endless loop?)`},
-	// other syntax
-	{`(list #\a)`, `f.scm:1:7: unsupported syntax "#\\a"`},
-	{`(list . 1 2)`, `f.scm:1:11: more than one datum after '.' in list opened at 1:1`},
 }
 
 func TestErrors(t *testing.T) {

@@ -4,15 +4,33 @@ import (
 	"fmt"
 	"math"
 	"slices"
+
+	"offload/machines/scheme"
 )
+
+// machineRecord is a build-machine record as a value of the Scheme interpreter.
+type machineRecord struct{ m *Machine }
+
+func (r machineRecord) RecordType() string { return "build-machine" }
+func (r machineRecord) RecordName() string { return r.m.Name }
+
+// machineOf returns the machine v holds, when v is a build-machine record.
+func machineOf(v *scheme.Value) (*Machine, bool) {
+	r, ok := v.Record()
+	if !ok {
+		return nil, false
+	}
+	mr, ok := r.(machineRecord)
+	return mr.m, ok
+}
 
 // evalBuildMachine evaluates (build-machine (FIELD VALUE) ...), Guix's
 // record syntax: field names are not evaluated, values are; (inherit M)
 // first copies the fields of another record.
-func evalBuildMachine(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
+func (p *parser) evalBuildMachine(in *scheme.Interp, x *scheme.Value, args []*scheme.Value, e *scheme.Env) (*scheme.Value, error) {
 	m := &Machine{
 		Port:              DefaultPort,
-		PrivateKey:        ev.privateKey,
+		PrivateKey:        p.privateKey,
 		ParallelBuilds:    DefaultParallelBuilds,
 		Speed:             DefaultSpeed,
 		OverloadThreshold: ptr(DefaultOverloadThresh),
@@ -24,34 +42,38 @@ func evalBuildMachine(ev *evaluator, x *val, args []*val, e *env) (*val, error) 
 	explicit := map[string]bool{}
 	var system string
 	for i, clause := range args {
-		parts, ok := clause.slice()
-		if !ok || len(parts) != 2 || parts[0].k != kSym {
-			return nil, errAt(clause.pos, "bad build-machine field: %s (expected (FIELD VALUE))", clause)
+		parts, ok := clause.List()
+		var field string
+		if ok && len(parts) == 2 {
+			field, ok = parts[0].Symbol()
 		}
-		field := parts[0].str
+		if !ok || len(parts) != 2 {
+			return nil, scheme.Errorf(clause.Pos(), "bad build-machine field: %s (expected (FIELD VALUE))", clause)
+		}
 		if field == "inherit" {
 			if i != 0 {
-				return nil, errAt(clause.pos, "inherit must be the first build-machine field")
+				return nil, scheme.Errorf(clause.Pos(), "inherit must be the first build-machine field")
 			}
-			v, err := ev.eval(parts[1], e)
+			v, err := in.Eval(parts[1], e)
 			if err != nil {
 				return nil, err
 			}
-			if v.k != kMachine {
-				return nil, errAt(v.pos, "wrong type for field 'inherit': expected a build-machine record, got %s %s", v.typeName(), v)
+			base, ok := machineOf(v)
+			if !ok {
+				return nil, scheme.Errorf(v.Pos(), "wrong type for field 'inherit': expected a build-machine record, got %s %s", v.TypeName(), v)
 			}
-			m = v.m.clone()
+			m = base.clone()
 			inherited = true
 			continue
 		}
 		if explicit[field] {
-			return nil, errAt(parts[0].pos, "duplicate build-machine field '%s'", field)
+			return nil, scheme.Errorf(parts[0].Pos(), "duplicate build-machine field '%s'", field)
 		}
 		setter, known := fieldSetters[field]
 		if !known && field != "system" {
-			return nil, errAt(parts[0].pos, "unknown build-machine field '%s'", field)
+			return nil, scheme.Errorf(parts[0].Pos(), "unknown build-machine field '%s'", field)
 		}
-		v, err := ev.eval(parts[1], e)
+		v, err := in.Eval(parts[1], e)
 		if err != nil {
 			return nil, err
 		}
@@ -59,29 +81,29 @@ func evalBuildMachine(ev *evaluator, x *val, args []*val, e *env) (*val, error) 
 			if system, err = wantString("system", v); err != nil {
 				return nil, err
 			}
-			ev.warn(parts[0].pos, "the 'system' field is deprecated, use 'systems' instead")
+			p.warn(parts[0].Pos(), "the 'system' field is deprecated, use 'systems' instead")
 			explicit[field] = true
 			continue
 		}
-		if err := setter(ev, m, v); err != nil {
+		if err := setter(p, m, v); err != nil {
 			return nil, err
 		}
 		explicit[field] = true
 	}
-	m.Pos = x.pos
-	if err := finishRecord(ev, x, m, explicit, inherited, system); err != nil {
+	m.Pos = x.Pos()
+	if err := p.finishRecord(x, m, explicit, inherited, system); err != nil {
 		return nil, err
 	}
-	return &val{k: kMachine, m: m, pos: x.pos}, nil
+	return scheme.NewRecord(machineRecord{m}, x.Pos()), nil
 }
 
 // finishRecord checks the required fields of a record read at x (an inherited record
 // has them already) and settles `systems` against the deprecated `system`.
-func finishRecord(ev *evaluator, x *val, m *Machine, explicit map[string]bool, inherited bool, system string) error {
+func (p *parser) finishRecord(x *scheme.Value, m *Machine, explicit map[string]bool, inherited bool, system string) error {
 	if !inherited {
 		for _, f := range []string{"name", "user"} {
 			if !explicit[f] {
-				return errAt(x.pos, "build-machine record lacks required field '%s'", f)
+				return scheme.Errorf(x.Pos(), "build-machine record lacks required field '%s'", f)
 			}
 		}
 	}
@@ -93,10 +115,10 @@ func finishRecord(ev *evaluator, x *val, m *Machine, explicit map[string]bool, i
 		m.Systems = []string{system}
 		m.UsedSystemField = true
 	case !inherited:
-		return errAt(x.pos, "build-machine record lacks required field 'systems'")
+		return scheme.Errorf(x.Pos(), "build-machine record lacks required field 'systems'")
 	}
 	if m.HostKey == "" {
-		ev.warn(x.pos, fmt.Sprintf("build-machine '%s' has no host-key field", m.Name))
+		p.warn(x.Pos(), fmt.Sprintf("build-machine '%s' has no host-key field", m.Name))
 	}
 	return nil
 }
@@ -114,52 +136,56 @@ func (m *Machine) clone() *Machine {
 	return &c
 }
 
-func (ev *evaluator) warn(p Pos, msg string) {
-	w := Warning{Pos: p, Msg: msg}
-	if !slices.Contains(ev.warnings, w) {
-		ev.warnings = append(ev.warnings, w)
+func (p *parser) warn(at Pos, msg string) {
+	w := Warning{Pos: at, Msg: msg}
+	if !slices.Contains(p.warnings, w) {
+		p.warnings = append(p.warnings, w)
 	}
 }
 
-func typeErr(field string, v *val, want string) error {
-	return errAt(v.pos, "wrong type for field '%s': expected %s, got %s %s", field, want, v.typeName(), v)
+func typeErr(field string, v *scheme.Value, want string) error {
+	return scheme.Errorf(v.Pos(), "wrong type for field '%s': expected %s, got %s %s", field, want, v.TypeName(), v)
 }
 
-func wantString(field string, v *val) (string, error) {
-	if v.k != kStr {
+func wantString(field string, v *scheme.Value) (string, error) {
+	s, ok := v.Str()
+	if !ok {
 		return "", typeErr(field, v, "a string")
 	}
-	return v.str, nil
+	return s, nil
 }
 
-func wantInt(field string, v *val, min, max int) (int, error) {
-	if !isInt(v) {
+func wantInt(field string, v *scheme.Value, min, max int) (int, error) {
+	if !v.IsInteger() {
 		return 0, typeErr(field, v, "an integer")
 	}
-	if v.num < float64(min) || v.num > float64(max) {
-		return 0, errAt(v.pos, "field '%s' is %s, out of range [%d, %d]", field, formatNum(v), min, max)
+	n, _ := v.Number()
+	if n < float64(min) || n > float64(max) {
+		return 0, scheme.Errorf(v.Pos(), "field '%s' is %s, out of range [%d, %d]", field, v, min, max)
 	}
-	return int(v.num), nil
+	return int(n), nil
 }
 
-func wantReal(field string, v *val) (float64, error) {
-	if v.k != kNum || math.IsNaN(v.num) || math.IsInf(v.num, 0) {
+func wantReal(field string, v *scheme.Value) (float64, error) {
+	f, ok := v.Number()
+	if !ok || math.IsNaN(f) || math.IsInf(f, 0) {
 		return 0, typeErr(field, v, "a real number")
 	}
-	return v.num, nil
+	return f, nil
 }
 
-func wantStrings(field string, v *val) ([]string, error) {
-	items, ok := v.slice()
+func wantStrings(field string, v *scheme.Value) ([]string, error) {
+	items, ok := v.List()
 	if !ok {
 		return nil, typeErr(field, v, "a list of strings")
 	}
 	out := []string{}
 	for _, it := range items {
-		if it.k != kStr {
-			return nil, errAt(it.pos, "wrong type in field '%s': expected a list of strings, got %s %s in it", field, it.typeName(), it)
+		s, ok := it.Str()
+		if !ok {
+			return nil, scheme.Errorf(it.Pos(), "wrong type in field '%s': expected a list of strings, got %s %s in it", field, it.TypeName(), it)
 		}
-		out = append(out, it.str)
+		out = append(out, s)
 	}
 	return out, nil
 }

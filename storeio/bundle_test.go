@@ -3,7 +3,6 @@ package storeio
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -82,68 +81,6 @@ func TestVerifyBundleVectors(t *testing.T) {
 	}
 	if n := strings.Count(out.String(), ": unauthorized public key\n"); n != 3 {
 		t.Errorf("b: %q", out.String())
-	}
-}
-
-func TestImportVectorBundle(t *testing.T) {
-	store := t.TempDir()
-	var log bytes.Buffer
-	items, err := ImportBundle(bytes.NewReader(vector(t, "bundles/a/export.nar")),
-		ImportOptions{StoreDir: vecStore, RealDir: store, ACL: vectorACL(t), Log: &log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(items) != 3 || strings.Count(log.String(), "importing file or directory") != 3 {
-		t.Fatalf("items %d, log %q", len(items), log.String())
-	}
-	dir := filepath.Join(store, "2n0css2k7m7jcsmnzbsixzq6nzicqspj-vec-dir")
-	tree := readTree(t, dir)
-	if tree["bin/hello"].Type != "exec" || tree["hello-link"] != (treeEntry{"link", "bin/hello"}) || tree["share/doc/README"].Type != "file" {
-		t.Errorf("vec-dir restored wrong: %v", tree)
-	}
-	// Restored trees dump back to the very nar the daemon hashed.
-	info := itemsInfo(t)
-	for _, it := range items {
-		var nar bytes.Buffer
-		if err := Dump(&nar, filepath.Join(store, filepath.Base(it.Path))); err != nil {
-			t.Fatal(err)
-		}
-		sum := sha256Sum(nar.Bytes())
-		if NixBase32(sum[:]) != info[it.Path][0] {
-			t.Errorf("%s: dump of restored item does not hash as the daemon's", it.Path)
-		}
-	}
-	if got := listDir(t, store); len(got) != 3 {
-		t.Errorf("store holds %v", got)
-	}
-}
-
-func TestImportRefusesUnauthorizedVectorBundle(t *testing.T) {
-	store := t.TempDir()
-	_, err := ImportBundle(bytes.NewReader(vector(t, "bundles/b/export.nar")),
-		ImportOptions{StoreDir: vecStore, RealDir: store, ACL: vectorACL(t)})
-	if !errors.Is(err, ErrUnauthorizedKey) {
-		t.Fatalf("got %v", err)
-	}
-	if !strings.Contains(err.Error(), "unauthorized public key") {
-		t.Errorf("message: %v", err)
-	}
-	assertEmptyDir(t, store)
-}
-
-func TestImportRefusesTamperedVectorBundle(t *testing.T) {
-	b := bytes.Clone(vector(t, "bundles/a/export.nar"))
-	i := bytes.Index(b, []byte("Hello, test vectors!"))
-	b[i] = 'J'
-	store := t.TempDir()
-	_, err := ImportBundle(bytes.NewReader(b), ImportOptions{StoreDir: vecStore, RealDir: store, ACL: vectorACL(t)})
-	if !errors.Is(err, ErrInvalidHash) {
-		t.Fatalf("got %v", err)
-	}
-	assertEmptyDir(t, store)
-	var out bytes.Buffer
-	if err := VerifyBundle(bytes.NewReader(b), vectorACL(t), &out); err == nil || !strings.Contains(out.String(), "vec-plain.txt: invalid hash\n") {
-		t.Fatalf("verify: %v %q", err, out.String())
 	}
 }
 

@@ -17,7 +17,7 @@ import (
 	"time"
 )
 
-const vectors = "../../../shared/vectors/hook"
+const vectors = "../../testdata/vectors/hook"
 
 // TestHelperHook is not a test: it is the scripted fake hook, run as a
 // child process by the tests below (the os.Args[0] helper pattern). It

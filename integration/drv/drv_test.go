@@ -11,7 +11,7 @@ import (
 	"testing"
 )
 
-const vectors = "../../../shared/vectors"
+const vectors = "../../testdata/vectors"
 
 // Real .drv files written by guix-daemon parse and print back byte for byte.
 func TestParsePrintVectors(t *testing.T) {

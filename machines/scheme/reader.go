@@ -1,4 +1,4 @@
-package machines
+package scheme
 
 import (
 	"fmt"
@@ -12,7 +12,7 @@ import (
 // input cannot exhaust the stack.
 const maxNesting = 1000
 
-// reader turns the text of a machines file into values.
+// reader turns the text of a file into values.
 type reader struct {
 	file string
 	src  []byte
@@ -74,8 +74,8 @@ func (r *reader) next() rune {
 }
 
 // readAll reads every top-level datum of the file.
-func (r *reader) readAll() ([]*val, error) {
-	var out []*val
+func (r *reader) readAll() ([]*Value, error) {
+	var out []*Value
 	for {
 		if err := r.skipSpace(); err != nil {
 			return nil, err
@@ -153,7 +153,7 @@ func isDelimiter(c rune) bool {
 }
 
 // read reads one datum; the caller has skipped space before it.
-func (r *reader) read(depth int) (*val, error) {
+func (r *reader) read(depth int) (*Value, error) {
 	p := r.pos()
 	if depth > maxNesting {
 		return nil, r.errf(p, "lists nested more than %d deep", maxNesting)
@@ -185,7 +185,7 @@ func (r *reader) read(depth int) (*val, error) {
 		if err != nil {
 			return nil, err
 		}
-		return listOf([]*val{mkSym(name, p), d}, p), nil
+		return listOf([]*Value{mkSym(name, p), d}, p), nil
 	case '#':
 		return r.readHash()
 	default:
@@ -193,15 +193,15 @@ func (r *reader) read(depth int) (*val, error) {
 	}
 }
 
-func (r *reader) readList(depth int) (*val, error) {
+func (r *reader) readList(depth int) (*Value, error) {
 	open := r.pos()
 	opener := r.next()
 	closer := ')'
 	if opener == '[' {
 		closer = ']'
 	}
-	var items []*val
-	var tail *val
+	var items []*Value
+	var tail *Value
 	for {
 		if err := r.skipSpace(); err != nil {
 			return nil, err
@@ -252,7 +252,7 @@ func (r *reader) readList(depth int) (*val, error) {
 	}
 }
 
-func (r *reader) readString() (*val, error) {
+func (r *reader) readString() (*Value, error) {
 	start := r.pos()
 	r.next()
 	var b strings.Builder
@@ -321,8 +321,8 @@ func (r *reader) readString() (*val, error) {
 }
 
 // readHash reads what starts with '#': booleans; anything else (vectors,
-// characters, ...) has no place in a machines file.
-func (r *reader) readHash() (*val, error) {
+// characters, ...) has no place in the files this interpreter reads.
+func (r *reader) readHash() (*Value, error) {
 	p := r.pos()
 	tok := r.token()
 	switch tok {
@@ -332,7 +332,7 @@ func (r *reader) readHash() (*val, error) {
 		return mkBool(false, p), nil
 	}
 	if tok == "#" && r.peek() == '(' {
-		return nil, &Error{Pos: p, Msg: "vectors are not supported in a machines file", Unsupported: "a vector"}
+		return nil, &Error{Pos: p, Msg: "vectors are not supported", Unsupported: "a vector"}
 	}
 	// Characters, keywords, bytevectors...: Guile reads them, offload's reader does not.
 	return nil, &Error{Pos: p, Msg: fmt.Sprintf("unsupported syntax %q", tok), Unsupported: tok}
@@ -347,7 +347,7 @@ func (r *reader) token() string {
 	return string(r.src[start:r.off])
 }
 
-func (r *reader) readAtom() (*val, error) {
+func (r *reader) readAtom() (*Value, error) {
 	p := r.pos()
 	tok := r.token()
 	if tok == "" { // cannot happen: read is called on a non-delimiter

@@ -1,35 +1,31 @@
-package machines
+package scheme
 
 import (
 	"strings"
 )
 
 // moduleBindings are the module references, (@ MODULE NAME) or (@@ MODULE NAME), that
-// offload's evaluator resolves itself: the procedures and syntax that generated
-// machines files take from Guile and Guix modules (Guix System's file calls
-// (@ (srfi srfi-1) append-map), services read host keys with
-// (@ (ice-9 textual-ports) get-string-all)). Each name is the builtin or special
-// form of the same name. Any other reference is left to guix (an Unsupported error).
+// the interpreter resolves itself: the procedures that generated machines files take
+// from Guile's modules (Guix System's file calls (@ (srfi srfi-1) append-map),
+// services read host keys with (@ (ice-9 textual-ports) get-string-all)). Each name
+// is the builtin of the same name. The interpreter's user adds its own modules
+// (DefineModule); any other reference is an Unsupported error.
 var moduleBindings = map[string][]string{
 	"srfi srfi-1": {"append-map", "filter", "iota", "map", "for-each", "append", "reverse",
 		"length", "cons", "list", "car", "cdr", "cadr", "cddr", "caddr", "null?", "pair?", "list?"},
 	"ice-9 textual-ports": {"get-string-all"},
-	// The module that defines the build-machine record: (guix offload) since 2025,
-	// (guix scripts offload) before.
-	"guix offload":         {"build-machine", "build-machine?"},
-	"guix scripts offload": {"build-machine", "build-machine?"},
 }
 
-// guileCore reports whether name is reachable as (@ (guile) NAME): the builtins that
-// are Guile's own procedures (all but those of the modules above).
+// guileCore reports whether name is reachable as (@ (guile) NAME): the interpreter's
+// builtins that are Guile's own procedures (all but those of the modules above).
 func guileCore(name string) bool {
 	_, ok := builtins[name]
-	return ok && name != "append-map" && name != "get-string-all" && name != "build-machine?"
+	return ok && name != "append-map" && name != "get-string-all"
 }
 
 // moduleRef is a parsed (@ MODULE NAME) form.
 type moduleRef struct {
-	form   *val
+	form   *Value
 	module []string
 	name   string
 }
@@ -39,7 +35,7 @@ func (r moduleRef) String() string {
 }
 
 // moduleRefForm reports whether x is an (@ ...) or (@@ ...) form, with @ not rebound.
-func moduleRefForm(x *val, e *env) (*val, bool) {
+func moduleRefForm(x *Value, e *Env) (*Value, bool) {
 	if x.k != kPair || x.car.k != kSym || x.car.str != "@" && x.car.str != "@@" {
 		return nil, false
 	}
@@ -48,9 +44,9 @@ func moduleRefForm(x *val, e *env) (*val, bool) {
 }
 
 // parseModuleRef checks the shape of (@ (NAME ...) SYMBOL).
-func parseModuleRef(x *val) (moduleRef, error) {
+func parseModuleRef(x *Value) (moduleRef, error) {
 	args, _ := x.cdr.slice()
-	bad := errAt(x.pos, "bad module reference %s: expected (%s (MODULE NAME ...) VARIABLE)", x, x.car.str)
+	bad := Errorf(x.pos, "bad module reference %s: expected (%s (MODULE NAME ...) VARIABLE)", x, x.car.str)
 	if len(args) != 2 || args[1].k != kSym {
 		return moduleRef{}, bad
 	}
@@ -69,8 +65,9 @@ func parseModuleRef(x *val) (moduleRef, error) {
 }
 
 // resolveModuleRef returns the name of the builtin or special form that x, an (@ ...)
-// form, refers to; a reference outside moduleBindings is an Unsupported error.
-func resolveModuleRef(x *val) (string, error) {
+// form, refers to; a reference outside moduleBindings and the modules the
+// interpreter's user defined is an Unsupported error.
+func (ev *Interp) resolveModuleRef(x *Value) (string, error) {
 	ref, err := parseModuleRef(x)
 	if err != nil {
 		return "", err
@@ -80,6 +77,9 @@ func resolveModuleRef(x *val) (string, error) {
 	for _, n := range moduleBindings[mod] {
 		known = known || n == ref.name
 	}
+	for _, n := range ev.modules[mod] {
+		known = known || n == ref.name
+	}
 	if !known {
 		return "", &Error{Pos: x.pos, Msg: "offload's evaluator does not know " + ref.String(), Unsupported: ref.String()}
 	}
@@ -87,17 +87,17 @@ func resolveModuleRef(x *val) (string, error) {
 }
 
 // evalModuleRef is (@ MODULE NAME) used as a value: the procedure it names.
-func evalModuleRef(ev *evaluator, x *val, _ []*val, _ *env) (*val, error) {
-	name, err := resolveModuleRef(x)
+func evalModuleRef(ev *Interp, x *Value, _ []*Value, _ *Env) (*Value, error) {
+	name, err := ev.resolveModuleRef(x)
 	if err != nil {
 		return nil, err
 	}
-	if _, special := specials[name]; special {
-		return nil, errAt(x.pos, "bad use of syntax '%s'", name)
+	if _, special := ev.special(name); special {
+		return nil, Errorf(x.pos, "bad use of syntax '%s'", name)
 	}
-	fn, ok := builtins[name] // the module's own, even where the file redefined the name
+	fn, ok := ev.builtin(name) // the module's own, even where the file redefined the name
 	if !ok {
-		return nil, errAt(x.pos, "unbound variable: %s", name)
+		return nil, Errorf(x.pos, "unbound variable: %s", name)
 	}
-	return &val{k: kProc, pos: x.pos, proc: &proc{name: name, builtin: fn}}, nil
+	return &Value{k: kProc, pos: x.pos, proc: &proc{name: name, builtin: fn}}, nil
 }

@@ -1,4 +1,4 @@
-package machines
+package scheme
 
 import (
 	"errors"
@@ -12,14 +12,12 @@ import (
 	"unicode/utf8"
 )
 
-type builtinFunc = func(ev *evaluator, call *val, args []*val) (*val, error)
-
-// builtins are the procedures a machines file may call: what real files
+// builtins are the procedures files like machines.scm call: what real files
 // use, plus the few list and string helpers that go with them.
-var builtins map[string]builtinFunc
+var builtins map[string]Builtin
 
 func init() {
-	builtins = map[string]builtinFunc{
+	builtins = map[string]Builtin{
 		"list":           biList,
 		"cons":           biCons,
 		"car":            biCxr("car"),
@@ -38,12 +36,12 @@ func init() {
 		"reverse":        biReverse,
 		"iota":           biIota,
 		"not":            biNot,
-		"null?":          biPred(func(v *val) bool { return v.k == kNull }),
-		"pair?":          biPred(func(v *val) bool { return v.k == kPair }),
-		"list?":          biPred(func(v *val) bool { _, ok := v.slice(); return ok }),
-		"string?":        biPred(func(v *val) bool { return v.k == kStr }),
-		"number?":        biPred(func(v *val) bool { return v.k == kNum }),
-		"symbol?":        biPred(func(v *val) bool { return v.k == kSym }),
+		"null?":          Predicate(func(v *Value) bool { return v.k == kNull }),
+		"pair?":          Predicate(func(v *Value) bool { return v.k == kPair }),
+		"list?":          Predicate(func(v *Value) bool { _, ok := v.slice(); return ok }),
+		"string?":        Predicate(func(v *Value) bool { return v.k == kStr }),
+		"number?":        Predicate(func(v *Value) bool { return v.k == kNum }),
+		"symbol?":        Predicate(func(v *Value) bool { return v.k == kSym }),
 		"equal?":         biEqual,
 		"eq?":            biEqual,
 		"eqv?":           biEqual,
@@ -53,7 +51,6 @@ func init() {
 		"symbol->string": biSymbolToString,
 		"string->symbol": biStringToSymbol,
 		"getenv":         biGetenv,
-		"build-machine?": biPred(func(v *val) bool { return v.k == kMachine }),
 		// (call-with-input-file FILE get-string-all): how services put a host key
 		// read from a file into a record.
 		"call-with-input-file": biCallWithInputFile,
@@ -70,7 +67,7 @@ func init() {
 	}
 }
 
-func name(call *val) string {
+func name(call *Value) string {
 	if call.car.k == kSym {
 		return call.car.str
 	}
@@ -82,7 +79,7 @@ func name(call *val) string {
 	return "procedure"
 }
 
-func wantArgs(call *val, args []*val, min, max int) error {
+func wantArgs(call *Value, args []*Value, min, max int) error {
 	if len(args) < min || max >= 0 && len(args) > max {
 		want := strconv.Itoa(min)
 		switch {
@@ -91,39 +88,39 @@ func wantArgs(call *val, args []*val, min, max int) error {
 		case max != min:
 			want += " to " + strconv.Itoa(max)
 		}
-		return errAt(call.pos, "wrong number of arguments to %s: got %d, want %s", name(call), len(args), want)
+		return Errorf(call.pos, "wrong number of arguments to %s: got %d, want %s", name(call), len(args), want)
 	}
 	return nil
 }
 
-func argErr(call *val, i int, v *val, want string) error {
-	return errAt(v.pos, "%s: argument %d is %s, expected %s", name(call), i+1, v.typeName(), want)
+func argErr(call *Value, i int, v *Value, want string) error {
+	return Errorf(v.pos, "%s: argument %d is %s, expected %s", name(call), i+1, v.typeName(), want)
 }
 
-func biList(ev *evaluator, call *val, args []*val) (*val, error) {
+func biList(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := ev.charge(len(args), call.pos); err != nil {
 		return nil, err
 	}
 	return listOf(args, call.pos), nil
 }
 
-func biCons(ev *evaluator, call *val, args []*val) (*val, error) {
+func biCons(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 2, 2); err != nil {
 		return nil, err
 	}
 	return cons(args[0], args[1], call.pos), nil
 }
 
-func biCxr(path string) builtinFunc {
+func biCxr(path string) Builtin {
 	ops := path[1 : len(path)-1]
-	return func(ev *evaluator, call *val, args []*val) (*val, error) {
+	return func(ev *Interp, call *Value, args []*Value) (*Value, error) {
 		if err := wantArgs(call, args, 1, 1); err != nil {
 			return nil, err
 		}
 		v := args[0]
 		for i := len(ops) - 1; i >= 0; i-- {
 			if v.k != kPair {
-				return nil, errAt(args[0].pos, "%s: %s is too short", path, args[0])
+				return nil, Errorf(args[0].pos, "%s: %s is too short", path, args[0])
 			}
 			if ops[i] == 'a' {
 				v = v.car
@@ -135,11 +132,11 @@ func biCxr(path string) builtinFunc {
 	}
 }
 
-func biAppend(ev *evaluator, call *val, args []*val) (*val, error) {
+func biAppend(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if len(args) == 0 {
 		return mkNull(call.pos), nil
 	}
-	var items []*val
+	var items []*Value
 	for i, a := range args[:len(args)-1] {
 		vs, ok := a.slice()
 		if !ok {
@@ -163,14 +160,14 @@ func biAppend(ev *evaluator, call *val, args []*val) (*val, error) {
 	return out, nil
 }
 
-func biStringAppend(ev *evaluator, call *val, args []*val) (*val, error) {
+func biStringAppend(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	var b strings.Builder
 	for i, a := range args {
 		if a.k != kStr {
 			return nil, argErr(call, i, a, "a string")
 		}
 		if b.Len()+len(a.str) > maxStr {
-			return nil, errAt(call.pos, "string-append: result longer than %d bytes", maxStr)
+			return nil, Errorf(call.pos, "string-append: result longer than %d bytes", maxStr)
 		}
 		b.WriteString(a.str)
 	}
@@ -182,7 +179,7 @@ func biStringAppend(ev *evaluator, call *val, args []*val) (*val, error) {
 
 // biMap is map and for-each over one or more lists, stopping at the
 // shortest as Guile does.
-func biMap(ev *evaluator, call *val, args []*val) (*val, error) {
+func biMap(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 2, -1); err != nil {
 		return nil, err
 	}
@@ -190,7 +187,7 @@ func biMap(ev *evaluator, call *val, args []*val) (*val, error) {
 	if fn.k != kProc {
 		return nil, argErr(call, 0, fn, "a procedure")
 	}
-	lists := make([][]*val, len(args)-1)
+	lists := make([][]*Value, len(args)-1)
 	n := -1
 	for i, a := range args[1:] {
 		vs, ok := a.slice()
@@ -202,9 +199,9 @@ func biMap(ev *evaluator, call *val, args []*val) (*val, error) {
 			n = len(vs)
 		}
 	}
-	out := make([]*val, n)
+	out := make([]*Value, n)
 	for j := 0; j < n; j++ {
-		callArgs := make([]*val, len(lists))
+		callArgs := make([]*Value, len(lists))
 		for i := range lists {
 			callArgs[i] = lists[i][j]
 		}
@@ -220,7 +217,7 @@ func biMap(ev *evaluator, call *val, args []*val) (*val, error) {
 	return listOf(out, call.pos), nil
 }
 
-func biFilter(ev *evaluator, call *val, args []*val) (*val, error) {
+func biFilter(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 2, 2); err != nil {
 		return nil, err
 	}
@@ -231,9 +228,9 @@ func biFilter(ev *evaluator, call *val, args []*val) (*val, error) {
 	if !ok {
 		return nil, argErr(call, 1, args[1], "a list")
 	}
-	var out []*val
+	var out []*Value
 	for _, v := range vs {
-		keep, err := ev.apply(args[0], call, []*val{v})
+		keep, err := ev.apply(args[0], call, []*Value{v})
 		if err != nil {
 			return nil, err
 		}
@@ -244,7 +241,7 @@ func biFilter(ev *evaluator, call *val, args []*val) (*val, error) {
 	return listOf(out, call.pos), nil
 }
 
-func biApply(ev *evaluator, call *val, args []*val) (*val, error) {
+func biApply(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 2, -1); err != nil {
 		return nil, err
 	}
@@ -253,11 +250,11 @@ func biApply(ev *evaluator, call *val, args []*val) (*val, error) {
 	if !ok {
 		return nil, argErr(call, len(args)-1, last, "a list")
 	}
-	all := append(append([]*val{}, args[1:len(args)-1]...), vs...)
+	all := append(append([]*Value{}, args[1:len(args)-1]...), vs...)
 	return ev.apply(args[0], call, all)
 }
 
-func biLength(ev *evaluator, call *val, args []*val) (*val, error) {
+func biLength(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 1, 1); err != nil {
 		return nil, err
 	}
@@ -268,7 +265,7 @@ func biLength(ev *evaluator, call *val, args []*val) (*val, error) {
 	return mkNum(float64(len(vs)), true, call.pos), nil
 }
 
-func biReverse(ev *evaluator, call *val, args []*val) (*val, error) {
+func biReverse(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 1, 1); err != nil {
 		return nil, err
 	}
@@ -276,19 +273,19 @@ func biReverse(ev *evaluator, call *val, args []*val) (*val, error) {
 	if !ok {
 		return nil, argErr(call, 0, args[0], "a list")
 	}
-	out := make([]*val, len(vs))
+	out := make([]*Value, len(vs))
 	for i, v := range vs {
 		out[len(vs)-1-i] = v
 	}
 	return listOf(out, call.pos), nil
 }
 
-func isInt(v *val) bool {
+func isInt(v *Value) bool {
 	return v.k == kNum && v.num == math.Trunc(v.num) && !math.IsInf(v.num, 0)
 }
 
 // biIota is (iota COUNT [START [STEP]]).
-func biIota(ev *evaluator, call *val, args []*val) (*val, error) {
+func biIota(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 1, 3); err != nil {
 		return nil, err
 	}
@@ -302,7 +299,7 @@ func biIota(ev *evaluator, call *val, args []*val) (*val, error) {
 	if len(args) > 2 {
 		step = args[2]
 	}
-	for i, v := range []*val{start, step} {
+	for i, v := range []*Value{start, step} {
 		if v.k != kNum {
 			return nil, argErr(call, i+1, v, "a number")
 		}
@@ -311,22 +308,24 @@ func biIota(ev *evaluator, call *val, args []*val) (*val, error) {
 		return nil, err
 	}
 	n := int(args[0].num)
-	out := make([]*val, n)
+	out := make([]*Value, n)
 	for i := range out {
 		out[i] = mkNum(start.num+float64(i)*step.num, start.exact && step.exact, call.pos)
 	}
 	return listOf(out, call.pos), nil
 }
 
-func biNot(ev *evaluator, call *val, args []*val) (*val, error) {
+func biNot(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 1, 1); err != nil {
 		return nil, err
 	}
 	return mkBool(!args[0].truthy(), call.pos), nil
 }
 
-func biPred(f func(*val) bool) builtinFunc {
-	return func(ev *evaluator, call *val, args []*val) (*val, error) {
+// Predicate returns the one-argument procedure that tells whether f holds of its
+// argument: what a record type's NAME? is.
+func Predicate(f func(*Value) bool) Builtin {
+	return func(ev *Interp, call *Value, args []*Value) (*Value, error) {
 		if err := wantArgs(call, args, 1, 1); err != nil {
 			return nil, err
 		}
@@ -334,7 +333,7 @@ func biPred(f func(*val) bool) builtinFunc {
 	}
 }
 
-func equal(a, b *val) bool {
+func equal(a, b *Value) bool {
 	for {
 		if a.k != b.k {
 			return false
@@ -350,8 +349,8 @@ func equal(a, b *val) bool {
 			return a.str == b.str
 		case kProc:
 			return a.proc == b.proc
-		case kMachine:
-			return a.m == b.m
+		case kRecord:
+			return a.rec == b.rec
 		case kPair:
 			if !equal(a.car, b.car) {
 				return false
@@ -363,7 +362,7 @@ func equal(a, b *val) bool {
 	}
 }
 
-func biEqual(ev *evaluator, call *val, args []*val) (*val, error) {
+func biEqual(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 2, 2); err != nil {
 		return nil, err
 	}
@@ -377,7 +376,7 @@ func biEqual(ev *evaluator, call *val, args []*val) (*val, error) {
 	return mkBool(equal(args[0], args[1]), call.pos), nil
 }
 
-func biNumberToString(ev *evaluator, call *val, args []*val) (*val, error) {
+func biNumberToString(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 1, 1); err != nil {
 		return nil, err
 	}
@@ -387,7 +386,7 @@ func biNumberToString(ev *evaluator, call *val, args []*val) (*val, error) {
 	return mkStr(formatNum(args[0]), call.pos), nil
 }
 
-func biStringToNumber(ev *evaluator, call *val, args []*val) (*val, error) {
+func biStringToNumber(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 1, 1); err != nil {
 		return nil, err
 	}
@@ -401,7 +400,7 @@ func biStringToNumber(ev *evaluator, call *val, args []*val) (*val, error) {
 	return mkNum(f, exact, call.pos), nil
 }
 
-func biSymbolToString(ev *evaluator, call *val, args []*val) (*val, error) {
+func biSymbolToString(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 1, 1); err != nil {
 		return nil, err
 	}
@@ -411,7 +410,7 @@ func biSymbolToString(ev *evaluator, call *val, args []*val) (*val, error) {
 	return mkStr(args[0].str, call.pos), nil
 }
 
-func biStringToSymbol(ev *evaluator, call *val, args []*val) (*val, error) {
+func biStringToSymbol(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 1, 1); err != nil {
 		return nil, err
 	}
@@ -423,7 +422,7 @@ func biStringToSymbol(ev *evaluator, call *val, args []*val) (*val, error) {
 
 // biGetenv is (getenv NAME): the variable's value, or #f when unset, as in
 // Guile; files use it for $HOME in private-key.
-func biGetenv(ev *evaluator, call *val, args []*val) (*val, error) {
+func biGetenv(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 1, 1); err != nil {
 		return nil, err
 	}
@@ -436,15 +435,15 @@ func biGetenv(ev *evaluator, call *val, args []*val) (*val, error) {
 	return mkBool(false, call.pos), nil
 }
 
-func biArith(op string) builtinFunc {
-	return func(ev *evaluator, call *val, args []*val) (*val, error) {
+func biArith(op string) Builtin {
+	return func(ev *Interp, call *Value, args []*Value) (*Value, error) {
 		for i, a := range args {
 			if a.k != kNum {
 				return nil, argErr(call, i, a, "a number")
 			}
 		}
 		if (op == "-" || op == "/") && len(args) == 0 {
-			return nil, errAt(call.pos, "wrong number of arguments to %s: got 0, want at least 1", op)
+			return nil, Errorf(call.pos, "wrong number of arguments to %s: got 0, want at least 1", op)
 		}
 		acc, exact := 0.0, true
 		if op == "*" || op == "/" {
@@ -465,7 +464,7 @@ func biArith(op string) builtinFunc {
 				acc *= a.num
 			case "/":
 				if a.num == 0 {
-					return nil, errAt(a.pos, "division by zero")
+					return nil, Errorf(a.pos, "division by zero")
 				}
 				acc /= a.num
 			}
@@ -477,8 +476,8 @@ func biArith(op string) builtinFunc {
 	}
 }
 
-func biCompare(op string) builtinFunc {
-	return func(ev *evaluator, call *val, args []*val) (*val, error) {
+func biCompare(op string) Builtin {
+	return func(ev *Interp, call *Value, args []*Value) (*Value, error) {
 		if err := wantArgs(call, args, 1, -1); err != nil {
 			return nil, err
 		}
@@ -500,17 +499,17 @@ func biCompare(op string) builtinFunc {
 
 // biAppendMap is SRFI-1's (append-map F LIST ...): map, then append the results,
 // each of which must be a list.
-func biAppendMap(ev *evaluator, call *val, args []*val) (*val, error) {
+func biAppendMap(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	mapped, err := biMap(ev, call, args)
 	if err != nil {
 		return nil, err
 	}
 	results, _ := mapped.slice()
-	var items []*val
+	var items []*Value
 	for _, r := range results {
 		vs, ok := r.slice()
 		if !ok {
-			return nil, errAt(call.pos, "append-map: the procedure returned %s %s, not a list", r.typeName(), r)
+			return nil, Errorf(call.pos, "append-map: the procedure returned %s %s, not a list", r.typeName(), r)
 		}
 		if err := ev.charge(len(vs), call.pos); err != nil {
 			return nil, err
@@ -523,7 +522,7 @@ func biAppendMap(ev *evaluator, call *val, args []*val) (*val, error) {
 // biCallWithInputFile opens FILE, reads it whole (up to maxStr bytes) and applies PROC
 // to a port over its text. A file that cannot be opened is an error at the call, in
 // Guile's words.
-func biCallWithInputFile(ev *evaluator, call *val, args []*val) (*val, error) {
+func biCallWithInputFile(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 2, 2); err != nil {
 		return nil, err
 	}
@@ -536,21 +535,21 @@ func biCallWithInputFile(ev *evaluator, call *val, args []*val) (*val, error) {
 	file := args[0].str
 	f, err := os.Open(file)
 	if err != nil {
-		return nil, errAt(call.pos, "In procedure open-file: %s: %q", guileErrno(err), file)
+		return nil, Errorf(call.pos, "In procedure open-file: %s: %q", guileErrno(err), file)
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxStr+1))
 	if err != nil {
-		return nil, errAt(call.pos, "In procedure read: %s: %q", guileErrno(err), file)
+		return nil, Errorf(call.pos, "In procedure read: %s: %q", guileErrno(err), file)
 	}
 	if len(data) > maxStr {
-		return nil, errAt(call.pos, "call-with-input-file: %q is longer than %d bytes", file, maxStr)
+		return nil, Errorf(call.pos, "call-with-input-file: %q is longer than %d bytes", file, maxStr)
 	}
 	if err := ev.charge(len(data)/64, call.pos); err != nil {
 		return nil, err
 	}
-	port := &val{k: kPort, pos: call.pos, port: &inPort{name: file, text: string(data)}}
-	return ev.apply(args[1], call, []*val{port})
+	port := &Value{k: kPort, pos: call.pos, port: &inPort{name: file, text: string(data)}}
+	return ev.apply(args[1], call, []*Value{port})
 }
 
 // guileErrno writes the system error of err as strerror does: "No such file or
@@ -566,7 +565,7 @@ func guileErrno(err error) string {
 }
 
 // biGetStringAll is (get-string-all PORT): the rest of the port's text.
-func biGetStringAll(ev *evaluator, call *val, args []*val) (*val, error) {
+func biGetStringAll(ev *Interp, call *Value, args []*Value) (*Value, error) {
 	if err := wantArgs(call, args, 1, 1); err != nil {
 		return nil, err
 	}

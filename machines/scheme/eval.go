@@ -1,28 +1,27 @@
-package machines
+package scheme
 
 import (
 	"errors"
-	"fmt"
 	"os"
 )
 
 // Limits that keep a hostile or mistaken file (an endless loop, a string
-// doubled a thousand times) from hanging or exhausting the hook.
+// doubled a thousand times) from hanging or exhausting the program.
 const (
 	maxSteps = 2_000_000 // evaluation steps plus values allocated
 	maxDepth = 2_000     // nested evaluations (deep recursion)
 	maxStr   = 1 << 20   // bytes in one string
 )
 
-// env is one frame of variable bindings.
-type env struct {
-	vars   map[string]*val
-	parent *env
+// Env is one frame of variable bindings.
+type Env struct {
+	vars   map[string]*Value
+	parent *Env
 }
 
-func newEnv(parent *env) *env { return &env{vars: map[string]*val{}, parent: parent} }
+func newEnv(parent *Env) *Env { return &Env{vars: map[string]*Value{}, parent: parent} }
 
-func (e *env) lookup(name string) (*val, bool) {
+func (e *Env) lookup(name string) (*Value, bool) {
 	for ; e != nil; e = e.parent {
 		if v, ok := e.vars[name]; ok {
 			return v, true
@@ -31,43 +30,130 @@ func (e *env) lookup(name string) (*val, bool) {
 	return nil, false
 }
 
-// evaluator runs the Scheme of one machines file.
-type evaluator struct {
-	steps      int
-	depth      int
-	warnings   []Warning
-	getenv     func(string) string
-	privateKey string // default private-key
-	global     *env
+// Builtin is a procedure written in Go: call is the calling expression (errors
+// point at it, or at the argument at fault), args the evaluated arguments.
+type Builtin func(in *Interp, call *Value, args []*Value) (*Value, error)
+
+// Syntax is a special form written in Go, such as a record constructor whose field
+// names are not evaluated: form is the whole expression, args its operands
+// unevaluated, env where to evaluate them (with Interp.Eval).
+type Syntax func(in *Interp, form *Value, args []*Value, env *Env) (*Value, error)
+
+// Interp evaluates the Scheme of one file: it holds the global environment, what
+// its user added (DefineSyntax, Define, DefineModule) and the budget of work left.
+// It is not safe for concurrent use; make one per file.
+type Interp struct {
+	steps  int
+	depth  int
+	getenv func(string) string
+	global *Env
+	// What the interpreter's user added; nil until then.
+	syntax  map[string]Syntax
+	procs   map[string]Builtin
+	modules map[string][]string
 }
 
-func newEvaluator() *evaluator {
-	ev := &evaluator{getenv: os.Getenv, privateKey: defaultPrivateKey()}
+// New returns an interpreter whose global environment holds the builtin
+// procedures.
+func New() *Interp {
+	ev := &Interp{getenv: os.Getenv}
 	ev.global = newEnv(nil)
 	for name, fn := range builtins {
-		ev.global.vars[name] = &val{k: kProc, proc: &proc{name: name, builtin: fn}}
+		ev.global.vars[name] = &Value{k: kProc, proc: &proc{name: name, builtin: fn}}
 	}
 	return ev
 }
 
-func errAt(p Pos, format string, args ...any) error {
-	return &Error{Pos: p, Msg: fmt.Sprintf(format, args...)}
+// Define binds name in the global environment to the procedure fn, and makes fn
+// what (@ (MODULE) name) names in the modules DefineModule lists it in.
+func (ev *Interp) Define(name string, fn Builtin) {
+	if ev.procs == nil {
+		ev.procs = map[string]Builtin{}
+	}
+	ev.procs[name] = fn
+	ev.global.vars[name] = &Value{k: kProc, proc: &proc{name: name, builtin: fn}}
 }
 
+// DefineSyntax adds the special form name: a list headed by name (unless a file
+// binds name itself) is evaluated by fn.
+func (ev *Interp) DefineSyntax(name string, fn Syntax) {
+	if ev.syntax == nil {
+		ev.syntax = map[string]Syntax{}
+	}
+	ev.syntax[name] = fn
+}
+
+// DefineModule lets (@ (MODULE) NAME) and (@@ (MODULE) NAME) reach each of names,
+// builtins or syntax of this interpreter (the interpreter's own or added by Define
+// and DefineSyntax); module is written as inside the parentheses: "guix offload".
+func (ev *Interp) DefineModule(module string, names ...string) {
+	if ev.modules == nil {
+		ev.modules = map[string][]string{}
+	}
+	ev.modules[module] = append(ev.modules[module], names...)
+}
+
+// special returns the special form name, the interpreter's own or its user's.
+func (ev *Interp) special(name string) (Syntax, bool) {
+	if fn, ok := ev.syntax[name]; ok {
+		return fn, true
+	}
+	fn, ok := specials[name]
+	return fn, ok
+}
+
+// builtin returns the procedure name as first defined, the interpreter's own or its
+// user's, whatever a file later bound to the name.
+func (ev *Interp) builtin(name string) (Builtin, bool) {
+	if fn, ok := ev.procs[name]; ok {
+		return fn, true
+	}
+	fn, ok := builtins[name]
+	return fn, ok
+}
+
+// Read reads every top-level datum of src, the text of file, without evaluating
+// anything. A malformed text gives an *Error placed in it.
+func Read(file string, src []byte) ([]*Value, error) {
+	return newReader(file, src).readAll()
+}
+
+// EvalFile reads src, the text of file, and evaluates its top-level forms in order
+// in the global environment. It returns the value of the last one, or nil when
+// there is none (an empty file, or only comments). Every error is an *Error, placed
+// at the fault or else at the top-level form that failed.
+func (ev *Interp) EvalFile(file string, src []byte) (*Value, error) {
+	forms, err := newReader(file, src).readAll()
+	if err != nil {
+		return nil, err
+	}
+	var last *Value
+	for _, f := range forms {
+		if last, err = ev.eval(f, ev.global); err != nil {
+			return nil, asError(err, f.pos)
+		}
+	}
+	return last, nil
+}
+
+// Eval evaluates x in env: what a Syntax calls on the operands it evaluates.
+func (ev *Interp) Eval(x *Value, env *Env) (*Value, error) { return ev.eval(x, env) }
+
 // charge counts n units of work against the budget.
-func (ev *evaluator) charge(n int, p Pos) error {
+func (ev *Interp) charge(n int, p Pos) error {
 	ev.steps += n
 	if ev.steps > maxSteps {
-		return errAt(p, "evaluation takes too long (endless loop?)")
+		return Errorf(p, "evaluation takes too long (endless loop?)")
 	}
 	return nil
 }
 
-// special forms, recognised by the symbol at the head of a list.
-var specials map[string]func(ev *evaluator, x *val, args []*val, e *env) (*val, error)
+// specials are the interpreter's own special forms, recognised by the symbol at
+// the head of a list.
+var specials map[string]Syntax
 
 func init() {
-	specials = map[string]func(ev *evaluator, x *val, args []*val, e *env) (*val, error){
+	specials = map[string]Syntax{
 		"quote":            evalQuote,
 		"quasiquote":       evalQuasiquote,
 		"unquote":          evalMisplacedUnquote,
@@ -88,13 +174,12 @@ func init() {
 		"or":               evalOr,
 		"use-modules":      evalIgnored,
 		"define-module":    evalIgnored,
-		"build-machine":    evalBuildMachine,
 		"@":                evalModuleRef,
 		"@@":               evalModuleRef,
 	}
 }
 
-func (ev *evaluator) eval(x *val, e *env) (*val, error) {
+func (ev *Interp) eval(x *Value, e *Env) (*Value, error) {
 	if err := ev.charge(1, x.pos); err != nil {
 		return nil, err
 	}
@@ -102,11 +187,11 @@ func (ev *evaluator) eval(x *val, e *env) (*val, error) {
 	case kSym:
 		v, ok := e.lookup(x.str)
 		if !ok {
-			if _, special := specials[x.str]; special {
-				return nil, errAt(x.pos, "bad use of syntax '%s'", x.str)
+			if _, special := ev.special(x.str); special {
+				return nil, Errorf(x.pos, "bad use of syntax '%s'", x.str)
 			}
-			// Guile may well know it (a procedure or syntax offload does not
-			// implement): guix can evaluate the file, see LoadWith.
+			// Guile may well know it (a procedure or syntax this interpreter does
+			// not implement): Unsupported lets the caller hand the file to Guile.
 			return nil, &Error{Pos: x.pos, Msg: "unbound variable: " + x.str, Unsupported: x.str}
 		}
 		return v.at(x.pos), nil
@@ -117,25 +202,25 @@ func (ev *evaluator) eval(x *val, e *env) (*val, error) {
 	ev.depth++
 	defer func() { ev.depth-- }()
 	if ev.depth > maxDepth {
-		return nil, errAt(x.pos, "recursion too deep")
+		return nil, Errorf(x.pos, "recursion too deep")
 	}
 	args, ok := x.cdr.slice()
 	if !ok {
-		return nil, errAt(x.pos, "improper list used as an expression")
+		return nil, Errorf(x.pos, "improper list used as an expression")
 	}
 	if x.car.k == kSym {
 		if _, bound := e.lookup(x.car.str); !bound {
-			if sf, ok := specials[x.car.str]; ok {
+			if sf, ok := ev.special(x.car.str); ok {
 				return sf(ev, x, args, e)
 			}
 		}
 	}
-	if ref, ok := moduleRefForm(x.car, e); ok { // ((@ (guix offload) build-machine) ...)
-		name, err := resolveModuleRef(ref)
+	if ref, ok := moduleRefForm(x.car, e); ok { // ((@ (MODULE) SYNTAX) ...)
+		name, err := ev.resolveModuleRef(ref)
 		if err != nil {
 			return nil, err
 		}
-		if sf, ok := specials[name]; ok {
+		if sf, ok := ev.special(name); ok {
 			return sf(ev, x, args, e)
 		}
 	}
@@ -143,7 +228,7 @@ func (ev *evaluator) eval(x *val, e *env) (*val, error) {
 	if err != nil {
 		return nil, err
 	}
-	vals := make([]*val, len(args))
+	vals := make([]*Value, len(args))
 	for i, a := range args {
 		if vals[i], err = ev.eval(a, e); err != nil {
 			return nil, err
@@ -153,21 +238,21 @@ func (ev *evaluator) eval(x *val, e *env) (*val, error) {
 }
 
 // apply calls fn with args; call is the calling expression, for errors.
-func (ev *evaluator) apply(fn *val, call *val, args []*val) (*val, error) {
+func (ev *Interp) apply(fn *Value, call *Value, args []*Value) (*Value, error) {
 	if fn.k != kProc {
-		return nil, errAt(call.pos, "wrong type to apply: %s", fn)
+		return nil, Errorf(call.pos, "wrong type to apply: %s", fn)
 	}
 	p := fn.proc
 	if p.builtin != nil {
 		return p.builtin(ev, call, args)
 	}
 	if len(args) < len(p.params) || p.rest == "" && len(args) > len(p.params) {
-		return nil, errAt(call.pos, "wrong number of arguments to %s: got %d, want %d", procName(p), len(args), len(p.params))
+		return nil, Errorf(call.pos, "wrong number of arguments to %s: got %d, want %d", procName(p), len(args), len(p.params))
 	}
 	ev.depth++
 	defer func() { ev.depth-- }()
 	if ev.depth > maxDepth {
-		return nil, errAt(call.pos, "recursion too deep")
+		return nil, Errorf(call.pos, "recursion too deep")
 	}
 	frame := newEnv(p.env)
 	for i, name := range p.params {
@@ -186,8 +271,8 @@ func procName(p *proc) string {
 	return p.name
 }
 
-func (ev *evaluator) evalBody(body []*val, e *env) (*val, error) {
-	var out *val
+func (ev *Interp) evalBody(body []*Value, e *Env) (*Value, error) {
+	var out *Value
 	for _, x := range body {
 		v, err := ev.eval(x, e)
 		if err != nil {
@@ -198,28 +283,30 @@ func (ev *evaluator) evalBody(body []*val, e *env) (*val, error) {
 	return out, nil
 }
 
-func evalIgnored(_ *evaluator, x *val, _ []*val, _ *env) (*val, error) { return mkUnspec(x.pos), nil }
+func evalIgnored(_ *Interp, x *Value, _ []*Value, _ *Env) (*Value, error) {
+	return mkUnspec(x.pos), nil
+}
 
-func evalQuote(_ *evaluator, x *val, args []*val, _ *env) (*val, error) {
+func evalQuote(_ *Interp, x *Value, args []*Value, _ *Env) (*Value, error) {
 	if len(args) != 1 {
-		return nil, errAt(x.pos, "quote takes exactly one datum")
+		return nil, Errorf(x.pos, "quote takes exactly one datum")
 	}
 	return args[0].at(x.pos), nil
 }
 
-func evalMisplacedUnquote(_ *evaluator, x *val, _ []*val, _ *env) (*val, error) {
-	return nil, errAt(x.pos, "%s outside of quasiquote", x.car.str)
+func evalMisplacedUnquote(_ *Interp, x *Value, _ []*Value, _ *Env) (*Value, error) {
+	return nil, Errorf(x.pos, "%s outside of quasiquote", x.car.str)
 }
 
-func evalQuasiquote(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
+func evalQuasiquote(ev *Interp, x *Value, args []*Value, e *Env) (*Value, error) {
 	if len(args) != 1 {
-		return nil, errAt(x.pos, "quasiquote takes exactly one datum")
+		return nil, Errorf(x.pos, "quasiquote takes exactly one datum")
 	}
 	return ev.qq(args[0], 1, e)
 }
 
 // unquoteArg returns the operand of (NAME X), or nil when v is not that form.
-func unquoteArg(v *val, name string) *val {
+func unquoteArg(v *Value, name string) *Value {
 	if v.k == kPair && v.car.isSym(name) && v.cdr.k == kPair && v.cdr.cdr.k == kNull {
 		return v.cdr.car
 	}
@@ -227,7 +314,7 @@ func unquoteArg(v *val, name string) *val {
 }
 
 // qq expands a quasiquoted template at nesting level depth.
-func (ev *evaluator) qq(x *val, depth int, e *env) (*val, error) {
+func (ev *Interp) qq(x *Value, depth int, e *Env) (*Value, error) {
 	if err := ev.charge(1, x.pos); err != nil {
 		return nil, err
 	}
@@ -242,17 +329,17 @@ func (ev *evaluator) qq(x *val, depth int, e *env) (*val, error) {
 		if err != nil {
 			return nil, err
 		}
-		return listOf([]*val{x.car, in}, x.pos), nil
+		return listOf([]*Value{x.car, in}, x.pos), nil
 	}
 	if a := unquoteArg(x, "quasiquote"); a != nil {
 		in, err := ev.qq(a, depth+1, e)
 		if err != nil {
 			return nil, err
 		}
-		return listOf([]*val{x.car, in}, x.pos), nil
+		return listOf([]*Value{x.car, in}, x.pos), nil
 	}
-	var items []*val
-	var tail *val // set by every way out of the loop
+	var items []*Value
+	var tail *Value // set by every way out of the loop
 	for cur := x; ; cur = cur.cdr {
 		if cur.k != kPair {
 			tail = cur
@@ -274,7 +361,7 @@ func (ev *evaluator) qq(x *val, depth int, e *env) (*val, error) {
 			}
 			vs, ok := v.slice()
 			if !ok {
-				return nil, errAt(cur.car.pos, "unquote-splicing of %s, not a list", v.typeName())
+				return nil, Errorf(cur.car.pos, "unquote-splicing of %s, not a list", v.typeName())
 			}
 			if err := ev.charge(len(vs), cur.car.pos); err != nil {
 				return nil, err
@@ -282,11 +369,11 @@ func (ev *evaluator) qq(x *val, depth int, e *env) (*val, error) {
 			items = append(items, vs...)
 			continue
 		}
-		var in *val
+		var in *Value
 		var err error
 		if a := unquoteArg(cur.car, "unquote-splicing"); a != nil {
 			in, err = ev.qq(a, depth-1, e)
-			in = listOf([]*val{cur.car.car, in}, cur.car.pos)
+			in = listOf([]*Value{cur.car.car, in}, cur.car.pos)
 		} else {
 			in, err = ev.qq(cur.car, depth, e)
 		}
@@ -311,14 +398,14 @@ func (ev *evaluator) qq(x *val, depth int, e *env) (*val, error) {
 
 // parseParams reads a lambda list: a symbol, a list of symbols, or an
 // improper list ending in a symbol.
-func parseParams(spec *val) (params []string, rest string, err error) {
+func parseParams(spec *Value) (params []string, rest string, err error) {
 	seen := map[string]bool{}
-	add := func(v *val) error {
+	add := func(v *Value) error {
 		if v.k != kSym {
-			return errAt(v.pos, "bad lambda parameter: %s", v)
+			return Errorf(v.pos, "bad lambda parameter: %s", v)
 		}
 		if seen[v.str] {
-			return errAt(v.pos, "duplicate lambda parameter: %s", v.str)
+			return Errorf(v.pos, "duplicate lambda parameter: %s", v.str)
 		}
 		seen[v.str] = true
 		return nil
@@ -339,42 +426,42 @@ func parseParams(spec *val) (params []string, rest string, err error) {
 	return params, rest, nil
 }
 
-func evalLambda(_ *evaluator, x *val, args []*val, e *env) (*val, error) {
+func evalLambda(_ *Interp, x *Value, args []*Value, e *Env) (*Value, error) {
 	if len(args) < 2 {
-		return nil, errAt(x.pos, "lambda needs parameters and a body")
+		return nil, Errorf(x.pos, "lambda needs parameters and a body")
 	}
 	params, rest, err := parseParams(args[0])
 	if err != nil {
 		return nil, err
 	}
-	return &val{k: kProc, pos: x.pos, proc: &proc{params: params, rest: rest, body: args[1:], env: e}}, nil
+	return &Value{k: kProc, pos: x.pos, proc: &proc{params: params, rest: rest, body: args[1:], env: e}}, nil
 }
 
-func evalDefine(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
+func evalDefine(ev *Interp, x *Value, args []*Value, e *Env) (*Value, error) {
 	if len(args) == 0 {
-		return nil, errAt(x.pos, "define needs a name and a value")
+		return nil, Errorf(x.pos, "define needs a name and a value")
 	}
 	target := args[0]
 	if target.k == kPair { // (define (name . params) body ...)
 		if target.car.k != kSym {
-			return nil, errAt(target.car.pos, "bad name in define: %s", target.car)
+			return nil, Errorf(target.car.pos, "bad name in define: %s", target.car)
 		}
 		if len(args) < 2 {
-			return nil, errAt(x.pos, "define of procedure %s has no body", target.car.str)
+			return nil, Errorf(x.pos, "define of procedure %s has no body", target.car.str)
 		}
 		params, rest, err := parseParams(target.cdr)
 		if err != nil {
 			return nil, err
 		}
-		e.vars[target.car.str] = &val{k: kProc, pos: x.pos,
+		e.vars[target.car.str] = &Value{k: kProc, pos: x.pos,
 			proc: &proc{name: target.car.str, params: params, rest: rest, body: args[1:], env: e}}
 		return mkUnspec(x.pos), nil
 	}
 	if target.k != kSym {
-		return nil, errAt(target.pos, "bad name in define: %s", target)
+		return nil, Errorf(target.pos, "bad name in define: %s", target)
 	}
 	if len(args) != 2 {
-		return nil, errAt(x.pos, "define of %s needs exactly one value", target.str)
+		return nil, Errorf(x.pos, "define of %s needs exactly one value", target.str)
 	}
 	v, err := ev.eval(args[1], e)
 	if err != nil {
@@ -383,15 +470,15 @@ func evalDefine(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
 	if v.k == kProc && v.proc.builtin == nil && v.proc.name == "" {
 		named := *v.proc
 		named.name = target.str
-		v = &val{k: kProc, pos: v.pos, proc: &named}
+		v = &Value{k: kProc, pos: v.pos, proc: &named}
 	}
 	e.vars[target.str] = v
 	return mkUnspec(x.pos), nil
 }
 
-func evalSet(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
+func evalSet(ev *Interp, x *Value, args []*Value, e *Env) (*Value, error) {
 	if len(args) != 2 || args[0].k != kSym {
-		return nil, errAt(x.pos, "set! needs a variable and a value")
+		return nil, Errorf(x.pos, "set! needs a variable and a value")
 	}
 	v, err := ev.eval(args[1], e)
 	if err != nil {
@@ -403,19 +490,19 @@ func evalSet(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
 			return mkUnspec(x.pos), nil
 		}
 	}
-	return nil, errAt(args[0].pos, "unbound variable: %s", args[0].str)
+	return nil, Errorf(args[0].pos, "unbound variable: %s", args[0].str)
 }
 
 // bindings reads ((name expr) ...) of a let form.
-func bindings(form string, spec *val) (names []string, exprs []*val, err error) {
+func bindings(form string, spec *Value) (names []string, exprs []*Value, err error) {
 	items, ok := spec.slice()
 	if !ok {
-		return nil, nil, errAt(spec.pos, "bad %s bindings: %s", form, spec)
+		return nil, nil, Errorf(spec.pos, "bad %s bindings: %s", form, spec)
 	}
 	for _, b := range items {
 		parts, ok := b.slice()
 		if !ok || len(parts) != 2 || parts[0].k != kSym {
-			return nil, nil, errAt(b.pos, "bad %s binding: %s (expected (NAME VALUE))", form, b)
+			return nil, nil, Errorf(b.pos, "bad %s binding: %s (expected (NAME VALUE))", form, b)
 		}
 		names = append(names, parts[0].str)
 		exprs = append(exprs, parts[1])
@@ -423,28 +510,28 @@ func bindings(form string, spec *val) (names []string, exprs []*val, err error) 
 	return names, exprs, nil
 }
 
-func evalLet(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
+func evalLet(ev *Interp, x *Value, args []*Value, e *Env) (*Value, error) {
 	if len(args) >= 1 && args[0].k == kSym { // named let
 		if len(args) < 3 {
-			return nil, errAt(x.pos, "named let needs bindings and a body")
+			return nil, Errorf(x.pos, "named let needs bindings and a body")
 		}
 		names, exprs, err := bindings("let", args[1])
 		if err != nil {
 			return nil, err
 		}
-		vals := make([]*val, len(exprs))
+		vals := make([]*Value, len(exprs))
 		for i, ex := range exprs {
 			if vals[i], err = ev.eval(ex, e); err != nil {
 				return nil, err
 			}
 		}
 		loopEnv := newEnv(e)
-		loop := &val{k: kProc, pos: x.pos, proc: &proc{name: args[0].str, params: names, body: args[2:], env: loopEnv}}
+		loop := &Value{k: kProc, pos: x.pos, proc: &proc{name: args[0].str, params: names, body: args[2:], env: loopEnv}}
 		loopEnv.vars[args[0].str] = loop
 		return ev.apply(loop, x, vals)
 	}
 	if len(args) < 2 {
-		return nil, errAt(x.pos, "let needs bindings and a body")
+		return nil, Errorf(x.pos, "let needs bindings and a body")
 	}
 	names, exprs, err := bindings("let", args[0])
 	if err != nil {
@@ -461,9 +548,9 @@ func evalLet(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
 	return ev.evalBody(args[1:], frame)
 }
 
-func evalLetStar(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
+func evalLetStar(ev *Interp, x *Value, args []*Value, e *Env) (*Value, error) {
 	if len(args) < 2 {
-		return nil, errAt(x.pos, "let* needs bindings and a body")
+		return nil, Errorf(x.pos, "let* needs bindings and a body")
 	}
 	names, exprs, err := bindings("let*", args[0])
 	if err != nil {
@@ -481,9 +568,9 @@ func evalLetStar(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
 	return ev.evalBody(args[1:], newEnv(frame))
 }
 
-func evalLetrec(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
+func evalLetrec(ev *Interp, x *Value, args []*Value, e *Env) (*Value, error) {
 	if len(args) < 2 {
-		return nil, errAt(x.pos, "%s needs bindings and a body", x.car.str)
+		return nil, Errorf(x.pos, "%s needs bindings and a body", x.car.str)
 	}
 	names, exprs, err := bindings(x.car.str, args[0])
 	if err != nil {
@@ -500,9 +587,9 @@ func evalLetrec(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
 	return ev.evalBody(args[1:], frame)
 }
 
-func evalIf(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
+func evalIf(ev *Interp, x *Value, args []*Value, e *Env) (*Value, error) {
 	if len(args) != 2 && len(args) != 3 {
-		return nil, errAt(x.pos, "if needs a test, a consequent and an optional alternative")
+		return nil, Errorf(x.pos, "if needs a test, a consequent and an optional alternative")
 	}
 	t, err := ev.eval(args[0], e)
 	if err != nil {
@@ -517,9 +604,9 @@ func evalIf(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
 	return mkUnspec(x.pos), nil
 }
 
-func evalWhen(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
+func evalWhen(ev *Interp, x *Value, args []*Value, e *Env) (*Value, error) {
 	if len(args) < 2 {
-		return nil, errAt(x.pos, "%s needs a test and a body", x.car.str)
+		return nil, Errorf(x.pos, "%s needs a test and a body", x.car.str)
 	}
 	t, err := ev.eval(args[0], e)
 	if err != nil {
@@ -531,15 +618,15 @@ func evalWhen(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
 	return mkUnspec(x.pos), nil
 }
 
-func evalCond(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
+func evalCond(ev *Interp, x *Value, args []*Value, e *Env) (*Value, error) {
 	for i, clause := range args {
 		parts, ok := clause.slice()
 		if !ok || len(parts) == 0 {
-			return nil, errAt(clause.pos, "bad cond clause: %s", clause)
+			return nil, Errorf(clause.pos, "bad cond clause: %s", clause)
 		}
 		if parts[0].isSym("else") {
 			if i != len(args)-1 || len(parts) < 2 {
-				return nil, errAt(clause.pos, "bad else clause in cond")
+				return nil, Errorf(clause.pos, "bad else clause in cond")
 			}
 			return ev.evalBody(parts[1:], e)
 		}
@@ -557,14 +644,14 @@ func evalCond(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
 	return mkUnspec(x.pos), nil
 }
 
-func evalBegin(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
+func evalBegin(ev *Interp, x *Value, args []*Value, e *Env) (*Value, error) {
 	if len(args) == 0 {
 		return mkUnspec(x.pos), nil
 	}
 	return ev.evalBody(args, e)
 }
 
-func evalAnd(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
+func evalAnd(ev *Interp, x *Value, args []*Value, e *Env) (*Value, error) {
 	out := mkBool(true, x.pos)
 	for _, a := range args {
 		v, err := ev.eval(a, e)
@@ -579,7 +666,7 @@ func evalAnd(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
 	return out, nil
 }
 
-func evalOr(ev *evaluator, x *val, args []*val, e *env) (*val, error) {
+func evalOr(ev *Interp, x *Value, args []*Value, e *Env) (*Value, error) {
 	for _, a := range args {
 		v, err := ev.eval(a, e)
 		if err != nil {
