@@ -32,6 +32,13 @@ type Options struct {
 	Timeout    int // seconds, 0 = none
 	Verbosity  int
 	KeepFailed bool // -K
+	// BuildLog, when set, receives the builder's output as it comes (the daemon's
+	// log forwarding), whatever Verbosity says; otherwise Stderr gets it at verbosity 2
+	// and up, as `guix build` shows it.
+	BuildLog io.Writer
+	// Trace, when set, receives the daemon's "@ build-..." trace lines (without the
+	// newline): started, succeeded, failed.
+	Trace func(line string)
 }
 
 // Builder builds derivations of Store, printing what `guix build` shows on Stderr.
@@ -43,6 +50,17 @@ type Builder struct {
 // ErrFailed marks a failed (or timed out) build; callers turn it into "build of `DRV'
 // failed", as the daemon's error reads.
 var ErrFailed = errors.New("build failed")
+
+// Failure is how a build failed: errors.Is(f, ErrFailed) holds. Timeout says that a
+// time limit ended it (the daemon's status 101 rather than 100).
+type Failure struct {
+	Drv     string
+	Msg     string // the daemon's line, e.g. "builder for `D' failed with exit code 1"
+	Timeout bool
+}
+
+func (f *Failure) Error() string        { return f.Msg }
+func (f *Failure) Is(target error) bool { return target == ErrFailed }
 
 // AllValid reports whether every path is valid in the store.
 func (b *Builder) AllValid(paths []string) bool {
@@ -170,7 +188,7 @@ func (b *Builder) runBuilder(ctx context.Context, d *drv.Derivation, closure []s
 	if opt.Verbosity >= 1 {
 		fmt.Fprintf(b.Stderr, "building %s...\n", d.Path)
 	}
-	failure := b.execBuilder(ctx, d, tmp, opt, logGz)
+	failure, timedOut := b.execBuilder(ctx, d, tmp, opt, logGz, logPath)
 	logGz.Close()
 	logF.Close()
 	if failure == "" {
@@ -191,9 +209,19 @@ func (b *Builder) runBuilder(ctx context.Context, d *drv.Derivation, closure []s
 		} else {
 			os.RemoveAll(tmp)
 		}
-		return ErrFailed
+		if opt.Trace != nil {
+			if timedOut {
+				opt.Trace(fmt.Sprintf("@ build-failed %s - timeout", d.Path))
+			} else {
+				opt.Trace(fmt.Sprintf("@ build-failed %s - 1 %s", d.Path, failure))
+			}
+		}
+		return &Failure{Drv: d.Path, Msg: failure, Timeout: timedOut}
 	}
 	os.RemoveAll(tmp)
+	if opt.Trace != nil {
+		opt.Trace(fmt.Sprintf("@ build-succeeded %s -", d.Path))
+	}
 	if opt.Verbosity >= 2 {
 		fmt.Fprintf(b.Stderr, "successfully built %s\n", d.Path)
 	}
@@ -226,11 +254,12 @@ func (b *Builder) builderEnv(d *drv.Derivation, tmp string) []string {
 }
 
 // execBuilder runs the builder in its own process group, with the time
-// limits, and returns "" on success or the daemon's failure message.
-func (b *Builder) execBuilder(ctx context.Context, d *drv.Derivation, tmp string, opt Options, log io.Writer) string {
+// limits, and returns "" on success or the daemon's failure message, and whether a
+// time limit ended it.
+func (b *Builder) execBuilder(ctx context.Context, d *drv.Derivation, tmp string, opt Options, log io.Writer, logPath string) (string, bool) {
 	pr, pw, err := os.Pipe()
 	if err != nil {
-		return fmt.Sprintf("builder for `%s' failed: %v", d.Path, err)
+		return fmt.Sprintf("builder for `%s' failed: %v", d.Path, err), false
 	}
 	cmd := exec.Command(d.Builder, d.Args...)
 	cmd.Dir = tmp
@@ -240,9 +269,12 @@ func (b *Builder) execBuilder(ctx context.Context, d *drv.Derivation, tmp string
 	if err := cmd.Start(); err != nil {
 		pw.Close()
 		pr.Close()
-		return fmt.Sprintf("executing builder `%s': %v", d.Builder, err)
+		return fmt.Sprintf("executing builder `%s': %v", d.Builder, err), false
 	}
 	pw.Close()
+	if opt.Trace != nil {
+		opt.Trace(fmt.Sprintf("@ build-started %s - %s %s %d", d.Path, d.System, logPath, cmd.Process.Pid))
+	}
 	killGroup := func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 
 	activity := make(chan struct{}, 1)
@@ -253,7 +285,9 @@ func (b *Builder) execBuilder(ctx context.Context, d *drv.Derivation, tmp string
 		for {
 			n, err := pr.Read(buf)
 			if n > 0 {
-				if opt.Verbosity >= 2 {
+				if opt.BuildLog != nil {
+					opt.BuildLog.Write(buf[:n])
+				} else if opt.Verbosity >= 2 {
 					b.Stderr.Write(buf[:n])
 				}
 				log.Write(buf[:n])
@@ -284,6 +318,7 @@ func (b *Builder) execBuilder(ctx context.Context, d *drv.Derivation, tmp string
 		silenceC = silence.C
 	}
 	var failure string
+	var timedOut bool
 	var waitErr error
 wait:
 	for {
@@ -296,9 +331,11 @@ wait:
 			}
 		case <-silenceC:
 			failure = fmt.Sprintf("building of `%s' timed out after %d seconds of silence", d.Path, opt.MaxSilent)
+			timedOut = true
 			killGroup()
 		case <-timeoutC:
 			failure = fmt.Sprintf("building of `%s' timed out after %d seconds", d.Path, opt.Timeout)
+			timedOut = true
 			killGroup()
 		case <-ctx.Done():
 			failure = fmt.Sprintf("build of `%s' interrupted", d.Path)
@@ -308,19 +345,19 @@ wait:
 	killGroup() // whatever the builder left running, as the daemon does
 	<-copied
 	if failure != "" {
-		return failure
+		return failure, timedOut
 	}
 	if waitErr != nil {
 		var ee *exec.ExitError
 		if errors.As(waitErr, &ee) {
 			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				return fmt.Sprintf("builder for `%s' failed due to signal %d (%s)", d.Path, int(ws.Signal()), capitalize(ws.Signal().String()))
+				return fmt.Sprintf("builder for `%s' failed due to signal %d (%s)", d.Path, int(ws.Signal()), capitalize(ws.Signal().String())), false
 			}
-			return fmt.Sprintf("builder for `%s' failed with exit code %d", d.Path, ee.ExitCode())
+			return fmt.Sprintf("builder for `%s' failed with exit code %d", d.Path, ee.ExitCode()), false
 		}
-		return fmt.Sprintf("builder for `%s' failed: %v", d.Path, waitErr)
+		return fmt.Sprintf("builder for `%s' failed: %v", d.Path, waitErr), false
 	}
-	return ""
+	return "", false
 }
 
 // registerOutputs checks that every output was produced, canonicalises it
