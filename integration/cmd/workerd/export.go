@@ -203,4 +203,3 @@ func contentByte(nar []byte) int {
 		off = at
 	}
 }
-

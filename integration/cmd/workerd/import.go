@@ -21,10 +21,10 @@ const readRequest = 32768
 // pullReader pulls the client's data with STDERR_READ, one request per 32 KiB at
 // most, never more than it needs: it is read with exact reads only.
 type pullReader struct {
-	w         *worker
-	buf       []byte
-	pulls     int
-	closeMid  bool // hostile: close after the first chunk
+	w        *worker
+	buf      []byte
+	pulls    int
+	closeMid bool // hostile: close after the first chunk
 }
 
 func (p *pullReader) Read(b []byte) (int, error) {
