@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"offload/machines"
+	"offload/sshexec"
 )
 
 // handshake does the worker protocol's handshake as a 0x163 client on c and reports
@@ -204,5 +205,31 @@ func TestRefusingMachineClosesBeforeMagic(t *testing.T) {
 	// The machine's daemon itself is fine.
 	if _, err := dialHandshake(t, m.DaemonSocket()); err != nil {
 		t.Errorf("refusing machine's daemon, directly: %v", err)
+	}
+}
+
+// Options.GuixCosts reaches every stand-in: guix on the machines (over ssh) and locally,
+// and the daemons. No timing is asserted (speed lives in benchmarks).
+func TestGuixCostsReachStandIns(t *testing.T) {
+	f := New(t, Options{Machines: 1, NoOffload: true, GuixCosts: true})
+	m := f.Machines[0]
+	r := &sshexec.Runner{StateDir: filepath.Join(f.State, "offload")}
+	if _, err := remote(t, r, m, strings.NewReader(""), "archive", "--missing"); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(f.Bin.GuixDir, "guix"), "--version")
+	cmd.Env = f.HookEnv()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("local guix: %v: %s", err, out)
+	}
+	for file, want := range map[string]string{m.CostsLog(): "archive --missing 170ms\n", f.LocalCostsLog(): "--version 134ms\n"} {
+		if b, _ := os.ReadFile(file); string(b) != want {
+			t.Errorf("%s: %q, want %q", file, b, want)
+		}
+	}
+	for _, log := range []string{m.DaemonLog(), filepath.Join(f.Dir, "local", "daemon.log")} {
+		if b, _ := os.ReadFile(log); !strings.Contains(string(b), "modelling Guix's costs") {
+			t.Errorf("%s: %q", log, b)
+		}
 	}
 }

@@ -247,6 +247,7 @@ func New(t testing.TB, opts Options) *Farm {
 		}
 		if opts.GuixCosts {
 			env["FAKEGUIX_COSTS"] = "guix"
+			env["FAKEGUIX_COSTS_LOG"] = m.CostsLog()
 		}
 		m.Server = sshtest.Start(t, sshtest.Options{Env: env, DisableForwarding: slices.Contains(opts.RefuseForwarding, i)})
 		m.Port = m.Server.Port
@@ -357,10 +358,18 @@ func (f *Farm) HookEnv() []string {
 // costsEnv is what Options.GuixCosts adds to the local side's environment.
 func (f *Farm) costsEnv() []string {
 	if f.opts.GuixCosts {
-		return []string{"FAKEGUIX_COSTS=guix"}
+		return []string{"FAKEGUIX_COSTS=guix", "FAKEGUIX_COSTS_LOG=" + f.LocalCostsLog()}
 	}
 	return nil
 }
+
+// LocalCostsLog is where the local guix reports its start-up delays under
+// Options.GuixCosts: one "SUB-COMMAND DELAY" line per run.
+func (f *Farm) LocalCostsLog() string { return filepath.Join(f.Dir, "local", "guix-costs.log") }
+
+// CostsLog is where the machine's guix reports its start-up delays under
+// Options.GuixCosts: one "SUB-COMMAND DELAY" line per run.
+func (m *Machine) CostsLog() string { return filepath.Join(m.Dir, "guix-costs.log") }
 
 // GuixSystemEnv is the hook's environment as Guix System's guix-daemon service gives
 // it (../shared/spec/DEPLOYMENT.md): PATH holds only the directories of tar and gzip,

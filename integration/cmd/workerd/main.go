@@ -44,6 +44,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	d := newDaemon(os.Getenv)
+	if c := d.costs; c != (costs{}) {
+		// Said once, so that whoever started it can see the setting arrived.
+		fmt.Fprintf(os.Stderr, "workerd: modelling Guix's costs: handshake %s, signing agent %s\n", c.handshake, c.agent)
+	}
 	path := *listen
 	if path == "" {
 		path = d.defaultSocket()
