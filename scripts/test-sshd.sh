@@ -9,6 +9,12 @@
 #   hostkey=ssh-ed25519 AAAA... (the host key, as machines.scm's host-key wants it)
 #   key=DIR/client_key
 # Stop it with: kill "$(cat DIR/sshd.pid)". Its log (LogLevel VERBOSE) is DIR/sshd.log.
+#
+# The server allows forwarding, Unix sockets included (ssh -L LOCAL:REMOTE-SOCKET), as
+# Debian's and Guix System's sshd do by default. With TEST_SSHD_DISABLE_FORWARDING=1 in
+# the environment it refuses every forward (DisableForwarding yes), as a hardened
+# machine does: the client's forward still binds, and each connection through it is
+# closed at once.
 set -eu
 
 usage() { echo "usage: $0 DIR [ENVFILE]" >&2; exit 2; }
@@ -68,6 +74,12 @@ random_port() {
 }
 
 setenv=$(setenv_line)
+if [ "${TEST_SSHD_DISABLE_FORWARDING:-}" = 1 ]; then
+	forwarding='DisableForwarding yes'
+else
+	forwarding='AllowTcpForwarding yes
+AllowStreamLocalForwarding yes'
+fi
 tries=0
 while :; do
 	tries=$((tries + 1))
@@ -90,6 +102,7 @@ PidFile $dir/sshd.pid
 LogLevel VERBOSE
 MaxStartups 100:30:200
 MaxSessions 100
+$forwarding
 $setenv
 CONF
 	rm -f "$dir/sshd.pid"

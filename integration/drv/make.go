@@ -69,14 +69,9 @@ func (s Store) Make(spec Spec) (*Derivation, error) {
 	}
 	d.Normalize()
 
-	// Like Nix: output paths hash the text with the outputs left empty.
-	blank := sha256.Sum256(d.Bytes())
+	paths := s.OutputPathsOf(d, spec.Name)
 	for i, o := range d.Outputs {
-		name := spec.Name
-		if o.Name != "out" {
-			name += "-" + o.Name
-		}
-		d.Outputs[i].Path = StorePath(s.Logical, "output:"+o.Name+":sha256:"+hex.EncodeToString(blank[:])+":"+s.Logical+":"+name, name)
+		d.Outputs[i].Path = paths[o.Name]
 		for j := range d.Env {
 			if d.Env[j].Name == o.Name {
 				d.Env[j].Value = d.Outputs[i].Path
@@ -100,6 +95,34 @@ func (s Store) Make(spec Spec) (*Derivation, error) {
 		}
 	}
 	return d, nil
+}
+
+// OutputPathsOf returns the path of each output of d (by output name) as Make
+// computes them for a derivation called name (the .drv's name without ".drv"): like
+// Nix, a hash of the text with the outputs' paths and variables left empty. A daemon
+// checks a .drv it is given against them, as the real one checks a .drv's outputs.
+func (s Store) OutputPathsOf(d *Derivation, name string) map[string]string {
+	blankD := *d
+	blankD.Outputs = append([]Output(nil), d.Outputs...)
+	blankD.Env = append([]EnvVar(nil), d.Env...)
+	for i, o := range blankD.Outputs {
+		blankD.Outputs[i].Path = ""
+		for j := range blankD.Env {
+			if blankD.Env[j].Name == o.Name {
+				blankD.Env[j].Value = ""
+			}
+		}
+	}
+	blank := sha256.Sum256(blankD.Bytes())
+	paths := map[string]string{}
+	for _, o := range d.Outputs {
+		oname := name
+		if o.Name != "out" {
+			oname += "-" + o.Name
+		}
+		paths[o.Name] = StorePath(s.Logical, "output:"+o.Name+":sha256:"+hex.EncodeToString(blank[:])+":"+s.Logical+":"+oname, oname)
+	}
+	return paths
 }
 
 // Make is Store{storeDir, realDir, realDir/../db}.Make(spec).

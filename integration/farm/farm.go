@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +40,14 @@ type Options struct {
 	// NoOffload skips building the offload binary (for tests of the farm
 	// itself, which must not depend on it).
 	NoOffload bool
+	// RefuseForwarding lists machines (by index) whose sshd refuses every forward
+	// (DisableForwarding yes), for the hook's fallback when it cannot reach a
+	// machine's daemon socket.
+	RefuseForwarding []int
+	// GuixCosts makes the stand-ins cost what Guix costs (for benchmarks): fakeguix's
+	// start-up delays (FAKEGUIX_COSTS=guix, on both sides) and the daemons' handshake
+	// and signing agent (WORKERD_COSTS=guix).
+	GuixCosts bool
 }
 
 // Binaries are the programs a farm runs, built once per test binary.
@@ -47,6 +56,7 @@ type Binaries struct {
 	FakeGuix   string
 	FakeDaemon string
 	Offload    string // "" when Options.NoOffload
+	Workerd    string // the stand-in guix-daemon (integration/cmd/workerd)
 	GuixDir    string // a directory holding `guix` (= fakeguix), for PATH
 	// DaemonDir holds guix-daemon (integration/cmd/guixdaemon, which only starts the
 	// hook as its child) and guix (= fakeguix) beside it, as on a real installation.
@@ -80,6 +90,10 @@ type Machine struct {
 	Store   Store
 	GuixLog string // FAKEGUIX_LOG: one line per guix run on the machine
 	Dir     string
+
+	workerd string      // the daemon's program
+	costs   bool        // Options.GuixCosts
+	daemon  *daemonProc // nil when stopped
 }
 
 // Target is how sshexec reaches the machine.
@@ -179,9 +193,12 @@ type Farm struct {
 	Machines []*Machine
 	Bin      Binaries
 	opts     Options
+
+	localDaemon *daemonProc
 }
 
-// New builds a farm under t.TempDir(); sshd servers stop when the test ends.
+// New builds a farm in a new temporary directory, removed when the test ends, as are
+// its sshd servers and daemons.
 func New(t testing.TB, opts Options) *Farm {
 	t.Helper()
 	if opts.Machines == 0 {
@@ -193,7 +210,7 @@ func New(t testing.TB, opts Options) *Farm {
 	if len(opts.Systems) == 0 {
 		opts.Systems = []string{"x86_64-linux"}
 	}
-	dir := t.TempDir()
+	dir := shortTempDir(t)
 	logical := filepath.Join(dir, "gnu", "store")
 	f := &Farm{Dir: dir, State: filepath.Join(dir, "state"), LocalLog: filepath.Join(dir, "local", "guix.log"), opts: opts,
 		Bin: binaries(t, !opts.NoOffload)}
@@ -205,12 +222,12 @@ func New(t testing.TB, opts Options) *Farm {
 	var machineKeys []*storeio.PublicKey
 	for i := range opts.Machines {
 		mdir := filepath.Join(dir, "m"+strconv.Itoa(i))
-		m := &Machine{Name: "127.0.0.1", Dir: mdir, GuixLog: filepath.Join(mdir, "guix.log"),
+		m := &Machine{Name: "127.0.0.1", Dir: mdir, GuixLog: filepath.Join(mdir, "guix.log"), workerd: f.Bin.Workerd, costs: opts.GuixCosts,
 			Store: Store{Logical: logical, Physical: filepath.Join(mdir, "store"), DB: filepath.Join(mdir, "db"), Conf: filepath.Join(mdir, "conf")}}
 		key := newStore(t, m.Store)
 		machineKeys = append(machineKeys, key.Public())
 		writeACL(t, m.Store, localKey.Public())
-		m.Server = sshtest.Start(t, sshtest.Options{Env: map[string]string{
+		env := map[string]string{
 			"PATH":                         f.Bin.GuixDir + ":/usr/bin:/bin",
 			"NIX_STORE_DIR":                logical,
 			"FAKEGUIX_STORE":               m.Store.Physical,
@@ -227,10 +244,19 @@ func New(t testing.TB, opts Options) *Farm {
 			// The machine's own build slots: its machines log in as the same user
 			// (whose home would otherwise hold them for every machine and test).
 			"OFFLOAD_SLOTS_DIR": m.SlotsDir(),
-		}})
+		}
+		if opts.GuixCosts {
+			env["FAKEGUIX_COSTS"] = "guix"
+			env["FAKEGUIX_COSTS_LOG"] = m.CostsLog()
+		}
+		m.Server = sshtest.Start(t, sshtest.Options{Env: env, DisableForwarding: slices.Contains(opts.RefuseForwarding, i)})
 		m.Port = m.Server.Port
 		f.Machines = append(f.Machines, m)
+		m.StartDaemon(t)
+		t.Cleanup(func() { m.StopDaemon(t) })
 	}
+	f.StartLocalDaemon(t)
+	t.Cleanup(func() { f.StopLocalDaemon(t) })
 	writeACL(t, f.Local, machineKeys...)
 	if err := os.WriteFile(f.Canary(), []byte(CanaryText), 0o644); err != nil {
 		t.Fatal(err)
@@ -284,7 +310,7 @@ func (f *Farm) Canary() string { return filepath.Join(f.Dir, "canary") }
 func (f *Farm) MachinesFile() string { return filepath.Join(f.Local.Conf, "machines.scm") }
 
 // WriteMachinesFile writes machines.scm with one build-machine per machine
-// (name, port, user, private-key, host-key, systems, parallel-builds);
+// (name, port, user, private-key, host-key, systems, parallel-builds, daemon-socket);
 // extra, when not nil, returns more fields for a machine, e.g.
 // `(speed 2.0)`. It returns the file name.
 func (f *Farm) WriteMachinesFile(extra func(m *Machine) string) string {
@@ -296,8 +322,8 @@ func (f *Farm) WriteMachinesFile(extra func(m *Machine) string) string {
 		for _, s := range f.opts.Systems {
 			systems = append(systems, strconv.Quote(s))
 		}
-		fmt.Fprintf(&b, "\n (build-machine\n  (name %q)\n  (port %d)\n  (user %q)\n  (private-key %q)\n  (host-key %q)\n  (systems (list %s))\n  (parallel-builds %d)",
-			m.Name, m.Port, tg.User, tg.PrivateKey, tg.HostKey, strings.Join(systems, " "), f.opts.ParallelBuilds)
+		fmt.Fprintf(&b, "\n (build-machine\n  (name %q)\n  (port %d)\n  (user %q)\n  (private-key %q)\n  (host-key %q)\n  (systems (list %s))\n  (parallel-builds %d)\n  (daemon-socket %q)",
+			m.Name, m.Port, tg.User, tg.PrivateKey, tg.HostKey, strings.Join(systems, " "), f.opts.ParallelBuilds, m.DaemonSocket())
 		if extra != nil {
 			if x := extra(m); x != "" {
 				b.WriteString("\n  " + x)
@@ -314,7 +340,7 @@ func (f *Farm) WriteMachinesFile(extra func(m *Machine) string) string {
 
 // HookEnv is the environment for the hook on the local side.
 func (f *Farm) HookEnv() []string {
-	return []string{
+	return append(f.costsEnv(), []string{
 		"NIX_STORE_DIR=" + f.Local.Logical,
 		"GUIX_CONFIGURATION_DIRECTORY=" + f.Local.Conf,
 		"GUIX_STATE_DIRECTORY=" + f.State,
@@ -324,8 +350,26 @@ func (f *Farm) HookEnv() []string {
 		"FAKEGUIX_DB=" + f.Local.DB,
 		"FAKEGUIX_LOG=" + f.LocalLog,
 		"HOME=" + f.Dir,
-	}
+		// Named explicitly: a test that moves GUIX_STATE_DIRECTORY keeps the daemon.
+		"GUIX_DAEMON_SOCKET=" + f.LocalDaemonSocket(),
+	}...)
 }
+
+// costsEnv is what Options.GuixCosts adds to the local side's environment.
+func (f *Farm) costsEnv() []string {
+	if f.opts.GuixCosts {
+		return []string{"FAKEGUIX_COSTS=guix", "FAKEGUIX_COSTS_LOG=" + f.LocalCostsLog()}
+	}
+	return nil
+}
+
+// LocalCostsLog is where the local guix reports its start-up delays under
+// Options.GuixCosts: one "SUB-COMMAND DELAY" line per run.
+func (f *Farm) LocalCostsLog() string { return filepath.Join(f.Dir, "local", "guix-costs.log") }
+
+// CostsLog is where the machine's guix reports its start-up delays under
+// Options.GuixCosts: one "SUB-COMMAND DELAY" line per run.
+func (m *Machine) CostsLog() string { return filepath.Join(m.Dir, "guix-costs.log") }
 
 // GuixSystemEnv is the hook's environment as Guix System's guix-daemon service gives
 // it (../shared/spec/DEPLOYMENT.md): PATH holds only the directories of tar and gzip,
@@ -342,7 +386,7 @@ func (f *Farm) GuixSystemEnv() []string {
 			}
 		}
 	}
-	return []string{
+	return append(f.costsEnv(), []string{
 		"PATH=" + tools,
 		"GUIX_LOCPATH=/run/current-system/locale",
 		"LC_ALL=en_US.utf8",
@@ -352,7 +396,8 @@ func (f *Farm) GuixSystemEnv() []string {
 		"FAKEGUIX_STORE=" + f.Local.Physical,
 		"FAKEGUIX_DB=" + f.Local.DB,
 		"FAKEGUIX_LOG=" + f.LocalLog,
-	}
+		"GUIX_DAEMON_SOCKET=" + f.LocalDaemonSocket(),
+	}...)
 }
 
 // DaemonHookArgv is HookArgv started through the guix-daemon stand-in of
@@ -470,7 +515,7 @@ var (
 	offloadErr error
 )
 
-// binaries builds fakeguix and fakedaemon (and offload if asked) once per
+// binaries builds fakeguix, fakedaemon and workerd (and offload if asked) once per
 // test binary, into a temporary directory that Cleanup removes.
 func binaries(t testing.TB, offload bool) Binaries {
 	t.Helper()
@@ -483,6 +528,9 @@ func binaries(t testing.TB, offload bool) Binaries {
 			return
 		}
 		if binErr = goBuild(filepath.Join(binDir, "fakedaemon"), "offload/integration/cmd/fakedaemon"); binErr != nil {
+			return
+		}
+		if binErr = goBuild(filepath.Join(binDir, "workerd"), "offload/integration/cmd/workerd"); binErr != nil {
 			return
 		}
 		if binErr = os.MkdirAll(filepath.Join(binDir, "guixbin"), 0o755); binErr == nil {
@@ -504,6 +552,7 @@ func binaries(t testing.TB, offload bool) Binaries {
 		t.Fatalf("farm: build test programs: %v", binErr)
 	}
 	b := Binaries{Dir: binDir, FakeGuix: filepath.Join(binDir, "fakeguix"), FakeDaemon: filepath.Join(binDir, "fakedaemon"),
+		Workerd: filepath.Join(binDir, "workerd"),
 		GuixDir: filepath.Join(binDir, "guixbin"), DaemonDir: filepath.Join(binDir, "daemonbin")}
 	if offload {
 		offOnce.Do(func() { offloadErr = goBuild(filepath.Join(binDir, "offload"), "offload") })

@@ -32,6 +32,9 @@ type Options struct {
 	// Env holds variables remote commands see (sshd's SetEnv), e.g. PATH. Values may
 	// hold spaces but no double quotes.
 	Env map[string]string
+	// DisableForwarding makes the server refuse every forward (DisableForwarding yes),
+	// Unix-socket forwards included; by default it allows them.
+	DisableForwarding bool
 }
 
 // Server is a running sshd.
@@ -87,6 +90,10 @@ func Start(t testing.TB, opt Options) *Server {
 		args = append(args, envFile)
 	}
 	cmd := exec.Command("/bin/sh", args...)
+	cmd.Env = append(os.Environ(), "TEST_SSHD_DISABLE_FORWARDING=0")
+	if opt.DisableForwarding {
+		cmd.Env[len(cmd.Env)-1] = "TEST_SSHD_DISABLE_FORWARDING=1"
+	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

@@ -1,23 +1,17 @@
 package main
 
 import (
-	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
-	"github.com/gofrs/flock"
-
+	"offload/integration/builder"
 	"offload/integration/drv"
 )
 
@@ -33,9 +27,14 @@ type buildOptions struct {
 	keepGoing  bool // -k
 }
 
-// errBuildFailed marks a failed (or timed out) build; the top level turns it
-// into "build of `DRV' failed", as the daemon's error reads.
-var errBuildFailed = errors.New("build failed")
+// builder returns the build engine over this invocation's store, printing on its
+// stderr.
+func (e *env) builder() *builder.Builder { return &builder.Builder{Store: e.store, Stderr: e.stderr} }
+
+// engine returns the options the build engine reads.
+func (o buildOptions) engine() builder.Options {
+	return builder.Options{MaxSilent: o.maxSilent, Timeout: o.timeout, Verbosity: o.verbosity, KeepFailed: o.keepFailed}
+}
 
 // build implements `guix build DRV...` (guix/scripts/build.scm) with the
 // daemon's side done here: the builder runs for real.
@@ -142,7 +141,7 @@ func (e *env) build(ctx context.Context, args []string) error {
 	}
 	var todo []string
 	for _, d := range drvs {
-		if err := e.toBuild(d, &todo, map[string]bool{}); err != nil {
+		if err := e.builder().ToBuild(d, &todo, map[string]bool{}); err != nil {
 			return err
 		}
 	}
@@ -166,8 +165,8 @@ func (e *env) build(ctx context.Context, args []string) error {
 		}
 	}
 	for _, d := range drvs {
-		if err := e.realise(ctx, d, opt); err != nil {
-			if errors.Is(err, errBuildFailed) {
+		if err := e.builder().Realise(ctx, d, opt.engine()); err != nil {
+			if errors.Is(err, builder.ErrFailed) {
 				return fail("build of `%s' failed", d.Path)
 			}
 			return err
@@ -187,347 +186,6 @@ func seconds(v string) (int, error) {
 		return 0, fail("%s: invalid number", v)
 	}
 	return n, nil
-}
-
-func (e *env) allValid(paths []string) bool {
-	for _, p := range paths {
-		if !e.store.Valid(p) {
-			return false
-		}
-	}
-	return true
-}
-
-// neededOutputs returns the paths of the outputs of in.Path that d needs.
-func (e *env) neededOutputs(in drv.InputDrv) (*drv.Derivation, []string, error) {
-	dep, err := e.store.Read(in.Path)
-	if err != nil {
-		return nil, nil, fail("%v", err)
-	}
-	var paths []string
-	for _, name := range in.Outputs {
-		o, ok := dep.Output(name)
-		if !ok {
-			return nil, nil, fail("reference to invalid output '%s' of derivation '%s'", name, in.Path)
-		}
-		paths = append(paths, o.Path)
-	}
-	return dep, paths, nil
-}
-
-// toBuild appends to todo the derivations that realising d would build,
-// dependencies first.
-func (e *env) toBuild(d *drv.Derivation, todo *[]string, seen map[string]bool) error {
-	if seen[d.Path] || e.allValid(d.OutputPaths()) {
-		return nil
-	}
-	seen[d.Path] = true
-	for _, in := range d.InputDrvs {
-		dep, paths, err := e.neededOutputs(in)
-		if err != nil {
-			return err
-		}
-		if !e.allValid(paths) {
-			if err := e.toBuild(dep, todo, seen); err != nil {
-				return err
-			}
-		}
-	}
-	*todo = append(*todo, d.Path)
-	return nil
-}
-
-// realise makes the outputs of d valid, building its missing input
-// derivations first.
-func (e *env) realise(ctx context.Context, d *drv.Derivation, opt buildOptions) error {
-	if e.allValid(d.OutputPaths()) {
-		return nil
-	}
-	var inputs []string // the input closure roots: needed outputs and sources
-	for _, in := range d.InputDrvs {
-		dep, paths, err := e.neededOutputs(in)
-		if err != nil {
-			return err
-		}
-		if !e.allValid(paths) {
-			if err := e.realise(ctx, dep, opt); err != nil {
-				return err
-			}
-		}
-		inputs = append(inputs, paths...)
-	}
-	for _, src := range d.InputSrcs {
-		if !e.store.Valid(src) {
-			return fail("path `%s' is not valid", src)
-		}
-	}
-	inputs = append(inputs, d.InputSrcs...)
-	closure, err := e.store.Closure(inputs)
-	if err != nil {
-		return fail("%v", err)
-	}
-
-	// Output locks, as the daemon takes them: a second build of the same
-	// derivation waits, then finds the outputs valid.
-	if err := os.MkdirAll(e.store.DB, 0o755); err != nil {
-		return fail("%v", err)
-	}
-	for _, p := range d.OutputPaths() {
-		l := flock.New(filepath.Join(e.store.DB, filepath.Base(p)+".lock"))
-		if err := l.Lock(); err != nil {
-			return fail("lock %s: %v", p, err)
-		}
-		defer l.Unlock()
-	}
-	if e.allValid(d.OutputPaths()) {
-		return nil
-	}
-	return e.runBuilder(ctx, d, closure, opt)
-}
-
-// logFile is where the build log of d goes, like /var/log/guix/drvs/XX/REST.gz.
-func (e *env) logFile(d *drv.Derivation) string {
-	base := filepath.Base(d.Path)
-	return filepath.Join(filepath.Dir(e.store.DB), "log", "drvs", base[:2], base[2:]+".gz")
-}
-
-func (e *env) runBuilder(ctx context.Context, d *drv.Derivation, closure []string, opt buildOptions) error {
-	for _, p := range d.OutputPaths() {
-		real, _ := e.store.Real(p)
-		if err := os.RemoveAll(real); err != nil { // a stale, invalid output
-			return fail("%v", err)
-		}
-	}
-	tmp, err := os.MkdirTemp("", "guix-build-"+strings.TrimSuffix(filepath.Base(d.Path)[33:], ".drv")+"-")
-	if err != nil {
-		return fail("%v", err)
-	}
-	logPath := e.logFile(d)
-	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
-		return fail("%v", err)
-	}
-	logF, err := os.Create(logPath)
-	if err != nil {
-		return fail("%v", err)
-	}
-	logGz := gzip.NewWriter(logF)
-	if opt.verbosity >= 1 {
-		fmt.Fprintf(e.stderr, "building %s...\n", d.Path)
-	}
-	failure := e.execBuilder(ctx, d, tmp, opt, logGz)
-	logGz.Close()
-	logF.Close()
-	if failure == "" {
-		failure = e.registerOutputs(d, closure)
-	}
-	if failure != "" {
-		if opt.verbosity >= 1 {
-			fmt.Fprintln(e.stderr, failure)
-			fmt.Fprintf(e.stderr, "build of %s failed\n", d.Path)
-			fmt.Fprintf(e.stderr, "View build log at '%s'.\n", logPath)
-		}
-		for _, p := range d.OutputPaths() {
-			real, _ := e.store.Real(p)
-			os.RemoveAll(real)
-		}
-		if opt.keepFailed {
-			fmt.Fprintf(e.stderr, "note: keeping build directory `%s'\n", tmp)
-		} else {
-			os.RemoveAll(tmp)
-		}
-		return errBuildFailed
-	}
-	os.RemoveAll(tmp)
-	if opt.verbosity >= 2 {
-		fmt.Fprintf(e.stderr, "successfully built %s\n", d.Path)
-	}
-	return nil
-}
-
-// builderEnv is the builder's environment, as the daemon sets it up, except
-// that each output variable holds the output's PHYSICAL path: in tests the
-// logical store dir of a build machine is not where its bytes live, and the
-// builder must write its outputs where this store keeps them. Builders that
-// need to read an input's bytes can find them under $FAKEGUIX_STORE.
-func (e *env) builderEnv(d *drv.Derivation, tmp string) []string {
-	vars := map[string]string{
-		"PATH": "/path-not-set", "HOME": "/homeless-shelter", "NIX_STORE": e.store.Logical,
-		"NIX_BUILD_TOP": tmp, "TMPDIR": tmp, "TEMPDIR": tmp, "TMP": tmp, "TEMP": tmp, "PWD": tmp,
-		"NIX_BUILD_CORES": "1", "FAKEGUIX_STORE": e.store.Physical,
-	}
-	for _, v := range d.Env {
-		vars[v.Name] = v.Value
-	}
-	for _, o := range d.Outputs {
-		vars[o.Name], _ = e.store.Real(o.Path)
-	}
-	env := make([]string, 0, len(vars))
-	for k, v := range vars {
-		env = append(env, k+"="+v)
-	}
-	sort.Strings(env)
-	return env
-}
-
-// execBuilder runs the builder in its own process group, with the time
-// limits, and returns "" on success or the daemon's failure message.
-func (e *env) execBuilder(ctx context.Context, d *drv.Derivation, tmp string, opt buildOptions, log io.Writer) string {
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return fmt.Sprintf("builder for `%s' failed: %v", d.Path, err)
-	}
-	cmd := exec.Command(d.Builder, d.Args...)
-	cmd.Dir = tmp
-	cmd.Env = e.builderEnv(d, tmp)
-	cmd.Stdout, cmd.Stderr = pw, pw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		pw.Close()
-		pr.Close()
-		return fmt.Sprintf("executing builder `%s': %v", d.Builder, err)
-	}
-	pw.Close()
-	killGroup := func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-
-	activity := make(chan struct{}, 1)
-	copied := make(chan struct{})
-	go func() {
-		defer close(copied)
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := pr.Read(buf)
-			if n > 0 {
-				if opt.verbosity >= 2 {
-					e.stderr.Write(buf[:n])
-				}
-				log.Write(buf[:n])
-				select {
-				case activity <- struct{}{}:
-				default:
-				}
-			}
-			if err != nil {
-				pr.Close()
-				return
-			}
-		}
-	}()
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-
-	var timeoutC, silenceC <-chan time.Time
-	if opt.timeout > 0 {
-		t := time.NewTimer(time.Duration(opt.timeout) * time.Second)
-		defer t.Stop()
-		timeoutC = t.C
-	}
-	var silence *time.Timer
-	if opt.maxSilent > 0 {
-		silence = time.NewTimer(time.Duration(opt.maxSilent) * time.Second)
-		defer silence.Stop()
-		silenceC = silence.C
-	}
-	var failure string
-	var waitErr error
-wait:
-	for {
-		select {
-		case waitErr = <-exited:
-			break wait
-		case <-activity:
-			if silence != nil {
-				silence.Reset(time.Duration(opt.maxSilent) * time.Second)
-			}
-		case <-silenceC:
-			failure = fmt.Sprintf("building of `%s' timed out after %d seconds of silence", d.Path, opt.maxSilent)
-			killGroup()
-		case <-timeoutC:
-			failure = fmt.Sprintf("building of `%s' timed out after %d seconds", d.Path, opt.timeout)
-			killGroup()
-		case <-ctx.Done():
-			failure = fmt.Sprintf("build of `%s' interrupted", d.Path)
-			killGroup()
-		}
-	}
-	killGroup() // whatever the builder left running, as the daemon does
-	<-copied
-	if failure != "" {
-		return failure
-	}
-	if waitErr != nil {
-		var ee *exec.ExitError
-		if errors.As(waitErr, &ee) {
-			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				return fmt.Sprintf("builder for `%s' failed due to signal %d (%s)", d.Path, int(ws.Signal()), capitalize(ws.Signal().String()))
-			}
-			return fmt.Sprintf("builder for `%s' failed with exit code %d", d.Path, ee.ExitCode())
-		}
-		return fmt.Sprintf("builder for `%s' failed: %v", d.Path, waitErr)
-	}
-	return ""
-}
-
-// registerOutputs checks that every output was produced, canonicalises it
-// (modes 0444/0555, mtime 1) and registers it with the references found in
-// it. It returns "" or the daemon's failure message.
-func (e *env) registerOutputs(d *drv.Derivation, closure []string) string {
-	candidates := append(append([]string(nil), closure...), d.OutputPaths()...)
-	var infos []drv.Info
-	for _, p := range d.OutputPaths() {
-		real, _ := e.store.Real(p)
-		if _, err := os.Lstat(real); err != nil {
-			return fmt.Sprintf("builder for `%s' failed to produce output path `%s'", d.Path, p)
-		}
-		if err := canonicalise(real); err != nil {
-			return fmt.Sprintf("canonicalising %s: %v", p, err)
-		}
-		refs, err := drv.ScanReferences(real, candidates)
-		if err != nil {
-			return err.Error()
-		}
-		infos = append(infos, drv.Info{Path: p, References: refs, Deriver: d.Path})
-	}
-	for _, info := range infos {
-		if err := e.store.Register(info); err != nil {
-			return err.Error()
-		}
-	}
-	return ""
-}
-
-func canonicalise(root string) error {
-	var paths []string
-	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		paths = append(paths, p)
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	one := time.Unix(1, 0)
-	for i := len(paths) - 1; i >= 0; i-- { // children before their directory
-		fi, err := os.Lstat(paths[i])
-		if err != nil {
-			return err
-		}
-		if fi.Mode()&os.ModeSymlink != 0 {
-			continue
-		}
-		mode := os.FileMode(0o444)
-		if fi.IsDir() || fi.Mode()&0o111 != 0 {
-			mode = 0o555
-		}
-		if err := os.Chmod(paths[i], mode); err != nil {
-			return err
-		}
-		if err := os.Chtimes(paths[i], one, one); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // registerRoots makes each root (paired with the derivation at the same

@@ -14,7 +14,9 @@
 // signing-key.pub, acl; default /etc/guix), FAKEGUIX_LOG (append one line per
 // invocation), FAKEGUIX_HOSTILE or the content of the file
 // $FAKEGUIX_HOSTILE_FILE (make `archive --export` or `archive --missing`
-// misbehave, see hostile.go).
+// misbehave, see hostile.go), FAKEGUIX_COSTS=guix (start up as slowly as the real
+// sub-command, see costs.go; "dry" only reports the delay) and FAKEGUIX_COSTS_LOG (where
+// to report it).
 package main
 
 import (
@@ -70,6 +72,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			f.Close()
 		}
 	}
+	payStartCost(args, getenv)
 	e := &env{store: drv.StoreFromEnv(getenv), conf: getenv("GUIX_CONFIGURATION_DIRECTORY"),
 		getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
 	if e.conf == "" {
