@@ -41,11 +41,22 @@ func TestOffloadSuccess(t *testing.T) {
 	if !strings.Contains(r.messages, "@ build-remote "+d.Path+" 127.0.0.1") {
 		t.Errorf("no @ build-remote line:\n%s", r.messages)
 	}
-	// The slot is free again and no remote GC root is left.
-	if contains(m.Invocations(), "build -r") == false {
-		t.Errorf("the build registered no GC root: %q", m.Invocations())
+	// The daemon path: the machine's daemon did it all, without one guix process (a
+	// Guile start each, on a real machine) on either side.
+	if inv := m.Invocations(); len(inv) != 0 {
+		t.Errorf("guix ran on the machine: %q", inv)
 	}
+	if inv := f.LocalInvocations(); len(inv) != 0 {
+		t.Errorf("guix ran on this host: %q", inv)
+	}
+	if !strings.Contains(r.messages, "machine '"+machineName(m)+"': offloading through its guix-daemon's socket") {
+		t.Errorf("no line says which path the machine gets:\n%s", r.messages)
+	}
+	t.Logf("messages:\n%s", r.messages)
 }
+
+// machineName is m as the hook names it: NAME:PORT.
+func machineName(m *farm.Machine) string { return m.Name + ":" + itoa(m.Port) }
 
 // TestMultipleOutputs: a derivation with outputs out and lib (out refers to lib).
 func TestMultipleOutputs(t *testing.T) {

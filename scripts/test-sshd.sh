@@ -43,9 +43,14 @@ chmod 0755 /run/sshd
 
 # setenv_line prints one SetEnv line with ENVFILE's K=V pairs, each double-quoted so that
 # values may hold spaces.
+#
+# It always sets PYENV_REHASH_TIMEOUT=1: the machines our CI runs on give root a shell
+# start-up (~/.bashrc, which bash reads for ssh commands too) that runs `pyenv rehash`,
+# whose lock file, left behind by a session a test killed, makes every later login wait
+# 60 s for it. One second is enough for an uncontended rehash; a failed one is harmless.
 setenv_line() {
-	[ -n "$envfile" ] || return 0
-	line=
+	line=' "PYENV_REHASH_TIMEOUT=1"'
+	[ -n "$envfile" ] || { echo "SetEnv$line"; return 0; }
 	while IFS= read -r kv || [ -n "$kv" ]; do
 		case $kv in
 		'' | '#'*) continue ;;
