@@ -1,0 +1,81 @@
+package integration
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"offload/hook"
+	"offload/integration/farm"
+	"offload/machines"
+)
+
+// loadMachine reads the farm's machine m as the hook does.
+func loadMachine(t *testing.T, f *farm.Farm, m *farm.Machine) *machines.Machine {
+	t.Helper()
+	loaded, _, err := machines.Load(f.MachinesFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, lm := range loaded {
+		if lm.Port == m.Port {
+			return lm
+		}
+	}
+	t.Fatalf("machine %s not in the machines file", machineName(m))
+	return nil
+}
+
+// TestRefusedForwardingFallsBackToShell: a machine whose sshd refuses every forward
+// (DisableForwarding yes) gets the shell path, says so once with the fix, and keeps it
+// (remembered) for the next build without saying it again.
+func TestRefusedForwardingFallsBackToShell(t *testing.T) {
+	f := farm.New(t, farm.Options{RefuseForwarding: []int{0}})
+	writeMachines(f, nil)
+	m := f.Machines[0]
+	r := offload(t, f, okDrv(f, "refused1"), buildOpts{})
+	if r.answer != "accept" || r.status != 0 {
+		t.Fatalf("answer %s, status %d; messages:\n%s", r.answer, r.status, r.messages)
+	}
+	line := "machine '" + machineName(m) + "': offloading through a remote shell (slower): its sshd refuses to forward to " + m.DaemonSocket()
+	if !strings.Contains(r.messages, line) || !strings.Contains(r.messages, "AllowTcpForwarding yes") {
+		t.Errorf("no line says the machine gets the shell path, why and the fix:\n%s", r.messages)
+	}
+	if !contains(m.Invocations(), "archive --missing") {
+		t.Errorf("the shell path did not run: %q", m.Invocations())
+	}
+	rec := hook.ReadPath(f.State+"/offload", loadMachine(t, f, m))
+	if rec.Path != "shell" {
+		t.Errorf("the path was not remembered: %+v", rec)
+	}
+
+	r = offload(t, f, okDrv(f, "refused2"), buildOpts{})
+	if r.answer != "accept" || r.status != 0 {
+		t.Fatalf("second build: answer %s, status %d; messages:\n%s", r.answer, r.status, r.messages)
+	}
+	if strings.Contains(r.messages, "offloading through") {
+		t.Errorf("the remembered path was said again:\n%s", r.messages)
+	}
+}
+
+// TestDaemonElsewhereFallsBackToShell: a machine whose daemon does not listen at its
+// daemon-socket (the remote socket is missing) still builds, on the shell path.
+func TestDaemonElsewhereFallsBackToShell(t *testing.T) {
+	f := farm.New(t, farm.Options{})
+	writeMachines(f, nil)
+	m := f.Machines[0]
+	m.StopDaemon(t)
+	if _, err := os.Stat(m.DaemonSocket()); err == nil {
+		os.Remove(m.DaemonSocket())
+	}
+	r := offload(t, f, okDrv(f, "elsewhere"), buildOpts{})
+	if r.answer != "accept" || r.status != 0 {
+		t.Fatalf("answer %s, status %d; messages:\n%s", r.answer, r.status, r.messages)
+	}
+	if !strings.Contains(r.messages, "or no guix-daemon listens there") {
+		t.Errorf("no line says why the shell path is used:\n%s", r.messages)
+	}
+	if !contains(m.Invocations(), "build") {
+		t.Errorf("the shell path did not build: %q", m.Invocations())
+	}
+}
