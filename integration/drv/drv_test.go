@@ -3,6 +3,7 @@ package drv
 import (
 	"bytes"
 	"crypto/sha256"
+	"offload/workerproto"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -267,5 +268,33 @@ func TestAddItemAndBuildInputs(t *testing.T) {
 	}
 	if ents, _ := filepath.Glob(filepath.Join(s.Physical, ".offload-tmp-*")); len(ents) != 0 {
 		t.Errorf("temporaries left: %q", ents)
+	}
+}
+
+// TestMakePathIsTheDaemons: a .drv made here lands at the path the daemon's
+// AddTextToStore gives its text, with and without references (the hook adds .drv files
+// that way and refuses one that lands elsewhere).
+func TestMakePathIsTheDaemons(t *testing.T) {
+	s := newStore(t)
+	in, err := s.AddItem("src", map[string]string{"f": "x\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, spec := range []Spec{
+		{Name: "no-refs", Builder: "/bin/sh", Args: []string{"-c", "echo > $out"}},
+		{Name: "with-ref", Builder: "/bin/sh", Args: []string{"-c", "cat $IN/f > $out"}, InputSrcs: []string{in}},
+	} {
+		d, err := s.Make(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var refs []string
+		refs = append(refs, d.InputSrcs...)
+		for _, i := range d.InputDrvs {
+			refs = append(refs, i.Path)
+		}
+		if want := workerproto.TextPath(s.Logical, spec.Name+".drv", d.Bytes(), refs); d.Path != want {
+			t.Errorf("%s: Make gave %s, the daemon gives %s", spec.Name, d.Path, want)
+		}
 	}
 }

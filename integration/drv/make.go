@@ -81,7 +81,13 @@ func (s Store) Make(spec Spec) (*Derivation, error) {
 	text := d.Bytes()
 	sum := sha256.Sum256(text)
 	sort.Strings(refs)
-	d.Path = StorePath(s.Logical, "text:"+strings.Join(refs, ":")+":sha256:"+hex.EncodeToString(sum[:])+":"+s.Logical+":"+spec.Name+".drv", spec.Name+".drv")
+	// The daemon's type is "text" then ":REF" for each reference: a .drv without
+	// references is "text:sha256:...", not "text::sha256:..." (WORKER-PROTOCOL.md §4.4).
+	typ := "text"
+	for _, r := range refs {
+		typ += ":" + r
+	}
+	d.Path = StorePath(s.Logical, typ+":sha256:"+hex.EncodeToString(sum[:])+":"+s.Logical+":"+spec.Name+".drv", spec.Name+".drv")
 	if err := s.CheckPath(d.Path); err != nil {
 		return nil, fmt.Errorf("make derivation: %w", err)
 	}
