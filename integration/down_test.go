@@ -110,15 +110,15 @@ func TestBackAfterBackoffAccepts(t *testing.T) {
 	}
 }
 
-// TestSSHDKilledMidBuild: the connection dies during the build: transient exit,
-// nothing in the local store, the slot free.
+// TestSSHDKilledMidBuild: the connection dies during the build and no attempt is left
+// (OFFLOAD_ATTEMPTS=1): one transient exit, nothing in the local store, the slot free.
 func TestSSHDKilledMidBuild(t *testing.T) {
 	f := farm.New(t, farm.Options{})
 	writeMachines(f, nil)
 	m := f.Machines[0]
 	d := sleepDrv(f, "kill", 20)
 	before := storeEntries(t, f)
-	h := startHook(t, f, buildOpts{})
+	h := startHook(t, f, buildOpts{env: []string{"OFFLOAD_ATTEMPTS=1"}})
 	if ans, err := h.Request(false, d.System, d.Path, nil); err != nil || ans != "accept" {
 		t.Fatalf("%q %v %q", ans, err, h.Messages())
 	}
@@ -146,5 +146,65 @@ func TestSSHDKilledMidBuild(t *testing.T) {
 		t.Fatalf("slot not free after the hook exited: %v", err)
 	}
 	l.Release()
+	if msgs := strings.Join(h.Messages(), "\n"); !strings.Contains(msgs, "failed 1 times for want of a working machine; the last, machine '"+machineName(m)+"'") {
+		t.Errorf("no line says the build failed for want of a machine:\n%s", msgs)
+	}
 	_ = os.Getpid
+}
+
+// TestMachineKilledMidBuildRetriesElsewhere: the machine building an accepted build dies
+// (its sshd and sessions killed); the build is done again on the other machine and
+// delivered, with one line per attempt, and the dead machine's slot is free.
+func TestMachineKilledMidBuildRetriesElsewhere(t *testing.T) {
+	f := farm.New(t, farm.Options{Machines: 2})
+	writeMachines(f, nil)
+	d := sleepDrv(f, "retry", 8)
+	h := startHook(t, f, buildOpts{})
+	if ans, err := h.Request(false, d.System, d.Path, nil); err != nil || ans != "accept" {
+		t.Fatalf("%q %v %q", ans, err, h.Messages())
+	}
+	if err := f.SendPaths(h, d); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(string(h.Log()), "t-sleep start") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the build never started: %q", h.Messages())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var first, other *farm.Machine
+	for i, m := range f.Machines {
+		if strings.Contains(strings.Join(h.Messages(), "\n"), "to '"+machineName(m)+"'...") {
+			first, other = m, f.Machines[1-i]
+		}
+	}
+	if first == nil {
+		t.Fatalf("no line says where the build went: %q", h.Messages())
+	}
+	first.Server.Stop()
+	exec.Command("pkill", "-KILL", "-f", first.Server.Dir).Run()
+	st, sig, err := h.Wait()
+	msgs := strings.Join(h.Messages(), "\n")
+	if err != nil || sig || st != 0 {
+		t.Fatalf("status %d signaled %v err %v, want the build delivered:\n%s", st, sig, err, msgs)
+	}
+	for _, out := range d.OutputPaths() {
+		if _, err := os.Stat(out); err != nil {
+			t.Errorf("output %s not delivered: %v", out, err)
+		}
+	}
+	for _, want := range []string{
+		"attempt 1 of '" + d.Path + "' failed on machine '" + machineName(first) + "'",
+		"attempt 2 of '" + d.Path + "': machine '" + machineName(other) + "'",
+	} {
+		if !strings.Contains(msgs, want) {
+			t.Errorf("no line %q:\n%s", want, msgs)
+		}
+	}
+	l, _, err := locking.AcquireSlot(slotDir(f, first), 1, "test")
+	if err != nil || l == nil {
+		t.Fatalf("the dead machine's slot is still held: %v", err)
+	}
+	l.Release()
 }
