@@ -356,7 +356,13 @@ func (h *Hook) probeAll(ctx context.Context, cands []*candidate, now time.Time) 
 			p, err := h.probe(ctx, c)
 			if err != nil {
 				c.err = err
-				h.record(c.m, err)
+				// A machine that refused, could not be reached or would not let us in goes
+				// into backoff; one that is only slow to answer (a loaded machine) is
+				// skipped for this request, and asked again at the next.
+				var slow *SlowError
+				if !errors.As(err, &slow) {
+					h.record(c.m, err)
+				}
 				return
 			}
 			c.probe, c.live = p, true
@@ -390,7 +396,7 @@ func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, name
 	f, err := askFacts(ctx, r, t, storeDir, slots, false)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("no answer within %s: %w", timeout, err) // err names the machine
+			return nil, &SlowError{Within: timeout, Err: err}
 		}
 		return nil, err
 	}
@@ -410,3 +416,13 @@ func (h *Hook) connectTimeout() time.Duration {
 	}
 	return 5 * time.Second
 }
+
+// SlowError is a machine that did not answer a probe in time while the connection
+// itself was up: slow (loaded), not dead. It puts the machine into no backoff.
+type SlowError struct {
+	Within time.Duration
+	Err    error
+}
+
+func (e *SlowError) Error() string { return fmt.Sprintf("no answer within %s: %v", e.Within, e.Err) }
+func (e *SlowError) Unwrap() error { return e.Err }

@@ -24,8 +24,10 @@ const (
 
 // waitForSlot turns d, a place in its machine's queue, into one of the machine's build
 // slots. If the machine goes down meanwhile (another hook recorded a failure), another
-// machine with a free slot may take the build; if none can, the build ends as a
-// transient failure.
+// machine with a free slot may take the build; if none can, the build keeps waiting for
+// its machine, and ends as a transient failure only when neither it nor another could
+// take it within queueBound: one slow or failed answer must not fail every build in
+// the queue at once.
 func (h *Hook) waitForSlot(ctx context.Context, req Request, d *decision) error {
 	m := d.machine
 	n := max(m.ParallelBuilds, 1)
@@ -36,6 +38,7 @@ func (h *Hook) waitForSlot(ctx context.Context, req Request, d *decision) error 
 	}
 	start := time.Now()
 	lastCheck, lastSay := start, start
+	var downFrom time.Time // when the machine was first seen down, while we wait
 	for {
 		slot, _, err := locking.AcquireSlot(h.layout.Slots(m.ID()), n, "building "+req.Drv)
 		if err != nil {
@@ -50,7 +53,18 @@ func (h *Hook) waitForSlot(ctx context.Context, req Request, d *decision) error 
 		if now.Sub(lastCheck) >= downCheckEvery {
 			lastCheck = now
 			if health, err := h.state.Health(m.StateKey()); err == nil && health.Down(h.Now()) {
-				return h.requeueElsewhere(ctx, req, d)
+				if downFrom.IsZero() {
+					downFrom = now
+				}
+				if moved, err := h.requeueElsewhere(ctx, req, d); moved || err != nil {
+					return err
+				}
+				if now.Sub(downFrom) >= queueBound {
+					d.release()
+					return fmt.Errorf("machine '%s' has been down for %s while '%s' waited for one of its build slots, and no other machine could take it", m.Display(), queueBound, req.Drv)
+				}
+			} else {
+				downFrom = time.Time{}
 			}
 		}
 		if now.Sub(lastSay) >= every {
@@ -66,16 +80,20 @@ func (h *Hook) waitForSlot(ctx context.Context, req Request, d *decision) error 
 	}
 }
 
+// queueBound is how long a queued build waits for its machine once that machine is
+// down, when no other machine can take it.
+const queueBound = 5 * time.Minute
+
 // requeueElsewhere moves a queued build whose machine went down to another machine
-// with a free slot, or fails it as transient with one clear line.
-func (h *Hook) requeueElsewhere(ctx context.Context, req Request, d *decision) error {
+// with a free slot (moved); when none can take it, the build stays in its place.
+func (h *Hook) requeueElsewhere(ctx context.Context, req Request, d *decision) (moved bool, err error) {
 	down := d.machine
-	d.release()
 	nd := h.decideExcluding(ctx, req, map[string]bool{down.ID(): true}, false)
 	if nd.slot == nil {
-		return fmt.Errorf("machine '%s' went down while '%s' waited for one of its build slots, and no other machine can take it now", down.Display(), req.Drv)
+		return false, nil
 	}
+	d.release()
 	h.note("machine '%s' went down while '%s' waited for it; using machine '%s'", down.Display(), req.Drv, nd.machine.Display())
 	*d = nd
-	return nil
+	return true, nil
 }

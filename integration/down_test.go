@@ -9,6 +9,7 @@ import (
 
 	"offload/integration/farm"
 	"offload/locking"
+	"offload/machines"
 )
 
 // Issue 9: when every matching machine is down, build locally if the daemon can.
@@ -207,4 +208,34 @@ func TestMachineKilledMidBuildRetriesElsewhere(t *testing.T) {
 		t.Fatalf("the dead machine's slot is still held: %v", err)
 	}
 	l.Release()
+}
+
+// TestSlowMachineIsNotDown: a machine that answers too slowly under load is skipped for
+// that request, but not put into backoff: once it answers in time again, the very next
+// request may go there (a dead one would wait out its backoff).
+func TestSlowMachineIsNotDown(t *testing.T) {
+	f := farm.New(t, farm.Options{})
+	writeMachines(f, nil)
+	m := f.Machines[0]
+	m.SetShellDelay(t, 15*time.Second) // beyond the probe's 10 s
+	d := okDrv(f, "slow")
+	r := offload(t, f, d, buildOpts{})
+	if r.answer != "postpone" {
+		t.Fatalf("slow machine: answer %s, want postpone:\n%s", r.answer, r.messages)
+	}
+	if !strings.Contains(r.messages, "no answer within") {
+		t.Errorf("no line says the machine was slow:\n%s", r.messages)
+	}
+	health, err := machines.State{Dir: f.State + "/offload"}.Health(m.StateKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if health.Down(time.Now()) {
+		t.Fatalf("a slow machine was put into backoff: %+v", health)
+	}
+	m.SetShellDelay(t, 0)
+	r = offload(t, f, d, buildOpts{wantsLocal: true})
+	if r.answer != "accept" || r.status != 0 {
+		t.Fatalf("once it answers again: answer %s, status %d:\n%s", r.answer, r.status, r.messages)
+	}
 }

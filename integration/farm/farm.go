@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"offload/integration/daemon"
 	"offload/integration/drv"
@@ -125,6 +126,22 @@ func (m *Machine) Invocations() []string { return readLines(m.GuixLog) }
 func (m *Machine) SetHostile(t testing.TB, mode string) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(m.Dir, "hostile"), []byte(mode), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// shellStart is the file the machine's shell sources before every remote command.
+func (m *Machine) shellStart() string { return filepath.Join(m.Dir, "shell-start.sh") }
+
+// SetShellDelay makes every remote command on m start d late (a loaded machine, slow
+// to answer but alive); 0 ends it.
+func (m *Machine) SetShellDelay(t testing.TB, d time.Duration) {
+	t.Helper()
+	text := ""
+	if d > 0 {
+		text = fmt.Sprintf("sleep %.1f\n", d.Seconds())
+	}
+	if err := os.WriteFile(m.shellStart(), []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -244,6 +261,12 @@ func New(t testing.TB, opts Options) *Farm {
 			// The machine's own build slots: its machines log in as the same user
 			// (whose home would otherwise hold them for every machine and test).
 			"OFFLOAD_SLOTS_DIR": m.SlotsDir(),
+			// Sourced by the login shell (bash) before every remote command: a drill
+			// makes the machine slow to answer through it (SetShellDelay).
+			"BASH_ENV": m.shellStart(),
+		}
+		if err := os.WriteFile(m.shellStart(), nil, 0o644); err != nil {
+			t.Fatal(err)
 		}
 		if opts.GuixCosts {
 			env["FAKEGUIX_COSTS"] = "guix"
