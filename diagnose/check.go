@@ -7,12 +7,13 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"offload/hook"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
+
+	"offload/hook"
 
 	"offload/locking"
 	"offload/machines"
@@ -45,17 +46,19 @@ const (
 
 // Check is the outcome of one check on one machine.
 type Check struct {
-	Machine string // as in messages: name, with the port when not 22
+	Machine string // NAME:PORT (machines.Machine.Display)
 	Name    string // one of the Check* names
 	Status  CheckStatus
 	Detail  string // ok: what was seen; failed: why; skipped: why not run
 	Fix     string // failed: what to do, one sentence
 }
 
-// String returns the check's line: "MACHINE: CHECK: ok (DETAIL)",
-// "MACHINE: CHECK: FAILED: WHY; fix: FIX" or "MACHINE: CHECK: skipped: WHY".
+// String returns the check's line: "machine 'NAME:PORT': CHECK: ok (DETAIL)",
+// "machine 'NAME:PORT': CHECK: FAILED: WHY; fix: FIX" or "...: CHECK: skipped: WHY".
+// This is where `offload test` names the machine, once: the details say only what
+// went wrong.
 func (c Check) String() string {
-	prefix := c.Machine + ": " + c.Name + ": "
+	prefix := "machine '" + c.Machine + "': " + c.Name + ": "
 	switch c.Status {
 	case CheckOK:
 		if c.Detail == "" {
@@ -137,8 +140,6 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 	name := m.Display()
 	var out []Check
 	add := func(check string, st CheckStatus, detail, fix string) {
-		// The line starts with the machine: an inner "machine 'X'" says it twice.
-		detail = machines.Unnamed(detail, name)
 		out = append(out, Check{Machine: name, Name: check, Status: st, Detail: detail, Fix: fix})
 	}
 	skipRest := func(why string, checks ...string) {
@@ -347,20 +348,17 @@ func (c *Checker) timedOut(ctx context.Context, err error) error {
 	return err
 }
 
-// sshFix says what to do about a failed connection.
+// sshFix says what to do about a failed connection, when the error does not say it
+// already: a missing or mismatched host-key and a missing private key carry their fix
+// in their own message (the hook prints them too), and a fix is said once.
 func sshFix(m *machines.Machine, err error) string {
-	keyscan := fmt.Sprintf("`ssh-keyscan -p %d %s`", m.Port, m.Name)
 	var nh *sshexec.NoHostKeyError
 	var ue *sshexec.UnreachableError
 	switch {
-	case errors.As(err, &nh):
-		return "set host-key to the key printed by " + keyscan + " (e.g. \"ssh-ed25519 AAAA...\", without the host name)"
-	case errors.As(err, &ue) && ue.HostKeyMismatch:
-		return "if the machine's key really changed, update host-key from " + keyscan
+	case errors.As(err, &nh), errors.As(err, &ue) && ue.HostKeyMismatch, errors.Is(err, fs.ErrNotExist):
+		return ""
 	case errors.As(err, &ue) && strings.Contains(ue.StderrTail, "Permission denied"):
 		return fmt.Sprintf("add %s.pub to ~%s/.ssh/authorized_keys on %s", m.PrivateKey, m.User, m.Name)
-	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Sprintf("create the key %s (`ssh-keygen -f %s`) or set private-key", m.PrivateKey, m.PrivateKey)
 	case errors.As(err, &ue):
 		return fmt.Sprintf("check that %s is up and that sshd listens on port %d", m.Name, m.Port)
 	}

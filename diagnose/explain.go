@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"offload/hook"
 	"os"
 	"strings"
+
+	"offload/hook"
 
 	"offload/machines"
 	"offload/storeio"

@@ -7,13 +7,14 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"offload/hook"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
+
+	"offload/hook"
 
 	"offload/locking"
 	"offload/machines"
@@ -24,11 +25,11 @@ import (
 // Status is what `offload status` knows of one machine: what it said when asked just
 // now (one ssh round trip), what the hook's state remembers, and who holds its slots.
 type Status struct {
-	Machine   string `json:"machine"` // as in messages: name, with the port when not 22
+	Machine   string `json:"machine"` // NAME:PORT (machines.Machine.Display)
 	Name      string `json:"name"`
 	Port      int    `json:"port"`
 	Reachable bool   `json:"reachable"`
-	Error     string `json:"error,omitempty"` // why it is not reachable
+	Error     string `json:"error,omitempty"` // why it is not reachable; does not name the machine
 	// From the hook's backoff state (machines.State).
 	DownSince  *time.Time `json:"down_since,omitempty"`
 	Failures   int        `json:"failures,omitempty"`
@@ -245,16 +246,19 @@ func WriteStatusTable(w io.Writer, sts []Status) error {
 	}
 	for _, s := range sts {
 		for _, h := range s.Slots {
-			fmt.Fprintf(w, "%s: slot %d: process %d: %s\n", s.Machine, h.Slot, h.PID, h.Reason)
+			fmt.Fprintf(w, "machine '%s': slot %d: process %d: %s\n", s.Machine, h.Slot, h.PID, h.Reason)
 		}
 		writeRemoteSlots(w, s.Machine, s.MachineSlots)
+		// Each line names its machine once, first; what follows says only what is
+		// wrong (the errors and the state file's last error are bare causes).
 		if !s.Reachable {
-			// The line names the machine first: once is enough.
-			why := machines.Unnamed(oneLine(s.Error), s.Machine)
-			fmt.Fprintf(w, "%s: unreachable: %s\n", s.Machine, why)
+			fmt.Fprintf(w, "machine '%s': unreachable: %s\n", s.Machine, oneLine(s.Error))
+			if s.LastError != "" && s.LastError != s.Error {
+				fmt.Fprintf(w, "machine '%s': the hook's last failure: %s\n", s.Machine, oneLine(s.LastError))
+			}
 		}
 		for _, warn := range s.Warnings {
-			fmt.Fprintf(w, "%s: warning: %s\n", s.Machine, warn)
+			fmt.Fprintf(w, "machine '%s': warning: %s\n", s.Machine, warn)
 		}
 	}
 	return nil
@@ -299,9 +303,9 @@ func writeRemoteSlots(w io.Writer, machine string, rs *hook.RemoteSlots) {
 	if rs == nil {
 		return
 	}
-	fmt.Fprintf(w, "%s: %d build slot%s taken on the machine, by any host\n", machine, rs.Held, plural(rs.Held))
+	fmt.Fprintf(w, "machine '%s': %d build slot%s taken on the machine, by any host\n", machine, rs.Held, plural(rs.Held))
 	for _, r := range rs.Holders {
-		fmt.Fprintf(w, "%s: machine slot %d: host %s, process %d: building %s\n", machine, r.Slot, orUnknown(r.Host), r.PID, orUnknown(r.Derivation))
+		fmt.Fprintf(w, "machine '%s': machine slot %d: host %s, process %d: building %s\n", machine, r.Slot, orUnknown(r.Host), r.PID, orUnknown(r.Derivation))
 	}
 }
 

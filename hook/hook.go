@@ -220,16 +220,23 @@ func (h *Hook) accepted(ctx context.Context, in *bufio.Reader, req Request, d de
 		err := h.offload(ctx, m, d.target, req, inputs, outputs)
 		var early *beforeBuildError
 		var local *localError
-		if !errors.As(err, &early) || errors.As(err, &local) {
-			// The build started (its outcome stands), or our own side failed (no
-			// machine is to blame, and none would do better).
+		if errors.As(err, &local) {
+			// Our own side failed: no machine is to blame, and none would do better.
+			return err
+		}
+		if !errors.As(err, &early) {
+			// The build started: its outcome stands. This is the boundary that names
+			// the machine, once: offload's errors say only what went wrong.
+			if err != nil {
+				err = fmt.Errorf("machine '%s': %w", m.Display(), err)
+			}
 			return err
 		}
 		// The machine failed before the build started on it: nothing ran there, so
 		// another machine may take the build.
 		h.record(m, early.Err)
 		d.release()
-		h.note("machine '%s' failed before the build started: %s", m.Display(), about(m, early.Err))
+		h.note("machine '%s' failed before the build started: %v", m.Display(), early.Err)
 		d = h.decideExcluding(ctx, req, tried, false)
 		if d.slot == nil {
 			return fmt.Errorf("no other machine could take %s after machine '%s' failed before the build started", req.Drv, m.Display())

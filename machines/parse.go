@@ -54,7 +54,7 @@ func (ev *evaluator) checkDuplicates(ms []*Machine) {
 			continue
 		}
 		if diff := differences(prev, m); len(diff) > 0 {
-			ev.warn(m.Pos, fmt.Sprintf("machine %s is also defined at %d:%d with a different %s",
+			ev.warn(m.Pos, fmt.Sprintf("machine '%s' is also defined at %d:%d with a different %s",
 				m.ID(), prev.Pos.Line, prev.Pos.Col, joinAnd(diff)))
 		}
 	}

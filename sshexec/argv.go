@@ -51,7 +51,7 @@ func (t Target) port() int {
 // control directory before it starts the command.
 func (r *Runner) SSHArgv(t Target, remote []string) ([]string, error) {
 	if len(remote) == 0 {
-		return nil, t.errorf("empty remote command")
+		return nil, fmt.Errorf("empty remote command")
 	}
 	return r.sshArgv(t, nil, remote)
 }
@@ -66,7 +66,7 @@ func (r *Runner) sshArgv(t Target, extra, remote []string) ([]string, error) {
 		return nil, fmt.Errorf("invalid machine name %q", t.Name)
 	}
 	if t.Port < 0 || t.Port > 65535 {
-		return nil, t.errorf("invalid port %d", t.Port)
+		return nil, fmt.Errorf("invalid port %d", t.Port)
 	}
 	ssh := r.SSH
 	if ssh == "" {
@@ -108,7 +108,7 @@ func (r *Runner) sshArgv(t Target, extra, remote []string) ([]string, error) {
 
 	opts, err := splitOptions(t.SSHOptions)
 	if err != nil {
-		return nil, t.errorf("ssh-options: %w", err)
+		return nil, fmt.Errorf("ssh-options: %w", err)
 	}
 	argv = append(argv, opts...)
 	argv = append(argv, extra...)

@@ -7,10 +7,15 @@ import (
 	"strings"
 )
 
+// Errors of this package say what went wrong with a machine, never which machine: the
+// caller that chose the machine names it once, at one boundary ("machine 'NAME:PORT': ").
+// The fields that a message or a fix needs (the name and port for `ssh-keyscan`) are
+// there for the message, not to name the machine.
+
 // UnreachableError means ssh itself failed (exit status 255): the machine could not be
 // reached, refused the key, or showed a host key other than the pinned one.
 type UnreachableError struct {
-	Machine    string
+	Machine    string // the host name, for the fix of a host key mismatch
 	Port       int
 	StderrTail string // the end of ssh's stderr
 	// HostKeyMismatch is set when the host showed a key other than the pinned one;
@@ -21,52 +26,16 @@ type UnreachableError struct {
 	OfferedType     string
 }
 
-// TargetError is a failure about a machine that names it: machine 'NAME:PORT': ERR.
-type TargetError struct {
-	Machine string // NAME:PORT
-	Err     error
-}
-
-func (e *TargetError) Error() string { return fmt.Sprintf("machine '%s': %v", e.Machine, e.Err) }
-func (e *TargetError) Unwrap() error { return e.Err }
-func (e *TargetError) namesMachine() {}
-
-func (t Target) errorf(format string, args ...any) error {
-	return &TargetError{Machine: display(t.Name, t.port()), Err: fmt.Errorf(format, args...)}
-}
-
-// machineNamer is an error whose message names its machine already.
-type machineNamer interface{ namesMachine() }
-
-func (*UnreachableError) namesMachine() {}
-func (*RemoteError) namesMachine()      {}
-func (*NoHostKeyError) namesMachine()   {}
-
-// NamesMachine tells whether err's message names its machine already (every error of
-// this package about a target does), so that a caller does not name it again.
-func NamesMachine(err error) bool {
-	var n machineNamer
-	return errors.As(err, &n)
-}
-
-// display names a machine in messages: NAME:PORT, the one form every message uses.
-func display(name string, port int) string {
-	if port == 0 {
-		port = 22
-	}
-	return fmt.Sprintf("%s:%d", name, port)
-}
-
 func (e *UnreachableError) Error() string {
 	if e.HostKeyMismatch {
 		offered := e.OfferedType
 		if offered == "" {
 			offered = "unknown"
 		}
-		return fmt.Sprintf("machine '%s' presented a host key (type %s) that does not match its pinned host-key (type %s) in machines.scm: refusing to connect; if the machine's key really changed, get the new one with `ssh-keyscan -p %d %s` and update host-key",
-			display(e.Machine, e.Port), offered, e.PinnedType, e.Port, e.Machine)
+		return fmt.Sprintf("its host key (type %s) is not the host-key pinned in machines.scm (type %s): refusing to connect; if the machine's key really changed, put the one `%s` prints in host-key",
+			offered, e.PinnedType, keyscan(e.Machine, e.Port))
 	}
-	msg := fmt.Sprintf("cannot reach or authenticate to machine '%s'", display(e.Machine, e.Port))
+	msg := "ssh cannot connect or log in"
 	if t := LastLines(e.StderrTail, 3); t != "" {
 		msg += ": " + t
 	}
@@ -77,14 +46,13 @@ func (e *UnreachableError) Error() string {
 // (A remote status of 255 cannot be told from ssh's own failure and is reported as
 // *UnreachableError.)
 type RemoteError struct {
-	Machine    string
 	Command    string // the remote command, quoted
 	Code       int
 	StderrTail string
 }
 
 func (e *RemoteError) Error() string {
-	msg := fmt.Sprintf("machine '%s': %s exited with status %d", e.Machine, shorten(e.Command), e.Code)
+	msg := fmt.Sprintf("%s exited with status %d", shorten(e.Command), e.Code)
 	if t := LastLines(e.StderrTail, 3); t != "" {
 		msg += ": " + t
 	}
@@ -92,15 +60,23 @@ func (e *RemoteError) Error() string {
 }
 
 // NoHostKeyError is a machine without a host-key when the user did not opt in to their
-// own known_hosts.
+// own known_hosts. Its message says the fix: there is no other place that says it.
 type NoHostKeyError struct {
-	Machine string
+	Machine string // the host name, for the fix
 	Port    int
 }
 
 func (e *NoHostKeyError) Error() string {
-	return fmt.Sprintf("machine '%s' has no host-key in machines.scm: run `ssh-keyscan -p %d %s` and put one of the keys it prints (e.g. \"ssh-ed25519 AAAA...\", without the host name) in the machine's host-key field",
-		display(e.Machine, e.Port), e.Port, e.Machine)
+	return fmt.Sprintf("no host-key in machines.scm: put one of the keys that `%s` prints (e.g. \"ssh-ed25519 AAAA...\", without the host name) in host-key",
+		keyscan(e.Machine, e.Port))
+}
+
+// keyscan is the command that prints a machine's host keys.
+func keyscan(name string, port int) string {
+	if port == 0 {
+		port = 22
+	}
+	return fmt.Sprintf("ssh-keyscan -p %d %s", port, name)
 }
 
 // sshError turns the error of an ssh command into the package's typed errors.
@@ -110,12 +86,12 @@ func (r *Runner) sshError(t Target, remote []string, err error) error {
 	}
 	var ee *ExitError
 	if !errors.As(err, &ee) || ee.Code < 0 {
-		return t.errorf("%w", err)
+		return err
 	}
 	if ee.Code == 255 || remote == nil {
 		return r.unreachable(t, ee.StderrTail)
 	}
-	return &RemoteError{Machine: display(t.Name, t.port()), Command: QuoteCommand(remote), Code: ee.Code, StderrTail: ee.StderrTail}
+	return &RemoteError{Command: QuoteCommand(remote), Code: ee.Code, StderrTail: ee.StderrTail}
 }
 
 var (

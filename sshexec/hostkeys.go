@@ -24,7 +24,7 @@ func (r *Runner) hostKeyOptions(t Target) ([]string, error) {
 	switch {
 	case t.HostKey != "":
 		if _, err := ParseHostKey(t.HostKey); err != nil {
-			return nil, t.errorf("host-key %w", err)
+			return nil, fmt.Errorf("host-key %w", err)
 		}
 		file, alias, err := r.knownHosts(t)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"path/filepath"
 	"regexp"
@@ -38,7 +39,7 @@ func (r *Runner) ensureMaster(ctx context.Context, t Target) error {
 	}
 	lock, err := locking.Acquire(ctx, sock+".lock", "starting the shared ssh connection")
 	if err != nil {
-		return t.errorf("lock for the shared ssh connection: %w", err)
+		return fmt.Errorf("lock for the shared ssh connection: %w", err)
 	}
 	defer lock.Release()
 	if masterAlive(sock) {
@@ -156,7 +157,7 @@ func (r *Runner) control(ctx context.Context, t Target, cmd string) (string, err
 		}
 	}
 	if err != nil {
-		return "", t.errorf("ssh -O %s: %w", cmd, err)
+		return "", fmt.Errorf("ssh -O %s: %w", cmd, err)
 	}
 	return stderr.String(), nil
 }

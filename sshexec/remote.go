@@ -3,8 +3,10 @@ package sshexec
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 )
@@ -16,12 +18,8 @@ const maxOutput = 16 << 20
 // the pinned key is written, the control directory exists.
 func (r *Runner) prepare(t Target) error {
 	if t.PrivateKey != "" {
-		st, err := os.Stat(t.PrivateKey)
-		if err != nil {
-			return t.errorf("private key: %w", err)
-		}
-		if !st.Mode().IsRegular() {
-			return t.errorf("private key %s is not a regular file", t.PrivateKey)
+		if err := CheckPrivateKey(t.PrivateKey); err != nil {
+			return err
 		}
 	}
 	if t.HostKey != "" {
@@ -31,7 +29,7 @@ func (r *Runner) prepare(t Target) error {
 		}
 		f := strings.Fields(t.HostKey)
 		if err := writeIfChanged(file, []byte(alias+" "+f[0]+" "+f[1]+"\n")); err != nil {
-			return t.errorf("pin host key: %w", err)
+			return fmt.Errorf("pin host key: %w", err)
 		}
 	}
 	if r.ControlPersist >= 0 {
@@ -91,6 +89,31 @@ func (r *Runner) RunRemote(ctx context.Context, t Target, remote []string, stdio
 	}
 	return r.sshError(t, remote, r.run(ctx, argv, stdio))
 }
+
+// CheckPrivateKey says what is wrong with an identity file that ssh cannot use: the one
+// text for a missing private key, whoever finds it (the hook before connecting,
+// `offload machines` when reading the file). It wraps the fs error (fs.ErrNotExist).
+func CheckPrivateKey(path string) error {
+	st, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return &privateKeyError{fmt.Sprintf("private-key %s does not exist: create it (`ssh-keygen -t ed25519 -f %s`) or set private-key to a key the machine accepts", path, path), err}
+	case err != nil:
+		return fmt.Errorf("private-key: %w", err)
+	case !st.Mode().IsRegular():
+		return fmt.Errorf("private-key %s is not a regular file", path)
+	}
+	return nil
+}
+
+// privateKeyError is a message of its own over the fs error it unwraps to.
+type privateKeyError struct {
+	msg string
+	err error
+}
+
+func (e *privateKeyError) Error() string { return e.msg }
+func (e *privateKeyError) Unwrap() error { return e.err }
 
 // OutputRemote runs remote on t like RunRemote and returns its standard output, which
 // must be small (at most 16 MiB).
