@@ -336,7 +336,7 @@ func (s *session) line() (string, error) {
 	l, err := s.stdout.ReadSlice('\n')
 	switch {
 	case err == bufio.ErrBufferFull:
-		s.framingErr = fmt.Errorf("machine '%s' sent a line of more than %d bytes where the offload script writes store paths", s.m.Display(), len(l))
+		s.framingErr = fmt.Errorf("it sent a line of more than %d bytes where the offload script writes store paths", len(l))
 		s.abort()
 		return "", s.framingErr
 	case err == io.EOF && len(l) > 0:
@@ -348,22 +348,22 @@ func (s *session) line() (string, error) {
 }
 
 // failure says why the session ended while the machine ran step, from RunRemote's
-// error and the stderr of the phase: what names the failure with the machine (it
-// takes m.Display() for its %s), bare without it, for errors that name it themselves.
-func (s *session) failure(step, what, bare string, tail *sshexec.Tail) error {
+// error and the stderr of the phase. bare says what was being done, without naming the
+// machine: the hook's per-machine boundary names it (the what argument is no longer
+// used; it goes when offload.go is adapted).
+func (s *session) failure(step, _, bare string, tail *sshexec.Tail) error {
 	if s.framingErr != nil {
 		return s.framingErr
 	}
 	err := s.wait()
-	what = fmt.Sprintf(what, s.m.Display())
 	var re *sshexec.RemoteError
 	switch {
 	case err == nil:
-		return fmt.Errorf("%s: the session ended during %s", what, step)
+		return fmt.Errorf("%s: the session ended during %s", bare, step)
 	case s.ctx.Err() != nil && !errors.As(err, &re):
-		return fmt.Errorf("%s: %w", what, s.ctx.Err())
+		return fmt.Errorf("%s: %w", bare, s.ctx.Err())
 	case errors.As(err, &re):
-		msg := fmt.Sprintf("%s: %s exited with status %d", what, step, re.Code)
+		msg := fmt.Sprintf("%s: %s exited with status %d", bare, step, re.Code)
 		if t := sshexec.LastLines(tail.String(), 3); t != "" {
 			msg += ": " + t
 		}
@@ -375,7 +375,7 @@ func (s *session) failure(step, what, bare string, tail *sshexec.Tail) error {
 // protocol is a session whose stdout broke the framing (a broken shell start-up
 // printing on stdout, or a machine that lies).
 func (s *session) protocol(got, want string) error {
-	return fmt.Errorf("machine '%s' said %q where the offload script says %q (does the remote user's shell start-up print on stdout?)", s.m.Display(), got, want)
+	return fmt.Errorf("it said %q where the offload script says %q (does the remote user's shell start-up print on stdout?)", got, want)
 }
 
 // upload asks which of the .drv and inputs the machine lacks, tells it how the
@@ -416,7 +416,7 @@ func (s *session) upload(mode string, inputs []string) error {
 		}
 		for _, p := range strings.Fields(l) {
 			if !wanted[p] {
-				return fmt.Errorf("machine '%s' answered `guix archive --missing` with a path we did not ask about: %q", m.Display(), p)
+				return fmt.Errorf("it answered `guix archive --missing` with a path we did not ask about: %q", p)
 			}
 			if !lacked[p] {
 				lacked[p] = true
@@ -425,7 +425,7 @@ func (s *session) upload(mode string, inputs []string) error {
 		}
 		if len(names) > maxRootNames {
 			s.abort()
-			return fmt.Errorf("machine '%s' listed more than %d entries in its GC roots directories", m.Display(), maxRootNames)
+			return fmt.Errorf("it listed more than %d entries in its GC roots directories", maxRootNames)
 		}
 	}
 	var subNote string
@@ -606,7 +606,7 @@ func (s *session) build() error {
 	}
 	if timer != nil && !timer.Stop() {
 		s.wait()
-		return fmt.Errorf("no result from machine '%s' %s after the build timeout: %w", m.Display(), buildMargin, ErrTimedOut)
+		return fmt.Errorf("no result %s after the build timeout: %w", buildMargin, ErrTimedOut)
 	}
 	switch {
 	case err == nil && l == lineBuilt:
@@ -619,9 +619,9 @@ func (s *session) build() error {
 	if errors.As(s.wait(), &re) {
 		switch classify(s.stderr.tails[1].String(), drv) {
 		case ExitTimedOut:
-			return fmt.Errorf("derivation '%s' offloaded to '%s' timed out: %w", drv, m.Display(), ErrTimedOut)
+			return fmt.Errorf("derivation '%s' timed out: %w", drv, ErrTimedOut)
 		case ExitBuildFailed:
-			return fmt.Errorf("derivation '%s' offloaded to '%s' failed: %w", drv, m.Display(), ErrBuildFailed)
+			return fmt.Errorf("derivation '%s' failed: %w", drv, ErrBuildFailed)
 		}
 	}
 	return s.failure("`guix build`", "running guix build on machine '%s'", "building '"+drv+"'", s.stderr.tails[1])
@@ -675,7 +675,7 @@ func (s *session) download(ctx context.Context) error {
 	h.cleanStaleTemps()
 	acl, err := storeio.LoadACL(path.Join(h.Conf.ConfDir, "acl"))
 	if err != nil {
-		return fmt.Errorf("cannot check what machine '%s' returns: %w", m.Display(), err)
+		return fmt.Errorf("cannot check what it returns: %w", err)
 	}
 	comp := s.comp
 	h.say("retrieving %d store item%s from '%s' (%s)...", len(outputs), plural(len(outputs)), m.Display(), comp)
@@ -713,10 +713,10 @@ func (s *session) download(ctx context.Context) error {
 		return exportFailed()
 	}
 	if impErr != nil && storeio.IsRefusal(impErr) {
-		return fmt.Errorf("refusing what machine '%s' returned: %w", m.Display(), impErr)
+		return fmt.Errorf("refusing what it returned: %w", impErr)
 	}
 	if impErr != nil {
-		return fmt.Errorf("restoring the outputs from machine '%s' into %s: %w", m.Display(), h.Conf.StoreDir, impErr)
+		return fmt.Errorf("restoring the outputs into %s: %w", h.Conf.StoreDir, impErr)
 	}
 	if runErr != nil {
 		return exportFailed()
@@ -823,7 +823,7 @@ func allReturned(m *machines.Machine, outputs []string, items []storeio.ItemInfo
 	}
 	for _, o := range outputs {
 		if !got[o] {
-			return fmt.Errorf("machine '%s' did not return output %s", m.Display(), o)
+			return fmt.Errorf("it did not return output %s", o)
 		}
 	}
 	return nil

@@ -96,7 +96,7 @@ func (s *session) substitute(subs []string) (still map[string]bool, got substitu
 		for _, p := range strings.Fields(l) {
 			if !asked[p] {
 				s.abort()
-				return nil, got, fmt.Errorf("machine '%s' answered `guix archive --missing` with a path we did not ask about: %q (after fetching substitutes)", m.Display(), p)
+				return nil, got, fmt.Errorf("it answered `guix archive --missing` with a path we did not ask about: %q (after fetching substitutes)", p)
 			}
 			still[p] = true
 		}
