@@ -148,7 +148,7 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 		}
 	}
 
-	t := m.Target()
+	t := c.target(m)
 	if err := c.remote(ctx, t, []string{"true"}, nil, nil); err != nil {
 		add(CheckSSH, CheckFailed, err.Error(), sshFix(m, err))
 		skipRest("cannot connect", CheckGuix, CheckDaemon, CheckCompression, CheckImport, CheckExport)
@@ -248,7 +248,7 @@ func (c *Checker) checkExport(ctx context.Context, m *machines.Machine, item str
 		return fail(err.Error(), fmt.Sprintf("repair %s (`guix archive --authorize` writes it)", aclFile))
 	}
 	var bundle bytes.Buffer
-	if err := c.remote(ctx, m.Target(), []string{"guix", "archive", "--export", item}, nil, &limitWriter{w: &bundle, n: maxSample}); err != nil {
+	if err := c.remote(ctx, c.target(m), []string{"guix", "archive", "--export", item}, nil, &limitWriter{w: &bundle, n: maxSample}); err != nil {
 		return fail(fmt.Sprintf("`guix archive --export %s` failed there: %v", item, err),
 			fmt.Sprintf("check that guix on %s has a signing key (`guix archive --generate-key`)", m.Name))
 	}
@@ -316,6 +316,9 @@ func (c *Checker) checkSlots(m *machines.Machine) Check {
 	ck.Detail = fmt.Sprintf("%d slot%s under %s (%s), transfer locks usable", n, plural(n), dir, inUse)
 	return ck
 }
+
+// target is how the checks reach m: as the hook does (hook.SSHTarget).
+func (c *Checker) target(m *machines.Machine) sshexec.Target { return hook.SSHTarget(c.Conf, m) }
 
 // remote runs a command on t with the check's deadline.
 func (c *Checker) remote(ctx context.Context, t sshexec.Target, argv []string, stdin io.Reader, stdout io.Writer) error {

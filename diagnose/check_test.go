@@ -139,3 +139,37 @@ func TestCompressionDetail(t *testing.T) {
 		}
 	}
 }
+
+// TestChecksConnectAsTheHook: offload test and offload status run ssh with the argv the
+// hook's session uses (ssh compression off while offload compresses the streams itself),
+// so that they check the connection the hook makes.
+func TestChecksConnectAsTheHook(t *testing.T) {
+	r := &sshexec.Runner{StateDir: t.TempDir(), SSH: "ssh"}
+	m := &machines.Machine{Name: "build1", Port: 2222, User: "bob", Compression: "zlib@openssh.com,zlib",
+		HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}
+	for _, comp := range []string{"", "zstd", "ssh"} {
+		conf := hook.Config{Compression: comp}
+		hookArgv, err := r.SSHArgv(hook.SSHTarget(conf, m), []string{"true"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &Checker{Conf: conf, Runner: r}
+		testArgv, err := r.SSHArgv(c.target(m), []string{"true"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(hookArgv, testArgv) {
+			t.Errorf("OFFLOAD_COMPRESSION=%q:\nhook %q\ntest %q", comp, hookArgv, testArgv)
+		}
+		statusArgv, err := r.SSHArgv(StatusOptions{Compression: comp}.target(m), []string{"true"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(hookArgv, statusArgv) {
+			t.Errorf("OFFLOAD_COMPRESSION=%q:\nhook   %q\nstatus %q", comp, hookArgv, statusArgv)
+		}
+		if want := map[bool]string{true: "Compression=yes", false: "Compression=no"}[comp == "ssh"]; !slices.Contains(testArgv, want) {
+			t.Errorf("OFFLOAD_COMPRESSION=%q: %q lacks %s", comp, testArgv, want)
+		}
+	}
+}

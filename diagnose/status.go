@@ -72,6 +72,9 @@ type StatusOptions struct {
 	StateDir string // $GUIX_STATE_DIRECTORY/offload
 	StoreDir string
 	Timeout  time.Duration // per machine; 0 means 10 s
+	// Compression is $OFFLOAD_COMPRESSION: status connects as the hook does
+	// (hook.SSHTarget).
+	Compression string
 	Now      func() time.Time
 }
 
@@ -99,6 +102,11 @@ func GatherStatus(ctx context.Context, r *sshexec.Runner, ms []*machines.Machine
 	return out
 }
 
+// target is how status reaches m: as the hook does (hook.SSHTarget).
+func (opt StatusOptions) target(m *machines.Machine) sshexec.Target {
+	return hook.SSHTarget(hook.Config{Compression: opt.Compression}, m)
+}
+
 func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, opt StatusOptions) Status {
 	st := Status{Machine: m.Display(), Name: m.Name, Port: m.Port, ParallelBuilds: m.ParallelBuilds, Slots: []SlotHolder{}}
 
@@ -124,7 +132,7 @@ func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, 
 
 	cctx, cancel := context.WithTimeout(ctx, opt.Timeout)
 	defer cancel()
-	facts, err := hook.AskMachine(cctx, r, m.Target(), opt.StoreDir, true)
+	facts, err := hook.AskMachine(cctx, r, opt.target(m), opt.StoreDir, true)
 	now := opt.Now()
 	if err == nil {
 		st.fill(facts, now)
