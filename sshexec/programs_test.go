@@ -2,6 +2,7 @@ package sshexec
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,6 +88,20 @@ func TestLookupMissing(t *testing.T) {
 	_, err = Lookup{Getenv: envOf(map[string]string{"OFFLOAD_SSH": filepath.Join(dir, "nope")})}.SSH()
 	if err == nil || !strings.Contains(err.Error(), "OFFLOAD_SSH="+filepath.Join(dir, "nope")) {
 		t.Errorf("a missing OFFLOAD_SSH: %v", err)
+	}
+}
+
+// TestMissingProgramShort: the message lists the first few places looked at, not a
+// whole PATH.
+func TestMissingProgramShort(t *testing.T) {
+	var tried []string
+	for i := range 14 {
+		tried = append(tried, fmt.Sprintf("/dir%d/guix", i))
+	}
+	err := &MissingProgramError{Program: "guix", Tried: tried, Env: "OFFLOAD_GUIX"}
+	want := "cannot find the guix program on this host (tried /dir0/guix, /dir1/guix, /dir2/guix, /dir3/guix and 10 more); install it or set OFFLOAD_GUIX to its absolute file name"
+	if err.Error() != want {
+		t.Errorf("got  %s\nwant %s", err, want)
 	}
 }
 
