@@ -145,7 +145,7 @@ func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, 
 		return st
 	}
 	if cctx.Err() != nil && ctx.Err() == nil {
-		err = fmt.Errorf("no answer within %s: %w", opt.Timeout, err)
+		err = fmt.Errorf("no answer within %s", opt.Timeout) // err is the killed ssh's command line
 	}
 	st.Error = err.Error()
 	return st

@@ -386,7 +386,8 @@ func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, stor
 	f, err := askFacts(ctx, r, t, storeDir, slots, false)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("no answer within %s: %w", timeout, err)
+			// err is the killed ssh's command line: it says nothing more.
+			return nil, fmt.Errorf("no answer within %s", timeout)
 		}
 		return nil, err
 	}

@@ -61,8 +61,13 @@ func TestScripts(t *testing.T) {
 				return errors.New("testscript's T is not a testing.TB")
 			}
 			f := farm.New(tb, farm.Options{Machines: 3})
+			env.Defer(func() {
+				for _, l := range env.Values["farm"].(*scriptFarm).held {
+					l.Release()
+				}
+			})
 			okDrv(f, "setup") // a small .drv for offload test to send
-			env.Values["farm"] = f
+			env.Values["farm"] = &scriptFarm{Farm: f}
 			env.Setenv("FARM", f.Dir)
 			return nil
 		},
@@ -74,8 +79,14 @@ func TestScripts(t *testing.T) {
 	})
 }
 
-func scriptFarm(ts *testscript.TestScript) *farm.Farm {
-	return ts.Value("farm").(*farm.Farm)
+// scriptFarm is a script's farm, with the slots its busy machines hold.
+type scriptFarm struct {
+	*farm.Farm
+	held []*locking.Lock
+}
+
+func farmOf(ts *testscript.TestScript) *scriptFarm {
+	return ts.Value("farm").(*scriptFarm)
 }
 
 // cmdMachines writes the machines file for the listed cases.
@@ -83,7 +94,12 @@ func cmdMachines(ts *testscript.TestScript, neg bool, args []string) {
 	if neg {
 		ts.Fatalf("unsupported: ! machines")
 	}
-	f := scriptFarm(ts)
+	f := farmOf(ts)
+	// A new machines file: the machines of the last one are busy no more.
+	for _, l := range f.held {
+		l.Release()
+	}
+	f.held = nil
 	if len(args) == 1 && args[0] == "broken" {
 		ts.Check(os.WriteFile(f.MachinesFile(), []byte("(list (build-machine\n  (name \"a\")\n  (systems (list \"x86_64-linux\")\n"), 0o644))
 		return
@@ -117,13 +133,17 @@ func cmdMachines(ts *testscript.TestScript, neg bool, args []string) {
 			case "wrongkey":
 				hostKey = fmt.Sprintf("\n  (host-key %q)", f.Machines[(i+1)%len(f.Machines)].Server.HostKey)
 			case "busy":
-				dir := statedir.Layout{Dir: filepath.Join(f.State, "offload")}.Slots(m.Name + ":" + strconv.Itoa(m.Port))
-				slot, _, err := locking.AcquireSlot(dir, 1, "building /gnu/store/00000000000000000000000000000000-busy.drv")
-				ts.Check(err)
-				if slot == nil {
-					ts.Fatalf("machine %d: slot already taken", i+1)
+				// Its build slot and the place in its queue are taken.
+				layout := statedir.Layout{Dir: filepath.Join(f.State, "offload")}
+				id := m.Name + ":" + strconv.Itoa(m.Port)
+				for _, dir := range []string{layout.Slots(id), layout.Queue(id)} {
+					slot, _, err := locking.AcquireSlot(dir, 1, "building /gnu/store/00000000000000000000000000000000-busy.drv")
+					ts.Check(err)
+					if slot == nil {
+						ts.Fatalf("machine %d: %s already taken", i+1, dir)
+					}
+					f.held = append(f.held, slot)
 				}
-				ts.Defer(func() { slot.Release() })
 			case "fast":
 				extra += "\n  (speed 10.0)"
 			default:
@@ -139,17 +159,17 @@ func cmdMachines(ts *testscript.TestScript, neg bool, args []string) {
 
 // cmdOffload runs the offload binary; normalized stdout and stderr go to out and err.
 func cmdOffload(ts *testscript.TestScript, neg bool, args []string) {
-	f := scriptFarm(ts)
+	f := farmOf(ts)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, f.Bin.Offload, args...)
-	cmd.Env = f.HookEnv()
+	cmd.Env = scriptEnv(f.Farm)
 	cmd.Dir = ts.Getenv("WORK")
 	var out, errOut strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
-	ts.Check(os.WriteFile(ts.MkAbs("out"), []byte(normalize(f, out.String())), 0o644))
-	ts.Check(os.WriteFile(ts.MkAbs("err"), []byte(normalize(f, errOut.String())), 0o644))
+	ts.Check(os.WriteFile(ts.MkAbs("out"), []byte(normalize(f.Farm, out.String())), 0o644))
+	ts.Check(os.WriteFile(ts.MkAbs("err"), []byte(normalize(f.Farm, errOut.String())), 0o644))
 	var ee *exec.ExitError
 	switch {
 	case err != nil && !errors.As(err, &ee):
@@ -169,13 +189,13 @@ func cmdHook(ts *testscript.TestScript, neg bool, args []string) {
 	if neg {
 		ts.Fatalf("unsupported: ! hook")
 	}
-	f := scriptFarm(ts)
+	f := farmOf(ts)
 	wantsLocal := len(args) > 0 && args[0] == "local"
 	hookRequests++
-	d := okDrv(f, "script-"+strconv.Itoa(hookRequests))
+	d := okDrv(f.Farm, "script-"+strconv.Itoa(hookRequests))
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	h, err := f.StartHook(ctx, "x86_64-linux", 0, 0, daemon.Options{})
+	h, err := daemon.StartWith(ctx, f.HookArgv("x86_64-linux", 0, true, 0), scriptEnv(f.Farm), daemon.Options{})
 	ts.Check(err)
 	defer h.Kill()
 	ans, err := h.Request(wantsLocal, d.System, d.Path, d.Features())
@@ -193,7 +213,13 @@ func cmdHook(ts *testscript.TestScript, neg bool, args []string) {
 		b.WriteString(l + "\n")
 	}
 	fmt.Fprintf(&b, "exit status %d\n", status)
-	ts.Check(os.WriteFile(ts.MkAbs("out"), []byte(normalize(f, b.String())), 0o644))
+	ts.Check(os.WriteFile(ts.MkAbs("out"), []byte(normalize(f.Farm, b.String())), 0o644))
+}
+
+// scriptEnv is the farm's environment with a connect timeout that a loaded test host
+// does not reach: a machine that is up answers, whatever the load.
+func scriptEnv(f *farm.Farm) []string {
+	return append(f.HookEnv(), "OFFLOAD_CONNECT_TIMEOUT=60")
 }
 
 // Normalization: what changes from run to run becomes a fixed word.
