@@ -39,7 +39,8 @@ var update = flag.Bool("update", false, "rewrite the golden output of testdata/s
 //	machines CASE...    write machines.scm, one record per CASE, on machines 1, 2, 3:
 //	                    up, down (sshd stopped), refused (its ACL trusts nobody),
 //	                    nohostkey, wrongkey (pinned to another machine's key), busy
-//	                    (every local build slot taken), fast (speed 10: chosen first);
+//	                    (every local build slot taken), unsigned (returns unsigned
+//	                    archives), fast (speed 10: chosen first);
 //	                    joined with '+' (refused+fast); CASE@N puts it on machine N
 //	                    (machines are not repaired: a script uses each for one
 //	                    purpose); `machines broken` writes a broken file
@@ -82,7 +83,8 @@ func TestScripts(t *testing.T) {
 // scriptFarm is a script's farm, with the slots its busy machines hold.
 type scriptFarm struct {
 	*farm.Farm
-	held []*locking.Lock
+	held     []*locking.Lock
+	requests int // hook requests made so far, for their derivations' nonces
 }
 
 func farmOf(ts *testscript.TestScript) *scriptFarm {
@@ -144,6 +146,9 @@ func cmdMachines(ts *testscript.TestScript, neg bool, args []string) {
 					}
 					f.held = append(f.held, slot)
 				}
+			case "unsigned":
+				// Its exports are unsigned: the hook refuses what it returns.
+				ts.Check(os.WriteFile(filepath.Join(m.Dir, "hostile"), []byte("unsigned"), 0o644))
 			case "fast":
 				extra += "\n  (speed 10.0)"
 			default:
@@ -181,8 +186,6 @@ func cmdOffload(ts *testscript.TestScript, neg bool, args []string) {
 	}
 }
 
-var hookRequests int
-
 // cmdHook makes one request for a fresh derivation through the real hook, and writes
 // its answer, its lines and its exit status to out.
 func cmdHook(ts *testscript.TestScript, neg bool, args []string) {
@@ -191,9 +194,9 @@ func cmdHook(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	f := farmOf(ts)
 	wantsLocal := len(args) > 0 && args[0] == "local"
-	hookRequests++
-	d := okDrv(f.Farm, "script-"+strconv.Itoa(hookRequests))
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	f.requests++
+	d := okDrv(f.Farm, "script-"+strconv.Itoa(f.requests))
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	h, err := daemon.StartWith(ctx, f.HookArgv("x86_64-linux", 0, true, 0), scriptEnv(f.Farm), daemon.Options{})
 	ts.Check(err)
@@ -233,6 +236,9 @@ var (
 	reProcess   = regexp.MustCompile(`\bprocess \d+`)
 	reKeyBlob   = regexp.MustCompile(`AAAA[A-Za-z0-9+/=]{20,}`)
 	reSpaces    = regexp.MustCompile(` {2,}`)
+	// What the test host's shell start-up prints on the machines' stderr (pyenv's
+	// rehash, when several logins contend for its lock): not offload's output.
+	reHostNoise = regexp.MustCompile(`(pyenv: [^;\n]*|/root/\.pyenv/[^;\n]*)(; )?`)
 	// The other temporary directories of the test (the machines' ssh keys).
 	reTestTemp = regexp.MustCompile(regexp.QuoteMeta(os.TempDir()) + `/TestScripts[^/\s]*/\d+`)
 )
@@ -253,6 +259,7 @@ func normalize(f *farm.Farm, s string) string {
 		s = strings.ReplaceAll(s, "~"+u.Username+"/", "~USER/")
 		s = strings.ReplaceAll(s, `(user "`+u.Username+`")`, `(user "USER")`)
 	}
+	s = reHostNoise.ReplaceAllString(s, "")
 	s = reKeyBlob.ReplaceAllString(s, "KEY")
 	s = reStoreHash.ReplaceAllString(s, "HASH")
 	s = reDateTime.ReplaceAllString(s, "TIME")
