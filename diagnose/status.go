@@ -75,7 +75,7 @@ type StatusOptions struct {
 	// Compression is $OFFLOAD_COMPRESSION: status connects as the hook does
 	// (hook.SSHTarget).
 	Compression string
-	Now      func() time.Time
+	Now         func() time.Time
 }
 
 // GatherStatus asks every machine of ms (once per name and port) for its status, in
