@@ -322,12 +322,14 @@ func findCandidate(cs []*candidate, m *machines.Machine) *candidate {
 // daemon build locally when it has a free slot, unless the user said to wait.
 func (h *Hook) allDown(req Request, down []*machines.Machine) decision {
 	if req.WantsLocal && h.Conf.Fallback != "wait" {
+		// Each machine's own line said why (a probe's failure, or its backoff within
+		// the last minute): the summary names them only, so that a cause and its fix
+		// are said once.
 		var parts []string
 		for _, m := range down {
-			health, _ := h.state.Health(m.StateKey())
-			parts = append(parts, downSince(m, health))
+			parts = append(parts, "machine '"+m.Display()+"'")
 		}
-		h.note("every machine for %s is down: %s; building locally", req.System, strings.Join(parts, ", "))
+		h.note("every machine for %s is down (%s); building locally", req.System, strings.Join(parts, ", "))
 		return decision{answer: "decline"}
 	}
 	return decision{answer: "postpone"}
