@@ -165,7 +165,10 @@ func cmdMachines(ts *testscript.TestScript, neg bool, args []string) {
 // cmdOffload runs the offload binary; normalized stdout and stderr go to out and err.
 func cmdOffload(ts *testscript.TestScript, neg bool, args []string) {
 	f := farmOf(ts)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	// Generous: on a loaded host each ssh login may take many seconds. A command
+	// killed at this bound fails the script (its empty output must never become
+	// the golden one).
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, f.Bin.Offload, args...)
 	cmd.Env = scriptEnv(f.Farm)
@@ -177,8 +180,10 @@ func cmdOffload(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(os.WriteFile(ts.MkAbs("err"), []byte(normalize(f.Farm, errOut.String())), 0o644))
 	var ee *exec.ExitError
 	switch {
-	case err != nil && !errors.As(err, &ee):
-		ts.Fatalf("offload: %v", err)
+	case err != nil && !errors.As(err, &ee), ctx.Err() != nil:
+		ts.Fatalf("offload %s: %v (%v)", strings.Join(args, " "), err, ctx.Err())
+	case ee != nil && ee.ExitCode() < 0:
+		ts.Fatalf("offload %s: killed: %v", strings.Join(args, " "), err)
 	case neg && err == nil:
 		ts.Fatalf("offload %s succeeded, want a failure", strings.Join(args, " "))
 	case !neg && err != nil:
@@ -208,8 +213,11 @@ func cmdHook(ts *testscript.TestScript, neg bool, args []string) {
 	} else {
 		ts.Check(h.CloseStdin())
 	}
-	status, _, err := h.Wait()
+	status, signaled, err := h.Wait()
 	ts.Check(err)
+	if signaled || ctx.Err() != nil {
+		ts.Fatalf("the hook was killed (%v): its lines so far:\n%s", ctx.Err(), strings.Join(h.Messages(), "\n"))
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "# %s\n", ans)
 	for _, l := range h.Messages() {
