@@ -10,3 +10,8 @@ require (
 	github.com/klauspost/compress v1.20.3
 	golang.org/x/sys v0.49.0
 )
+
+require (
+	github.com/rogpeppe/go-internal v1.16.0
+	golang.org/x/tools v0.26.0 // indirect
+)

@@ -72,6 +72,12 @@ func run(args []string) int {
 	kctx, err := parser.Parse(args)
 	if err != nil {
 		complain("%v", err)
+		// A usage error shows the usage of the command it was about, on stderr.
+		var pe *kong.ParseError
+		if errors.As(err, &pe) && pe.Context != nil {
+			pe.Context.Stdout = os.Stderr
+			pe.Context.PrintUsage(true)
+		}
 		return 80
 	}
 	if os.Getenv("OFFLOAD_VERBOSE") == "1" {

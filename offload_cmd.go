@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"os"
+	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -60,6 +62,11 @@ func buildLog() io.Writer {
 // sshexec.Lookup says (the daemon's PATH may have none).
 func newRunner(stateDir string, g *Globals) *sshexec.Runner {
 	r := &sshexec.Runner{StateDir: stateDir}
+	// A slow link (or a loaded test host) may need more than DefaultConnectTimeout;
+	// probes wait twice this long.
+	if s, err := strconv.Atoi(os.Getenv("OFFLOAD_CONNECT_TIMEOUT")); err == nil && s > 0 {
+		r.ConnectTimeout = time.Duration(s) * time.Second
+	}
 	r.SSH, r.NoSSH = sshexec.NewLookup().SSH()
 	if g.Verbose {
 		r.Trace = os.Stderr

@@ -30,7 +30,7 @@ func (c *StatusCmd) Run(ctx context.Context, g *Globals) error {
 		return err
 	}
 	r := farmRunner(conf.StateDir, g)
-	opt := diagnose.StatusOptions{StateDir: conf.StateDir, StoreDir: conf.StoreDir, Timeout: c.Timeout}
+	opt := diagnose.StatusOptions{StateDir: conf.StateDir, StoreDir: conf.StoreDir, Timeout: c.Timeout, Compression: conf.Compression}
 	return c.loop(ctx, r, ms, opt, os.Stdout)
 }
 

@@ -7,12 +7,13 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"offload/hook"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
+
+	"offload/hook"
 
 	"offload/locking"
 	"offload/machines"
@@ -45,17 +46,19 @@ const (
 
 // Check is the outcome of one check on one machine.
 type Check struct {
-	Machine string // as in messages: name, with the port when not 22
+	Machine string // NAME:PORT (machines.Machine.Display)
 	Name    string // one of the Check* names
 	Status  CheckStatus
 	Detail  string // ok: what was seen; failed: why; skipped: why not run
 	Fix     string // failed: what to do, one sentence
 }
 
-// String returns the check's line: "MACHINE: CHECK: ok (DETAIL)",
-// "MACHINE: CHECK: FAILED: WHY; fix: FIX" or "MACHINE: CHECK: skipped: WHY".
+// String returns the check's line: "machine 'NAME:PORT': CHECK: ok (DETAIL)",
+// "machine 'NAME:PORT': CHECK: FAILED: WHY; fix: FIX" or "...: CHECK: skipped: WHY".
+// This is where `offload test` names the machine, once: the details say only what
+// went wrong.
 func (c Check) String() string {
-	prefix := c.Machine + ": " + c.Name + ": "
+	prefix := "machine '" + c.Machine + "': " + c.Name + ": "
 	switch c.Status {
 	case CheckOK:
 		if c.Detail == "" {
@@ -137,8 +140,6 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 	name := m.Display()
 	var out []Check
 	add := func(check string, st CheckStatus, detail, fix string) {
-		// The line starts with the machine: an inner "machine 'X'" says it twice.
-		detail = machines.Unnamed(detail, name)
 		out = append(out, Check{Machine: name, Name: check, Status: st, Detail: detail, Fix: fix})
 	}
 	skipRest := func(why string, checks ...string) {
@@ -147,7 +148,7 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 		}
 	}
 
-	t := m.Target()
+	t := c.target(m)
 	if err := c.remote(ctx, t, []string{"true"}, nil, nil); err != nil {
 		add(CheckSSH, CheckFailed, err.Error(), sshFix(m, err))
 		skipRest("cannot connect", CheckGuix, CheckDaemon, CheckCompression, CheckImport, CheckExport)
@@ -247,7 +248,7 @@ func (c *Checker) checkExport(ctx context.Context, m *machines.Machine, item str
 		return fail(err.Error(), fmt.Sprintf("repair %s (`guix archive --authorize` writes it)", aclFile))
 	}
 	var bundle bytes.Buffer
-	if err := c.remote(ctx, m.Target(), []string{"guix", "archive", "--export", item}, nil, &limitWriter{w: &bundle, n: maxSample}); err != nil {
+	if err := c.remote(ctx, c.target(m), []string{"guix", "archive", "--export", item}, nil, &limitWriter{w: &bundle, n: maxSample}); err != nil {
 		return fail(fmt.Sprintf("`guix archive --export %s` failed there: %v", item, err),
 			fmt.Sprintf("check that guix on %s has a signing key (`guix archive --generate-key`)", m.Name))
 	}
@@ -316,6 +317,9 @@ func (c *Checker) checkSlots(m *machines.Machine) Check {
 	return ck
 }
 
+// target is how the checks reach m: as the hook does (hook.SSHTarget).
+func (c *Checker) target(m *machines.Machine) sshexec.Target { return hook.SSHTarget(c.Conf, m) }
+
 // remote runs a command on t with the check's deadline.
 func (c *Checker) remote(ctx context.Context, t sshexec.Target, argv []string, stdin io.Reader, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout())
@@ -342,25 +346,22 @@ func (c *Checker) timeout() time.Duration {
 // timedOut says so when err came from the check's time limit.
 func (c *Checker) timedOut(ctx context.Context, err error) error {
 	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("no answer within %s: %w", c.timeout(), err)
+		return fmt.Errorf("no answer within %s", c.timeout()) // err is the killed ssh's command line
 	}
 	return err
 }
 
-// sshFix says what to do about a failed connection.
+// sshFix says what to do about a failed connection, when the error does not say it
+// already: a missing or mismatched host-key and a missing private key carry their fix
+// in their own message (the hook prints them too), and a fix is said once.
 func sshFix(m *machines.Machine, err error) string {
-	keyscan := fmt.Sprintf("`ssh-keyscan -p %d %s`", m.Port, m.Name)
 	var nh *sshexec.NoHostKeyError
 	var ue *sshexec.UnreachableError
 	switch {
-	case errors.As(err, &nh):
-		return "set host-key to the key printed by " + keyscan + " (e.g. \"ssh-ed25519 AAAA...\", without the host name)"
-	case errors.As(err, &ue) && ue.HostKeyMismatch:
-		return "if the machine's key really changed, update host-key from " + keyscan
+	case errors.As(err, &nh), errors.As(err, &ue) && ue.HostKeyMismatch, errors.Is(err, fs.ErrNotExist):
+		return ""
 	case errors.As(err, &ue) && strings.Contains(ue.StderrTail, "Permission denied"):
 		return fmt.Sprintf("add %s.pub to ~%s/.ssh/authorized_keys on %s", m.PrivateKey, m.User, m.Name)
-	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Sprintf("create the key %s (`ssh-keygen -f %s`) or set private-key", m.PrivateKey, m.PrivateKey)
 	case errors.As(err, &ue):
 		return fmt.Sprintf("check that %s is up and that sshd listens on port %d", m.Name, m.Port)
 	}

@@ -1,14 +1,13 @@
 package diagnose
 
 import (
-	"fmt"
-	"io/fs"
-	"offload/hook"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"offload/hook"
 
 	"offload/machines"
 	"offload/sshexec"
@@ -19,11 +18,13 @@ func TestCheckString(t *testing.T) {
 		c    Check
 		want string
 	}{
-		{Check{Machine: "a", Name: "ssh", Status: CheckOK}, "a: ssh: ok"},
-		{Check{Machine: "a:2222", Name: "guix", Status: CheckOK, Detail: "guix (GNU Guix) 1.4.0\n"}, "a:2222: guix: ok (guix (GNU Guix) 1.4.0)"},
-		{Check{Machine: "a", Name: "import", Status: CheckFailed, Detail: "refused:\n  guix archive: error: unauthorized public key\n", Fix: "run x on a"},
-			"a: import: FAILED: refused: / guix archive: error: unauthorized public key; fix: run x on a"},
-		{Check{Machine: "a", Name: "daemon", Status: CheckSkipped, Detail: "cannot connect"}, "a: daemon: skipped: cannot connect"},
+		{Check{Machine: "a:22", Name: "ssh", Status: CheckOK}, "machine 'a:22': ssh: ok"},
+		{Check{Machine: "a:2222", Name: "guix", Status: CheckOK, Detail: "guix (GNU Guix) 1.4.0\n"}, "machine 'a:2222': guix: ok (guix (GNU Guix) 1.4.0)"},
+		{Check{Machine: "a:22", Name: "import", Status: CheckFailed, Detail: "refused:\n  guix archive: error: unauthorized public key\n", Fix: "run x on a"},
+			"machine 'a:22': import: FAILED: refused: / guix archive: error: unauthorized public key; fix: run x on a"},
+		{Check{Machine: "a:22", Name: "daemon", Status: CheckSkipped, Detail: "cannot connect"}, "machine 'a:22': daemon: skipped: cannot connect"},
+		// A failure whose message says its own fix has no second one.
+		{Check{Machine: "a:22", Name: "ssh", Status: CheckFailed, Detail: "no host-key in machines.scm: put one in host-key"}, "machine 'a:22': ssh: FAILED: no host-key in machines.scm: put one in host-key"},
 	}
 	for _, c := range cases {
 		if got := c.c.String(); got != c.want {
@@ -35,21 +36,30 @@ func TestCheckString(t *testing.T) {
 	}
 }
 
+// TestSSHFix: a fix is said once. The errors that carry their fix in their own message
+// (a missing or mismatched host-key, a missing private key) get no second one; the
+// others get what to do.
 func TestSSHFix(t *testing.T) {
 	m := &machines.Machine{Name: "build1", Port: 2222, User: "bob", PrivateKey: "/root/.ssh/id_ed25519"}
+	missingKey := sshexec.CheckPrivateKey(filepath.Join(t.TempDir(), "id_ed25519"))
 	cases := []struct {
-		err  error
-		want string
+		err        error
+		want       string // "" for no fix
+		errAlready string // what the error's own message says instead
 	}{
-		{&sshexec.NoHostKeyError{Machine: "build1", Port: 2222}, "set host-key to the key printed by `ssh-keyscan -p 2222 build1`"},
-		{&sshexec.UnreachableError{Machine: "build1", Port: 2222, HostKeyMismatch: true}, "update host-key from `ssh-keyscan -p 2222 build1`"},
-		{&sshexec.UnreachableError{Machine: "build1", StderrTail: "bob@build1: Permission denied (publickey)."}, "add /root/.ssh/id_ed25519.pub to ~bob/.ssh/authorized_keys on build1"},
-		{&sshexec.UnreachableError{Machine: "build1", StderrTail: "ssh: connect to host build1 port 2222: Connection refused"}, "check that build1 is up and that sshd listens on port 2222"},
-		{fmt.Errorf("machine 'build1': private key: %w", &fs.PathError{Op: "stat", Path: "/root/.ssh/id_ed25519", Err: fs.ErrNotExist}), "create the key /root/.ssh/id_ed25519"},
+		{&sshexec.NoHostKeyError{Machine: "build1", Port: 2222}, "", "`ssh-keyscan -p 2222 build1`"},
+		{&sshexec.UnreachableError{Machine: "build1", Port: 2222, HostKeyMismatch: true, PinnedType: "ssh-ed25519"}, "", "`ssh-keyscan -p 2222 build1`"},
+		{missingKey, "", "ssh-keygen -t ed25519 -f "},
+		{&sshexec.UnreachableError{Machine: "build1", StderrTail: "bob@build1: Permission denied (publickey)."}, "add /root/.ssh/id_ed25519.pub to ~bob/.ssh/authorized_keys on build1", ""},
+		{&sshexec.UnreachableError{Machine: "build1", StderrTail: "ssh: connect to host build1 port 2222: Connection refused"}, "check that build1 is up and that sshd listens on port 2222", ""},
 	}
 	for _, c := range cases {
-		if got := sshFix(m, c.err); !strings.Contains(got, c.want) {
+		got := sshFix(m, c.err)
+		if c.want == "" && got != "" || !strings.Contains(got, c.want) {
 			t.Errorf("%v:\n got %q\nwant %q", c.err, got, c.want)
+		}
+		if !strings.Contains(c.err.Error(), c.errAlready) {
+			t.Errorf("%q does not say %q", c.err, c.errAlready)
 		}
 	}
 }
@@ -126,6 +136,40 @@ func TestCompressionDetail(t *testing.T) {
 	for _, c := range cases {
 		if got := compressionDetail(m, c.has); got != c.want {
 			t.Errorf("compressionDetail(%v) = %q, want %q", c.has, got, c.want)
+		}
+	}
+}
+
+// TestChecksConnectAsTheHook: offload test and offload status run ssh with the argv the
+// hook's session uses (ssh compression off while offload compresses the streams itself),
+// so that they check the connection the hook makes.
+func TestChecksConnectAsTheHook(t *testing.T) {
+	r := &sshexec.Runner{StateDir: t.TempDir(), SSH: "ssh"}
+	m := &machines.Machine{Name: "build1", Port: 2222, User: "bob", Compression: "zlib@openssh.com,zlib",
+		HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}
+	for _, comp := range []string{"", "zstd", "ssh"} {
+		conf := hook.Config{Compression: comp}
+		hookArgv, err := r.SSHArgv(hook.SSHTarget(conf, m), []string{"true"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &Checker{Conf: conf, Runner: r}
+		testArgv, err := r.SSHArgv(c.target(m), []string{"true"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(hookArgv, testArgv) {
+			t.Errorf("OFFLOAD_COMPRESSION=%q:\nhook %q\ntest %q", comp, hookArgv, testArgv)
+		}
+		statusArgv, err := r.SSHArgv(StatusOptions{Compression: comp}.target(m), []string{"true"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(hookArgv, statusArgv) {
+			t.Errorf("OFFLOAD_COMPRESSION=%q:\nhook   %q\nstatus %q", comp, hookArgv, statusArgv)
+		}
+		if want := map[bool]string{true: "Compression=yes", false: "Compression=no"}[comp == "ssh"]; !slices.Contains(testArgv, want) {
+			t.Errorf("OFFLOAD_COMPRESSION=%q: %q lacks %s", comp, testArgv, want)
 		}
 	}
 }

@@ -6,13 +6,22 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"offload/hook"
 	"os"
+	"slices"
 	"strings"
+
+	"offload/hook"
 
 	"offload/machines"
 	"offload/storeio"
 )
+
+// GuixSystems are the system types Guix builds for (its supported and its
+// cross-compiled systems): a request or a machine for another is a misspelling.
+var GuixSystems = []string{
+	"x86_64-linux", "i686-linux", "aarch64-linux", "armhf-linux", "powerpc64le-linux",
+	"riscv64-linux", "mips64el-linux", "powerpc-linux", "i586-gnu", "x86_64-gnu",
+}
 
 // Explain writes to w what the hook would answer right now to a request for system
 // with features, and why: each machine with whether it matches, then the hook's own
@@ -30,15 +39,18 @@ func Explain(ctx context.Context, h *hook.Hook, system string, features []string
 		return "decline", nil
 	}
 	fmt.Fprintf(w, "request: system %s, features %s\n", system, featureList(features))
+	if !slices.Contains(GuixSystems, system) {
+		fmt.Fprintf(w, "warning: %q is not a system Guix knows (%s): no daemon asks for it; check its spelling\n", system, strings.Join(GuixSystems, ", "))
+	}
 	fmt.Fprintf(w, "machines file: %s (%d machine%s)\n", h.Conf.MachinesFile, len(ms), plural(len(ms)))
 	for _, wn := range warns {
 		fmt.Fprintf(w, "  %s\n", wn)
 	}
 	for _, m := range ms {
 		if ok, why := m.Matches(system, features); ok {
-			fmt.Fprintf(w, "  %s: matches (speed %g, parallel-builds %d)\n", m.Display(), m.Speed, m.ParallelBuilds)
+			fmt.Fprintf(w, "  machine '%s': matches (speed %g, parallel-builds %d)\n", m.Display(), m.Speed, m.ParallelBuilds)
 		} else {
-			fmt.Fprintf(w, "  %s: no match: %s\n", m.Display(), why)
+			fmt.Fprintf(w, "  machine '%s': no match: %s\n", m.Display(), why)
 		}
 	}
 	fmt.Fprintln(w, "reasoning:")

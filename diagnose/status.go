@@ -7,13 +7,14 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"offload/hook"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
+
+	"offload/hook"
 
 	"offload/locking"
 	"offload/machines"
@@ -24,11 +25,11 @@ import (
 // Status is what `offload status` knows of one machine: what it said when asked just
 // now (one ssh round trip), what the hook's state remembers, and who holds its slots.
 type Status struct {
-	Machine   string `json:"machine"` // as in messages: name, with the port when not 22
+	Machine   string `json:"machine"` // NAME:PORT (machines.Machine.Display)
 	Name      string `json:"name"`
 	Port      int    `json:"port"`
 	Reachable bool   `json:"reachable"`
-	Error     string `json:"error,omitempty"` // why it is not reachable
+	Error     string `json:"error,omitempty"` // why it is not reachable; does not name the machine
 	// From the hook's backoff state (machines.State).
 	DownSince  *time.Time `json:"down_since,omitempty"`
 	Failures   int        `json:"failures,omitempty"`
@@ -71,7 +72,10 @@ type StatusOptions struct {
 	StateDir string // $GUIX_STATE_DIRECTORY/offload
 	StoreDir string
 	Timeout  time.Duration // per machine; 0 means 10 s
-	Now      func() time.Time
+	// Compression is $OFFLOAD_COMPRESSION: status connects as the hook does
+	// (hook.SSHTarget).
+	Compression string
+	Now         func() time.Time
 }
 
 // GatherStatus asks every machine of ms (once per name and port) for its status, in
@@ -96,6 +100,11 @@ func GatherStatus(ctx context.Context, r *sshexec.Runner, ms []*machines.Machine
 	}
 	wg.Wait()
 	return out
+}
+
+// target is how status reaches m: as the hook does (hook.SSHTarget).
+func (opt StatusOptions) target(m *machines.Machine) sshexec.Target {
+	return hook.SSHTarget(hook.Config{Compression: opt.Compression}, m)
 }
 
 func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, opt StatusOptions) Status {
@@ -123,7 +132,7 @@ func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, 
 
 	cctx, cancel := context.WithTimeout(ctx, opt.Timeout)
 	defer cancel()
-	facts, err := hook.AskMachine(cctx, r, m.Target(), opt.StoreDir, true)
+	facts, err := hook.AskMachine(cctx, r, opt.target(m), opt.StoreDir, true)
 	now := opt.Now()
 	if err == nil {
 		st.fill(facts, now)
@@ -136,7 +145,7 @@ func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, 
 		return st
 	}
 	if cctx.Err() != nil && ctx.Err() == nil {
-		err = fmt.Errorf("no answer within %s: %w", opt.Timeout, err)
+		err = fmt.Errorf("no answer within %s", opt.Timeout) // err is the killed ssh's command line
 	}
 	st.Error = err.Error()
 	return st
@@ -245,16 +254,19 @@ func WriteStatusTable(w io.Writer, sts []Status) error {
 	}
 	for _, s := range sts {
 		for _, h := range s.Slots {
-			fmt.Fprintf(w, "%s: slot %d: process %d: %s\n", s.Machine, h.Slot, h.PID, h.Reason)
+			fmt.Fprintf(w, "machine '%s': slot %d: process %d: %s\n", s.Machine, h.Slot, h.PID, h.Reason)
 		}
 		writeRemoteSlots(w, s.Machine, s.MachineSlots)
+		// Each line names its machine once, first; what follows says only what is
+		// wrong (the errors and the state file's last error are bare causes).
 		if !s.Reachable {
-			// The line names the machine first: once is enough.
-			why := machines.Unnamed(oneLine(s.Error), s.Machine)
-			fmt.Fprintf(w, "%s: unreachable: %s\n", s.Machine, why)
+			fmt.Fprintf(w, "machine '%s': unreachable: %s\n", s.Machine, oneLine(s.Error))
+			if s.LastError != "" && s.LastError != s.Error {
+				fmt.Fprintf(w, "machine '%s': the hook's last failure: %s\n", s.Machine, oneLine(s.LastError))
+			}
 		}
 		for _, warn := range s.Warnings {
-			fmt.Fprintf(w, "%s: warning: %s\n", s.Machine, warn)
+			fmt.Fprintf(w, "machine '%s': warning: %s\n", s.Machine, warn)
 		}
 	}
 	return nil
@@ -299,9 +311,9 @@ func writeRemoteSlots(w io.Writer, machine string, rs *hook.RemoteSlots) {
 	if rs == nil {
 		return
 	}
-	fmt.Fprintf(w, "%s: %d build slot%s taken on the machine, by any host\n", machine, rs.Held, plural(rs.Held))
+	fmt.Fprintf(w, "machine '%s': %d build slot%s taken on the machine, by any host\n", machine, rs.Held, plural(rs.Held))
 	for _, r := range rs.Holders {
-		fmt.Fprintf(w, "%s: machine slot %d: host %s, process %d: building %s\n", machine, r.Slot, orUnknown(r.Host), r.PID, orUnknown(r.Derivation))
+		fmt.Fprintf(w, "machine '%s': machine slot %d: host %s, process %d: building %s\n", machine, r.Slot, orUnknown(r.Host), r.PID, orUnknown(r.Derivation))
 	}
 }
 

@@ -3,12 +3,13 @@ package diagnose
 import (
 	"bytes"
 	"encoding/json"
-	"offload/hook"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"offload/hook"
 
 	"offload/locking"
 )
@@ -71,10 +72,11 @@ func TestWriteStatusTable(t *testing.T) {
 	free := int64(20 << 30)
 	since := time.Date(2024, 5, 1, 10, 0, 0, 0, time.Local)
 	sts := []Status{
-		{Machine: "fast", Reachable: true, Kernel: "Linux 6.1", Architecture: "x86_64", HostName: "fast", Cores: 8,
+		{Machine: "fast:22", Reachable: true, Kernel: "Linux 6.1", Architecture: "x86_64", HostName: "fast", Cores: 8,
 			NormalizedLoad: f(0.25), FreeBytes: &free, ClockOffset: f(-0.004), GuixVersion: "guix (GNU Guix) 8e2f32cee982d42a79e53fc1e9aa7b8ff0514714",
 			ParallelBuilds: 2, SlotsInUse: 1, Slots: []SlotHolder{{Slot: 1, PID: 42, Reason: "building /gnu/store/x.drv"}}},
-		{Machine: "slow:2222", Error: "cannot reach or authenticate to machine 'slow:2222'", DownSince: &since, ParallelBuilds: 1,
+		{Machine: "slow:2222", Error: "ssh cannot connect or log in: ssh: connect to host slow port 2222: Connection refused", DownSince: &since, ParallelBuilds: 1,
+			LastError: "asking which inputs it lacks: `guix archive --missing` exited with status 1", Failures: 2,
 			Warnings: []string{"state is odd"}},
 	}
 	var b bytes.Buffer
@@ -82,11 +84,12 @@ func TestWriteStatusTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `MACHINE    STATE                           KERNEL     ARCH    HOST  CORES  LOAD  FREE      CLOCK  GUIX          SLOTS
-fast       up                              Linux 6.1  x86_64  fast  8      0.25  20.0 GiB  -0.0s  8e2f32cee982  1/2
+fast:22    up                              Linux 6.1  x86_64  fast  8      0.25  20.0 GiB  -0.0s  8e2f32cee982  1/2
 slow:2222  DOWN since 2024-05-01 10:00:00  -          -       -     -      -     -         -      -             0/1
-fast: slot 1: process 42: building /gnu/store/x.drv
-slow:2222: unreachable: cannot reach or authenticate to the machine
-slow:2222: warning: state is odd
+machine 'fast:22': slot 1: process 42: building /gnu/store/x.drv
+machine 'slow:2222': unreachable: ssh cannot connect or log in: ssh: connect to host slow port 2222: Connection refused
+machine 'slow:2222': the hook's last failure: asking which inputs it lacks: ` + "`guix archive --missing`" + ` exited with status 1
+machine 'slow:2222': warning: state is odd
 `
 	if b.String() != want {
 		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
@@ -118,10 +121,10 @@ func TestHumanBytes(t *testing.T) {
 func TestWriteRemoteSlots(t *testing.T) {
 	rs := &hook.RemoteSlots{Held: 2, Holders: []hook.RemoteSlot{{Slot: 1, Host: "laptop", PID: 12, Derivation: "/gnu/store/a.drv"}, {Slot: 2}}}
 	var b bytes.Buffer
-	writeRemoteSlots(&b, "build1", rs)
-	if got := b.String(); got != "build1: 2 build slots taken on the machine, by any host\n"+
-		"build1: machine slot 1: host laptop, process 12: building /gnu/store/a.drv\n"+
-		"build1: machine slot 2: host ?, process 0: building ?\n" {
+	writeRemoteSlots(&b, "build1:22", rs)
+	if got := b.String(); got != "machine 'build1:22': 2 build slots taken on the machine, by any host\n"+
+		"machine 'build1:22': machine slot 1: host laptop, process 12: building /gnu/store/a.drv\n"+
+		"machine 'build1:22': machine slot 2: host ?, process 0: building ?\n" {
 		t.Errorf("status lines:\n%s", got)
 	}
 }

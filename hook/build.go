@@ -32,7 +32,7 @@ func (s *session) build() error {
 	}
 	if timer != nil && !timer.Stop() {
 		s.wait()
-		return fmt.Errorf("no result from machine '%s' %s after the build timeout: %w", m.Display(), buildMargin, ErrTimedOut)
+		return fmt.Errorf("no result %s after the build timeout: %w", buildMargin, ErrTimedOut)
 	}
 	switch {
 	case err == nil && l == lineBuilt:
@@ -45,13 +45,13 @@ func (s *session) build() error {
 	if errors.As(s.wait(), &re) {
 		switch classify(s.stderr.tails[1].String(), drv) {
 		case ExitTimedOut:
-			return fmt.Errorf("derivation '%s' offloaded to '%s' timed out: %w", drv, m.Display(), ErrTimedOut)
+			return fmt.Errorf("derivation '%s' timed out: %w", drv, ErrTimedOut)
 		case ExitBuildFailed:
-			return fmt.Errorf("derivation '%s' offloaded to '%s' failed: %w", drv, m.Display(), ErrBuildFailed)
+			return fmt.Errorf("derivation '%s' failed: %w", drv, ErrBuildFailed)
 		}
 	}
 	// Not the build's own failure: the session, the machine or its guix failed.
-	return &machineError{Err: s.failure("`guix build`", "running guix build on machine '%s'", "building '"+drv+"'", s.stderr.tails[1])}
+	return &machineError{Err: s.failure("`guix build`", "building '"+drv+"'", s.stderr.tails[1])}
 }
 
 // buildStarts waits for "offload-building", through the machine's wait for one of
@@ -59,7 +59,7 @@ func (s *session) build() error {
 // every ProgressEvery (which also resets the daemon's max-silent-time clock).
 func (s *session) buildStarts() error {
 	h, m, drv := s.h, s.m, s.req.Drv
-	step, what, bare := "`guix build -d -r`", "rooting "+drv+" on machine '%s'", "rooting "+drv
+	step, what := "`guix build -d -r`", "rooting "+drv
 	every := h.ProgressEvery
 	if every <= 0 {
 		every = progressEvery
@@ -69,7 +69,7 @@ func (s *session) buildStarts() error {
 		l, err := s.line()
 		switch {
 		case err != nil:
-			return s.failure(step, what, bare, s.stderr.tails[0])
+			return s.failure(step, what, s.stderr.tails[0])
 		case l == lineBuilding:
 			return nil
 		case l != lineWaiting:
@@ -77,7 +77,7 @@ func (s *session) buildStarts() error {
 			return s.protocol(l, lineBuilding)
 		case since.IsZero():
 			since, said = time.Now(), time.Now()
-			step, what, bare = "the wait for a build slot", "waiting for a build slot of machine '%s'", "waiting for a build slot"
+			step, what = "the wait for a build slot", "waiting for a build slot"
 			n := max(m.ParallelBuilds, 1)
 			h.say("offload: all %d build slots of machine '%s' are taken on the machine, by other hosts too; '%s' waits for one there", n, m.Display(), drv)
 		case time.Since(said) >= every:

@@ -241,21 +241,17 @@ func (h *Hook) reachable(ctx context.Context, c *candidate) error {
 		return nil
 	}
 	h.record(c.m, err)
-	return fmt.Errorf("machine '%s' answered a probe recently but cannot be reached now: %s", c.m.Display(), about(c.m, err))
-}
-
-// about is err's message for a line that names m already: the machine is named once
-// per message, so "machine 'NAME:PORT'" in err becomes "the machine".
-func about(m *machines.Machine, err error) string {
-	return machines.Unnamed(err.Error(), m.Display())
+	return fmt.Errorf("machine '%s' answered a probe recently but cannot be reached now: %w", c.m.Display(), err)
 }
 
 // record puts m into backoff for failure (not in a dry run, which changes no state).
+// failure is the bare cause, as every error below the hook's per-machine boundary is:
+// the state file keeps it unnamed, and whoever shows it names the machine once.
 func (h *Hook) record(m *machines.Machine, failure error) {
 	if h.dryRun {
 		return
 	}
-	if err := h.state.RecordFailure(m.StateKey(), errors.New(about(m, failure)), h.Now()); err != nil {
+	if err := h.state.RecordFailure(m.StateKey(), failure, h.Now()); err != nil {
 		h.note("%v", err)
 	}
 }
@@ -326,12 +322,14 @@ func findCandidate(cs []*candidate, m *machines.Machine) *candidate {
 // daemon build locally when it has a free slot, unless the user said to wait.
 func (h *Hook) allDown(req Request, down []*machines.Machine) decision {
 	if req.WantsLocal && h.Conf.Fallback != "wait" {
+		// Each machine's own line said why (a probe's failure, or its backoff within
+		// the last minute): the summary names them only, so that a cause and its fix
+		// are said once.
 		var parts []string
 		for _, m := range down {
-			health, _ := h.state.Health(m.StateKey())
-			parts = append(parts, downSince(m, health))
+			parts = append(parts, "machine '"+m.Display()+"'")
 		}
-		h.note("every machine for %s is down: %s; building locally", req.System, strings.Join(parts, ", "))
+		h.note("every machine for %s is down (%s); building locally", req.System, strings.Join(parts, ", "))
 		return decision{answer: "decline"}
 	}
 	return decision{answer: "postpone"}
@@ -380,7 +378,7 @@ func (h *Hook) probeAll(ctx context.Context, cands []*candidate, now time.Time) 
 // unreachable (never as idle).
 func (h *Hook) probe(ctx context.Context, c *candidate) (*machines.Probe, error) {
 	m := c.m
-	p, err := ProbeMachine(ctx, h.Runner, c.target, m.Display(), h.Conf.StoreDir, max(m.ParallelBuilds, 1), 2*h.connectTimeout())
+	p, err := ProbeMachine(ctx, h.Runner, c.target, h.Conf.StoreDir, max(m.ParallelBuilds, 1), 2*h.connectTimeout())
 	if p != nil {
 		p.Time = h.Now()
 	}
@@ -389,19 +387,20 @@ func (h *Hook) probe(ctx context.Context, c *candidate) (*machines.Probe, error)
 
 // ProbeMachine reads a machine's load, cores, free store space, clock and how many of
 // its own build slots 0 .. slots-1 are taken, in one ssh round trip (AskMachine),
-// giving up after timeout.
-func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, name, storeDir string, slots int, timeout time.Duration) (*machines.Probe, error) {
+// giving up after timeout. Its errors do not name the machine: the caller does.
+func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, storeDir string, slots int, timeout time.Duration) (*machines.Probe, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	f, err := askFacts(ctx, r, t, storeDir, slots, false)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, &SlowError{Within: timeout, Err: err}
+			// err is the killed ssh's command line: it says nothing more.
+			return nil, &SlowError{Within: timeout}
 		}
 		return nil, err
 	}
 	if f.Cores < 1 {
-		return nil, fmt.Errorf("machine '%s': no core count in its answer", name)
+		return nil, errors.New("no core count in its answer")
 	}
 	held := -1
 	if f.Slots != nil {
@@ -424,5 +423,5 @@ type SlowError struct {
 	Err    error
 }
 
-func (e *SlowError) Error() string { return fmt.Sprintf("no answer within %s: %v", e.Within, e.Err) }
+func (e *SlowError) Error() string { return fmt.Sprintf("no answer within %s", e.Within) }
 func (e *SlowError) Unwrap() error { return e.Err }

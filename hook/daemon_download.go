@@ -25,7 +25,7 @@ func (h *Hook) fetchOutputs(ctx context.Context, m *machines.Machine, conn *work
 	for _, o := range outputs {
 		info, err := conn.QueryPathInfo(ctx, o)
 		if err != nil {
-			return &machineError{Err: fmt.Errorf("machine '%s': output %s: %w", m.Display(), o, err)}
+			return &machineError{Err: fmt.Errorf("output %s: %w", o, err)}
 		}
 		infos[o] = info
 		size += int64(info.NarSize)
@@ -40,7 +40,7 @@ func (h *Hook) fetchOutputs(ctx context.Context, m *machines.Machine, conn *work
 	h.cleanStaleTemps()
 	acl, err := storeio.LoadACL(path.Join(h.Conf.ConfDir, "acl"))
 	if err != nil {
-		return fmt.Errorf("cannot check what machine '%s' returns: %w", m.Display(), err)
+		return fmt.Errorf("cannot check what it returns: %w", err)
 	}
 	ordered := topoOrder(outputs, func(p string) []string { return infos[p].References })
 	h.say("retrieving %d store item%s from '%s'...", len(outputs), plural(len(outputs)), m.Display())
@@ -69,11 +69,11 @@ func (h *Hook) fetchOutputs(ctx context.Context, m *machines.Machine, conn *work
 	expErr := <-exportErr
 	switch {
 	case impErr != nil && storeio.IsRefusal(impErr):
-		return fmt.Errorf("refusing what machine '%s' returned: %w", m.Display(), impErr)
+		return fmt.Errorf("refusing what it returned: %w", impErr)
 	case expErr != nil && !errors.Is(expErr, io.ErrClosedPipe):
-		return &machineError{Err: fmt.Errorf("machine '%s': retrieving outputs: %w", m.Display(), expErr)}
+		return &machineError{Err: fmt.Errorf("retrieving outputs: %w", expErr)}
 	case impErr != nil:
-		return fmt.Errorf("restoring the outputs from machine '%s' into %s: %w", m.Display(), h.Conf.StoreDir, impErr)
+		return fmt.Errorf("restoring the outputs into %s: %w", h.Conf.StoreDir, impErr)
 	}
 	if err := allReturned(m, outputs, items); err != nil {
 		return err

@@ -177,13 +177,13 @@ func (h *Hook) buildOnDaemon(ctx context.Context, m *machines.Machine, conn *wor
 	case err == nil:
 		return nil
 	case errors.As(err, &de) && de.Status == ExitTimedOut:
-		return fmt.Errorf("derivation '%s' offloaded to '%s' timed out: %w", req.Drv, m.Display(), ErrTimedOut)
+		return fmt.Errorf("derivation '%s' timed out: %w", req.Drv, ErrTimedOut)
 	case errors.As(err, &de) && de.Status == ExitBuildFailed:
-		return fmt.Errorf("derivation '%s' offloaded to '%s' failed: %w", req.Drv, m.Display(), ErrBuildFailed)
+		return fmt.Errorf("derivation '%s' failed: %w", req.Drv, ErrBuildFailed)
 	case bctx.Err() != nil && ctx.Err() == nil:
-		return fmt.Errorf("no result from machine '%s' %s after the build timeout: %w", m.Display(), buildMargin, ErrTimedOut)
+		return fmt.Errorf("no result %s after the build timeout: %w", buildMargin, ErrTimedOut)
 	}
-	return &machineError{Err: fmt.Errorf("machine '%s': building '%s': %w", m.Display(), req.Drv, err)}
+	return &machineError{Err: fmt.Errorf("building '%s': %w", req.Drv, err)}
 }
 
 // exporter is the second connection to the machine's daemon, opened while the build

@@ -26,7 +26,7 @@ func (s *session) download(ctx context.Context) error {
 	h.cleanStaleTemps()
 	acl, err := storeio.LoadACL(path.Join(h.Conf.ConfDir, "acl"))
 	if err != nil {
-		return fmt.Errorf("cannot check what machine '%s' returns: %w", m.Display(), err)
+		return fmt.Errorf("cannot check what it returns: %w", err)
 	}
 	comp := s.comp
 	h.say("retrieving %d store item%s from '%s' (%s)...", len(outputs), plural(len(outputs)), m.Display(), comp)
@@ -58,19 +58,19 @@ func (s *session) download(ctx context.Context) error {
 	}
 	runErr := s.wait()
 	exportFailed := func() error {
-		return &machineError{Err: s.failure("`guix archive --export`", "retrieving outputs from machine '%s'", "retrieving outputs", s.stderr.tails[2])}
+		return &machineError{Err: s.failure("`guix archive --export`", "retrieving outputs", s.stderr.tails[2])}
 	}
 	if runErr != nil && impErr != nil && machineFirst {
 		return exportFailed()
 	}
 	if impErr != nil && storeio.IsRefusal(impErr) {
-		return fmt.Errorf("refusing what machine '%s' returned: %w", m.Display(), impErr)
+		return fmt.Errorf("refusing what it returned: %w", impErr)
 	}
 	if impErr != nil && runErr != nil {
 		return exportFailed() // the stream was cut: the session's end says why
 	}
 	if impErr != nil {
-		return fmt.Errorf("restoring the outputs from machine '%s' into %s: %w", m.Display(), h.Conf.StoreDir, impErr)
+		return fmt.Errorf("restoring the outputs into %s: %w", h.Conf.StoreDir, impErr)
 	}
 	if runErr != nil {
 		return exportFailed()
@@ -108,7 +108,7 @@ func allReturned(m *machines.Machine, outputs []string, items []storeio.ItemInfo
 	}
 	for _, o := range outputs {
 		if !got[o] {
-			return fmt.Errorf("machine '%s' did not return output %s", m.Display(), o)
+			return fmt.Errorf("it did not return output %s", o)
 		}
 	}
 	return nil

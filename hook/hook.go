@@ -296,6 +296,13 @@ func GuixLoadOptions(conf Config, r *sshexec.Runner) machines.LoadOptions {
 	}
 }
 
+// SSHTarget is how the hook reaches m under conf (ssh compression off unless
+// OFFLOAD_COMPRESSION=ssh): `offload test` and `offload status` connect with it, so that
+// they check the connection the hook makes.
+func SSHTarget(conf Config, m *machines.Machine) sshexec.Target {
+	return (&Hook{Conf: conf}).target(m)
+}
+
 // readLine reads one line without its newline. A last line without a newline is
 // returned as is; io.EOF only when nothing is left.
 func readLine(r *bufio.Reader) (string, error) {

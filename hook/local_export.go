@@ -54,12 +54,12 @@ func (h *Hook) localExporter(ctx context.Context, items []string) (*localExport,
 		e.key = h.hostKey()
 		return e, nil
 	}
+	// Only the size's order matters (bulk or not): an item guix can export and we cannot
+	// measure (a store kept elsewhere) counts as nothing.
 	for _, p := range items {
-		n, err := storeio.NarSize(p)
-		if err != nil {
-			return nil, &localError{Err: err}
+		if n, err := storeio.NarSize(p); err == nil {
+			e.size += n
 		}
-		e.size += n
 	}
 	if h.Conf.Guix == "" {
 		return nil, &localError{Err: fmt.Errorf("no local guix-daemon at %s and no guix to export with: %v", h.Conf.LocalDaemon, h.Conf.GuixErr)}

@@ -534,8 +534,8 @@ func TestOffloadSession(t *testing.T) {
 }
 
 // TestOffloadSessionFailures: where the session fails tells whether another machine may
-// take the build (before "offload-building") or the failure stands; every message names
-// the machine once.
+// take the build (before "offload-building") or the failure stands; no message names the
+// machine (the hook's per-machine boundary does, once).
 func TestOffloadSessionFailures(t *testing.T) {
 	for _, c := range []struct {
 		step        string
@@ -543,11 +543,11 @@ func TestOffloadSessionFailures(t *testing.T) {
 		want        string
 		exit        int
 	}{
-		{"badpath", true, "machine 'build1:2222' answered `guix archive --missing` with a path we did not ask about: \"/gnu/store/00000000000000000000000000000000-not-asked\"", ExitTransient},
-		{"import", true, "sending 2 store items to machine 'build1:2222': `guix archive --import` exited with status 1: guix archive: error: unauthorized public key", ExitTransient},
-		{"drvroot", true, "on machine 'build1:2222': `guix build -d -r` exited with status 1: guix build: error: cannot connect to the daemon", ExitTransient},
-		{"build", false, "offloaded to 'build1:2222' failed: build failed", ExitBuildFailed},
-		{"export", false, "retrieving outputs from machine 'build1:2222': `guix archive --export` exited with status 3: guix archive: error: the disk is on fire", ExitTransient},
+		{"badpath", true, "it answered `guix archive --missing` with a path we did not ask about: \"/gnu/store/00000000000000000000000000000000-not-asked\"", ExitTransient},
+		{"import", true, "sending 2 store items: `guix archive --import` exited with status 1: guix archive: error: unauthorized public key", ExitTransient},
+		{"drvroot", true, ": `guix build -d -r` exited with status 1: guix build: error: cannot connect to the daemon", ExitTransient},
+		{"build", false, "' failed: build failed", ExitBuildFailed},
+		{"export", false, "retrieving outputs: `guix archive --export` exited with status 3: guix archive: error: the disk is on fire", ExitTransient},
 		{"local", true, "sending 2 store items: local `guix archive --export`: ", ExitTransient},
 	} {
 		t.Run(c.step, func(t *testing.T) {
@@ -566,12 +566,8 @@ func TestOffloadSessionFailures(t *testing.T) {
 			if errors.As(err, &early) != c.beforeBuild || (c.step == "local") != errors.As(err, &local) {
 				t.Errorf("before the build: %v, local: %v; want %v, %v: %v", errors.As(err, &early), errors.As(err, &local), c.beforeBuild, c.step == "local", err)
 			}
-			names := 1
-			if c.step == "local" {
-				names = 0 // our own failure: no machine to blame
-			}
-			if !strings.Contains(err.Error(), c.want) || strings.Count(err.Error(), "build1:2222") != names {
-				t.Errorf("error %q, want it to hold %q and name the machine %d times", err, c.want, names)
+			if !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "build1:2222") {
+				t.Errorf("error %q, want it to hold %q and not to name the machine", err, c.want)
 			}
 			if ExitCode(err) != c.exit {
 				t.Errorf("exit code %d, want %d", ExitCode(err), c.exit)

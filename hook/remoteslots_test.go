@@ -143,10 +143,7 @@ func TestSessionScriptNoFlock(t *testing.T) {
 	tools := filepath.Join(T, "tools")
 	os.MkdirAll(tools, 0o755)
 	for _, p := range []string{"mkdir", "rm", "ln", "cat", "ls", "sort", "tr", "sleep"} {
-		real, err := exec.LookPath(p)
-		if err != nil {
-			t.Skipf("%s: %v", p, err)
-		}
+		real := sshtest.NeedTool(t, p)
 		os.Symlink(real, filepath.Join(tools, p))
 	}
 	drv := filepath.Join(T, "x.drv")

@@ -74,17 +74,23 @@ func (h *Hook) attempts(ctx context.Context, req Request, d decision, inputs, ou
 		tried[m.ID()] = true
 		err := h.offload(ctx, m, d.target, req, inputs, outputs)
 		if !retryable(err) {
+			var local *localError
+			if err != nil && !errors.As(err, &local) {
+				// The one boundary that names the machine: offload's errors say only
+				// what went wrong. Our own side's failure names none.
+				err = fmt.Errorf("machine '%s': %w", m.Display(), err)
+			}
 			return err
 		}
 		h.record(m, err)
 		d.release()
 		if attempt >= limit {
-			return fmt.Errorf("'%s' failed %d times for want of a working machine; the last, machine '%s': %s", req.Drv, attempt, m.Display(), about(m, err))
+			return fmt.Errorf("'%s' failed %d times for want of a working machine; the last, machine '%s': %s", req.Drv, attempt, m.Display(), err)
 		}
-		h.note("attempt %d of '%s' failed on machine '%s': %s; trying again", attempt, req.Drv, m.Display(), about(m, err))
+		h.note("attempt %d of '%s' failed on machine '%s': %s; trying again", attempt, req.Drv, m.Display(), err)
 		next, werr := h.nextMachine(ctx, req, tried, deadline)
 		if werr != nil {
-			return fmt.Errorf("'%s' failed on machine '%s' (%s), and %w", req.Drv, m.Display(), about(m, err), werr)
+			return fmt.Errorf("'%s' failed on machine '%s' (%s), and %w", req.Drv, m.Display(), err, werr)
 		}
 		d = next
 		h.note("attempt %d of '%s': machine '%s'", attempt+1, req.Drv, d.machine.Display())

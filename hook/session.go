@@ -120,7 +120,7 @@ func (s *session) line() (string, error) {
 	l, err := s.stdout.ReadSlice('\n')
 	switch {
 	case err == bufio.ErrBufferFull:
-		s.framingErr = fmt.Errorf("machine '%s' sent a line of more than %d bytes where the offload script writes store paths", s.m.Display(), len(l))
+		s.framingErr = fmt.Errorf("it sent a line of more than %d bytes where the offload script writes store paths", len(l))
 		s.abort()
 		return "", s.framingErr
 	case err == io.EOF && len(l) > 0:
@@ -132,14 +132,13 @@ func (s *session) line() (string, error) {
 }
 
 // failure says why the session ended while the machine ran step, from RunRemote's
-// error and the stderr of the phase: what names the failure with the machine (it
-// takes m.Display() for its %s), bare without it, for errors that name it themselves.
-func (s *session) failure(step, what, bare string, tail *sshexec.Tail) error {
+// error and the stderr of the phase. what says what was being done, without naming the
+// machine: the hook's per-machine boundary (retry.go) names it.
+func (s *session) failure(step, what string, tail *sshexec.Tail) error {
 	if s.framingErr != nil {
 		return s.framingErr
 	}
 	err := s.wait()
-	what = fmt.Sprintf(what, s.m.Display())
 	var re *sshexec.RemoteError
 	switch {
 	case err == nil:
@@ -153,11 +152,11 @@ func (s *session) failure(step, what, bare string, tail *sshexec.Tail) error {
 		}
 		return errors.New(msg)
 	}
-	return fmt.Errorf("%s: %w", bare, err)
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 // protocol is a session whose stdout broke the framing (a broken shell start-up
 // printing on stdout, or a machine that lies).
 func (s *session) protocol(got, want string) error {
-	return fmt.Errorf("machine '%s' said %q where the offload script says %q (does the remote user's shell start-up print on stdout?)", s.m.Display(), got, want)
+	return fmt.Errorf("it said %q where the offload script says %q (does the remote user's shell start-up print on stdout?)", got, want)
 }

@@ -56,7 +56,7 @@ type substituted struct {
 func (s *session) substitute(subs []string) (still map[string]bool, got substituted, err error) {
 	m := s.m
 	fail := func() error {
-		return s.failure("`guix build` of substitutes", "asking machine '%s' to fetch substitutes", "asking for substitutes", s.stderr.tails[0])
+		return s.failure("`guix build` of substitutes", "asking for substitutes", s.stderr.tails[0])
 	}
 	if _, err := io.WriteString(s.stdin, substituteWord+" "+strings.Join(subs, " ")+"\n"); err != nil {
 		return nil, got, fail()
@@ -80,7 +80,7 @@ func (s *session) substitute(subs []string) (still map[string]bool, got substitu
 		for _, p := range strings.Fields(l) {
 			if !asked[p] {
 				s.abort()
-				return nil, got, fmt.Errorf("machine '%s' answered `guix archive --missing` with a path we did not ask about: %q (after fetching substitutes)", m.Display(), p)
+				return nil, got, fmt.Errorf("it answered `guix archive --missing` with a path we did not ask about: %q (after fetching substitutes)", p)
 			}
 			still[p] = true
 		}

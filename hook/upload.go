@@ -16,7 +16,7 @@ import (
 func (s *session) upload(mode string, inputs []string) error {
 	h, m := s.h, s.m
 	asking := func() error {
-		return s.failure("`guix archive --missing`", "asking machine '%s' which inputs it lacks", "asking which inputs it lacks", s.stderr.tails[0])
+		return s.failure("`guix archive --missing`", "asking which inputs it lacks", s.stderr.tails[0])
 	}
 	want := uniqueSorted(append([]string{s.req.Drv}, inputs...))
 	if _, err := io.WriteString(s.stdin, strings.Join(want, " ")+"\n"); err != nil {
@@ -48,7 +48,7 @@ func (s *session) upload(mode string, inputs []string) error {
 		}
 		for _, p := range strings.Fields(l) {
 			if !wanted[p] {
-				return fmt.Errorf("machine '%s' answered `guix archive --missing` with a path we did not ask about: %q", m.Display(), p)
+				return fmt.Errorf("it answered `guix archive --missing` with a path we did not ask about: %q", p)
 			}
 			if !lacked[p] {
 				lacked[p] = true
@@ -57,7 +57,7 @@ func (s *session) upload(mode string, inputs []string) error {
 		}
 		if len(names) > maxRootNames {
 			s.abort()
-			return fmt.Errorf("machine '%s' listed more than %d entries in its GC roots directories", m.Display(), maxRootNames)
+			return fmt.Errorf("it listed more than %d entries in its GC roots directories", maxRootNames)
 		}
 	}
 	var subNote string
@@ -80,20 +80,20 @@ func (s *session) upload(mode string, inputs []string) error {
 	}
 	header := strings.Join(append([]string{string(comp), verb}, removableRoots(names, s.root)...), " ") + "\n"
 	if _, err := io.WriteString(s.stdin, header); err != nil {
-		return s.failure("the offload script", "starting the transfer to machine '%s'", "starting the transfer", s.stderr.tails[0])
+		return s.failure("the offload script", "starting the transfer", s.stderr.tails[0])
 	}
 	if len(missing) == 0 {
 		s.stdin.Close()
 		if subNote != "" {
 			h.note("%s; nothing to send", subNote)
-			return s.expect(lineImported, "the offload script", "preparing the build on machine '%s'", "preparing the build")
+			return s.expect(lineImported, "the offload script", "preparing the build")
 		}
 		h.note("machine '%s' already has the %d inputs", m.Display(), len(want))
-		return s.expect(lineImported, "the offload script", "preparing the build on machine '%s'", "preparing the build")
+		return s.expect(lineImported, "the offload script", "preparing the build")
 	}
 
 	n := len(missing)
-	sending, bare := fmt.Sprintf("sending %d store items to machine '%%s'", n), fmt.Sprintf("sending %d store items", n)
+	bare := fmt.Sprintf("sending %d store items", n)
 	if subNote != "" {
 		h.note("%s; sending %d store item%s%s (%s)...", subNote, n, plural(n), s.sizeNote(missing), comp)
 	} else {
@@ -116,7 +116,7 @@ func (s *session) upload(mode string, inputs []string) error {
 		if local := s.local(); local != nil {
 			return fmt.Errorf("%s: %w", bare, local)
 		}
-		return s.failure("`guix archive --import`", sending, bare, s.stderr.tails[0])
+		return s.failure("`guix archive --import`", bare, s.stderr.tails[0])
 	case l != lineImported:
 		s.abort()
 		<-sent
@@ -135,11 +135,11 @@ func (s *session) upload(mode string, inputs []string) error {
 
 // expect reads the next framing line, which must be want; otherwise the session
 // failed during step (see failure) or broke the framing.
-func (s *session) expect(want, step, what, bare string) error {
+func (s *session) expect(want, step, what string) error {
 	l, err := s.line()
 	switch {
 	case err != nil:
-		return s.failure(step, what, bare, s.stderr.tails[0])
+		return s.failure(step, what, s.stderr.tails[0])
 	case l != want:
 		s.abort()
 		return s.protocol(l, want)

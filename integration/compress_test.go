@@ -276,7 +276,7 @@ func TestCorruptCompressedStream(t *testing.T) {
 			if r.answer != "accept" || r.status != 1 {
 				t.Fatalf("answer %s, status %d, want a transient failure:\n%s", r.answer, r.status, r.messages)
 			}
-			if !strings.Contains(r.messages, "refusing what machine '127.0.0.1") {
+			if !strings.Contains(r.messages, "': refusing what it returned: ") {
 				t.Errorf("the corrupt stream was not refused:\n%s", r.messages)
 			}
 			assertNotInStore(t, f, d.OutputPaths(), before)

@@ -198,7 +198,7 @@ func TestEditedHostKeyTakesEffect(t *testing.T) {
 	if err != nil || ans != "decline" {
 		t.Fatalf("wrong host key: %s, %v; messages:\n%s", ans, err, strings.Join(h.Messages(), "\n"))
 	}
-	if !contains(h.Messages(), "does not match its pinned host-key") {
+	if !contains(h.Messages(), "is not the host-key pinned in machines.scm") {
 		t.Errorf("no host key mismatch reported:\n%s", strings.Join(h.Messages(), "\n"))
 	}
 	// The administrator fixes the file; the next request (same hook process, well

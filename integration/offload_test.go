@@ -184,7 +184,7 @@ func assertHostileRefused(t *testing.T, mode, want string) {
 	if b, err := os.ReadFile(f.Canary()); err != nil || string(b) != farm.CanaryText {
 		t.Errorf("the hostile archive wrote outside the store: canary %q, %v", b, err)
 	}
-	if line := lineWith(r.messages, "refusing what machine '127.0.0.1:"); !strings.Contains(line, want) {
+	if line := lineWith(r.messages, "offload: machine '127.0.0.1:"+itoa(f.Machines[0].Port)+"': refusing what it returned: "); !strings.Contains(line, want) {
 		t.Errorf("no refusal naming the machine and saying %q:\n%s", want, r.messages)
 	}
 }

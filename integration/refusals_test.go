@@ -46,7 +46,7 @@ func TestRefusesUnaskedMissingAnswer(t *testing.T) {
 				t.Errorf("answer %s status %d, want accept and the transient 1:\n%s", r.answer, r.status, r.messages)
 			}
 			// The failover line names the machine once, then says what it did.
-			want := "machine '" + m.Name + ":" + itoa(m.Port) + "' failed before the build started: the machine answered `guix archive --missing` with a path we did not ask about: " + strconv.Quote(words[0])
+			want := "machine '" + m.Name + ":" + itoa(m.Port) + "' failed before the build started: it answered `guix archive --missing` with a path we did not ask about: " + strconv.Quote(words[0])
 			if !strings.Contains(r.messages, want) {
 				t.Errorf("no refusal %q:\n%s", want, r.messages)
 			}
@@ -111,7 +111,7 @@ func TestRefusesMissingOutput(t *testing.T) {
 	}
 	var omitted []string
 	for _, out := range d.OutputPaths() {
-		if strings.Contains(r.messages, "machine '"+m.Name+":"+itoa(m.Port)+"' did not return output "+out) {
+		if strings.Contains(r.messages, "machine '"+m.Name+":"+itoa(m.Port)+"': it did not return output "+out) {
 			omitted = append(omitted, out)
 		}
 	}

@@ -23,7 +23,7 @@ func LintFiles(ms []*Machine) (warnings []Warning, errs []*Error) {
 	for _, m := range ms {
 		if m.HostKey != "" {
 			if msg := checkHostKey(m.HostKey); msg != "" {
-				errs = append(errs, &Error{Pos: m.Pos, Msg: fmt.Sprintf("machine %s: host-key %s", m.ID(), msg)})
+				errs = append(errs, &Error{Pos: m.Pos, Msg: fmt.Sprintf("machine '%s': host-key %s", m.ID(), msg)})
 			}
 		}
 		key := m.PrivateKey
@@ -33,7 +33,7 @@ func LintFiles(ms []*Machine) (warnings []Warning, errs []*Error) {
 		seen[key] = true
 		if key == "" {
 			warnings = append(warnings, Warning{Pos: m.Pos, Msg: fmt.Sprintf(
-				"machine %s has no private-key and there is no home directory for the default ~/.ssh/id_rsa: ssh will choose a key", m.ID())})
+				"machine '%s' has no private-key and there is no home directory for the default ~/.ssh/id_rsa: ssh will choose a key", m.ID())})
 			continue
 		}
 		w, e := lintKey(m, key, os.Geteuid())
@@ -53,20 +53,21 @@ func lintKey(m *Machine, key string, euid int) (warning, errMsg string) {
 	st, err := os.Stat(key)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return "", fmt.Sprintf("machine %s: private key %s does not exist", m.ID(), key)
+		// The hook says the same when it is about to connect.
+		return "", fmt.Sprintf("machine '%s': %v", m.ID(), sshexec.CheckPrivateKey(key))
 	case errors.Is(err, fs.ErrPermission):
 		return unreadable(m, key, euid)
 	case err != nil:
-		return "", fmt.Sprintf("machine %s: private key: %v", m.ID(), err)
+		return "", fmt.Sprintf("machine '%s': private-key: %v", m.ID(), err)
 	case !st.Mode().IsRegular():
-		return "", fmt.Sprintf("machine %s: private key %s is not a regular file", m.ID(), key)
+		return "", fmt.Sprintf("machine '%s': private-key %s is not a regular file", m.ID(), key)
 	}
 	f, err := os.Open(key)
 	if err != nil {
 		if errors.Is(err, fs.ErrPermission) {
 			return unreadable(m, key, euid)
 		}
-		return "", fmt.Sprintf("machine %s: private key: %v", m.ID(), err)
+		return "", fmt.Sprintf("machine '%s': private-key: %v", m.ID(), err)
 	}
 	f.Close()
 	if perm := st.Mode().Perm(); perm&0o077 != 0 {
@@ -74,7 +75,7 @@ func lintKey(m *Machine, key string, euid int) (warning, errMsg string) {
 		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 			owner = fmt.Sprintf(" (owner uid %d)", sys.Uid)
 		}
-		return fmt.Sprintf("machine %s: private key %s%s has mode %04o, open to group or others: ssh refuses such a key for its owner; run `chmod 600 %s`",
+		return fmt.Sprintf("machine '%s': private-key %s%s has mode %04o, open to group or others: ssh refuses such a key for its owner; run `chmod 600 %s`",
 			m.ID(), key, owner, perm, key), ""
 	}
 	return "", ""
@@ -82,9 +83,9 @@ func lintKey(m *Machine, key string, euid int) (warning, errMsg string) {
 
 func unreadable(m *Machine, key string, euid int) (warning, errMsg string) {
 	if euid == 0 {
-		return "", fmt.Sprintf("machine %s: private key %s cannot be read: permission denied", m.ID(), key)
+		return "", fmt.Sprintf("machine '%s': private-key %s cannot be read: permission denied", m.ID(), key)
 	}
-	return fmt.Sprintf("machine %s: private key %s cannot be read by this user (uid %d); the hook runs as the daemon's user, usually root, which may read it",
+	return fmt.Sprintf("machine '%s': private-key %s cannot be read by this user (uid %d); the hook runs as the daemon's user, usually root, which may read it",
 		m.ID(), key, euid), ""
 }
 

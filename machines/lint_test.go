@@ -45,7 +45,7 @@ func TestLintFiles(t *testing.T) {
 	}
 	for i, name := range []string{"open", "group"} {
 		w := warns[i]
-		if w.Pos != ms[i+1].Pos || !strings.Contains(w.Msg, "machine "+name+":22") || !strings.Contains(w.Msg, "chmod 600") {
+		if w.Pos != ms[i+1].Pos || !strings.Contains(w.Msg, "machine '"+name+":22'") || !strings.Contains(w.Msg, "chmod 600") {
 			t.Errorf("warning %d: %s", i, w)
 		}
 	}
@@ -117,7 +117,7 @@ func TestLintHostKey(t *testing.T) {
 	key := filepath.Join(t.TempDir(), "k")
 	os.WriteFile(key, nil, 0o600)
 	_, errs := LintFiles([]*Machine{{Name: "a", Port: 22, PrivateKey: key, HostKey: "ssh-ed25519 AAAA"}})
-	if len(errs) != 1 || !strings.Contains(errs[0].Msg, "machine a:22: host-key of type ssh-ed25519") {
+	if len(errs) != 1 || !strings.Contains(errs[0].Msg, "machine 'a:22': host-key of type ssh-ed25519") {
 		t.Errorf("%v", errs)
 	}
 }

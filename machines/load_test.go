@@ -10,6 +10,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"offload/sshexec/sshtest"
 )
 
 // guixOutput is what the script prints, for canned guix runs.
@@ -173,10 +175,7 @@ const guileModules = "../integration/cmd/fakeguix/guile"
 // guileFunc runs the script with Debian's Guile and the stand-in's modules, as the
 // stand-in's `guix repl` does.
 func guileFunc(t *testing.T) GuixFunc {
-	guile, err := exec.LookPath("guile")
-	if err != nil {
-		t.Skip("no guile (apt-get install guile-3.0)")
-	}
+	guile := sshtest.NeedTool(t, "guile") // Debian: guile-3.0
 	return func(ctx context.Context, script, file string) ([]byte, error) {
 		var out, errOut bytes.Buffer
 		cmd := exec.CommandContext(ctx, guile, "--no-auto-compile", "-q", "-L", guileModules, "-s", script, file)

@@ -92,14 +92,6 @@ func (m *Machine) Target() sshexec.Target {
 	}
 }
 
-// Unnamed rewrites msg, an inner message that names the machine displayed as name, for a
-// line that names it already: each message names a machine once, so "machine 'NAME:PORT': "
-// goes and "machine 'NAME:PORT'" becomes "the machine".
-func Unnamed(msg, name string) string {
-	msg = strings.ReplaceAll(msg, "machine '"+name+"': ", "")
-	return strings.ReplaceAll(msg, "machine '"+name+"'", "the machine")
-}
-
 // Display returns the name used in messages: always NAME:PORT, the one form in which
 // every message names a machine (several entries may share a name).
 func (m *Machine) Display() string {

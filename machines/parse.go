@@ -76,7 +76,7 @@ func (p *parser) checkDuplicates(ms []*Machine) {
 			continue
 		}
 		if diff := differences(prev, m); len(diff) > 0 {
-			p.warn(m.Pos, fmt.Sprintf("machine %s is also defined at %d:%d with a different %s",
+			p.warn(m.Pos, fmt.Sprintf("machine '%s' is also defined at %d:%d with a different %s",
 				m.ID(), prev.Pos.Line, prev.Pos.Col, joinAnd(diff)))
 		}
 	}

@@ -371,7 +371,7 @@ func TestWarnings(t *testing.T) {
 		{"(list (build-machine (name \"a\") (user \"u\") (host-key \"k\") (systems '(\"x\")))\n      (build-machine (name \"a\") (user \"u\") (host-key \"k\") (systems '(\"y\"))))", nil},
 		// the same machine with different settings
 		{"(list (build-machine (name \"a\") (user \"u\") (host-key \"k\") (systems '(\"x\")))\n      (build-machine (name \"a\") (user \"v\") (host-key \"k\") (systems '(\"y\")) (parallel-builds 2)))",
-			[]string{`f.scm:2:7: warning: machine a:22 is also defined at 1:7 with a different user and parallel-builds`}},
+			[]string{`f.scm:2:7: warning: machine 'a:22' is also defined at 1:7 with a different user and parallel-builds`}},
 		// another port is another machine
 		{"(list (build-machine (name \"a\") (user \"u\") (host-key \"k\") (systems '(\"x\")))\n      (build-machine (name \"a\") (port 23) (user \"v\") (host-key \"k\") (systems '(\"y\"))))", nil},
 		// a record made by map warns once per machine, not once per file

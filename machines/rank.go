@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"fmt"
 	"math/rand"
-	"offload/sshexec"
 	"slices"
 	"time"
 )
@@ -96,8 +95,6 @@ func judge(c Candidate) Verdict {
 		switch {
 		case c.Err == nil:
 			v.Reason = fmt.Sprintf("machine '%s' is unreachable: no load probe", name)
-		case sshexec.NamesMachine(c.Err):
-			v.Reason = c.Err.Error() // it says which machine, and why
 		default:
 			v.Reason = fmt.Sprintf("machine '%s' is unreachable: %v", name, c.Err)
 		}

@@ -8,7 +8,8 @@
 // with sockets in a root-only directory), POSIX-shell quoting of remote commands, tracing
 // of every spawned command as a pasteable shell line, and turning exit statuses into
 // typed errors: *UnreachableError when ssh itself failed (status 255), *RemoteError when
-// the remote command failed, *ExitError when a local command failed.
+// the remote command failed, *ExitError when a local command failed. Its errors never
+// name the machine: the caller that chose it does, once (docs/hook.md).
 //
 // Every process it starts runs in its own process group, is killed with its group when
 // the context is cancelled, and is always waited for. Streams are wired straight to the

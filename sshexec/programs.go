@@ -30,9 +30,17 @@ type MissingProgramError struct {
 	Env     string   // the variable that names it explicitly, e.g. OFFLOAD_SSH
 }
 
+// maxTriedShown is how many of the places looked at a message lists: the first few
+// say where offload looks; the whole PATH says nothing more to a reader.
+const maxTriedShown = 4
+
 func (e *MissingProgramError) Error() string {
+	tried := strings.Join(e.Tried, ", ")
+	if n := len(e.Tried); n > maxTriedShown+1 { // "and 1 more" would say less than the name
+		tried = fmt.Sprintf("%s and %d more", strings.Join(e.Tried[:maxTriedShown], ", "), n-maxTriedShown)
+	}
 	return fmt.Sprintf("cannot find the %s program on this host (tried %s); install it or set %s to its absolute file name",
-		e.Program, strings.Join(e.Tried, ", "), e.Env)
+		e.Program, tried, e.Env)
 }
 
 // Lookup finds the programs offload runs without relying on PATH alone.

@@ -93,6 +93,20 @@ func TestLookupMissing(t *testing.T) {
 	}
 }
 
+// TestMissingProgramShort: the message lists the first few places looked at, not a
+// whole PATH.
+func TestMissingProgramShort(t *testing.T) {
+	var tried []string
+	for i := range 14 {
+		tried = append(tried, fmt.Sprintf("/dir%d/guix", i))
+	}
+	err := &MissingProgramError{Program: "guix", Tried: tried, Env: "OFFLOAD_GUIX"}
+	want := "cannot find the guix program on this host (tried /dir0/guix, /dir1/guix, /dir2/guix, /dir3/guix and 10 more); install it or set OFFLOAD_GUIX to its absolute file name"
+	if err.Error() != want {
+		t.Errorf("got  %s\nwant %s", err, want)
+	}
+}
+
 // TestNoSSHFailsBeforeSpawning: a runner without ssh fails every remote command with
 // the lookup's error, starting nothing.
 func TestNoSSHFailsBeforeSpawning(t *testing.T) {

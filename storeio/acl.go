@@ -65,6 +65,11 @@ func LoadACL(path string) (*ACL, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		// Not a parse error at offset 0: the file is empty (a truncated write, or
+		// `touch`), and `guix archive --authorize` is what fills it.
+		return nil, fmt.Errorf("%s is empty: it should hold (acl ...), which `guix archive --authorize` writes", path)
+	}
 	a, err := ParseACL(b)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)

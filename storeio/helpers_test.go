@@ -6,11 +6,12 @@ import (
 	"encoding/binary"
 	"hash"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
+
+	"offload/sshexec/sshtest"
 )
 
 // vectorsDir holds data made by real Guix (see ../testdata/vectors/README.md).
@@ -30,9 +31,7 @@ func need(t testing.TB, what string, err error) {
 
 func nixStore(t testing.TB) string {
 	t.Helper()
-	p, err := exec.LookPath("nix-store")
-	need(t, "nix-store (Debian nix-bin)", err)
-	return p
+	return sshtest.NeedTool(t, "nix-store") // Debian: nix-bin
 }
 
 func vector(t testing.TB, rel string) []byte {

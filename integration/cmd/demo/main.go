@@ -77,16 +77,6 @@ func say(format string, args ...any) {
 	fmt.Printf("   "+format+"\n", args...)
 }
 
-// prefixed prints each line written to it with a prefix, for the hook's output.
-type prefixed struct{ prefix string }
-
-func (p prefixed) Write(b []byte) (int, error) {
-	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
-		fmt.Printf("%s%s\n", p.prefix, l)
-	}
-	return len(b), nil
-}
-
 func run(t *demoTB) int {
 	step("Setting up a throwaway build farm (two sshd servers on 127.0.0.1 playing build machines)")
 	f := farm.New(t, farm.Options{Machines: 2})
@@ -200,7 +190,7 @@ func run(t *demoTB) int {
 // the hook says (fd 1/2) and the build log (fd 4) as they come.
 func request(ctx context.Context, f *farm.Farm, d *drv.Derivation, wantsLocal bool, timeout int) int {
 	h, err := daemon.StartWith(ctx, f.HookArgv(d.System, 0, true, timeout), f.HookEnv(),
-		daemon.Options{Messages: prefixed{"   hook> "}, Log: prefixed{"   log>  "}})
+		daemon.Options{Messages: newPrefixed(os.Stdout, "   hook> "), Log: newPrefixed(os.Stdout, "   log>  ")})
 	if err != nil {
 		say("cannot start the hook: %v", err)
 		return -1
@@ -228,7 +218,7 @@ func request(ctx context.Context, f *farm.Farm, d *drv.Derivation, wantsLocal bo
 }
 
 func answerOnly(ctx context.Context, f *farm.Farm, d *drv.Derivation, wantsLocal bool) string {
-	h, err := daemon.StartWith(ctx, f.HookArgv(d.System, 0, true, 0), f.HookEnv(), daemon.Options{Messages: prefixed{"   hook> "}})
+	h, err := daemon.StartWith(ctx, f.HookArgv(d.System, 0, true, 0), f.HookEnv(), daemon.Options{Messages: newPrefixed(os.Stdout, "   hook> ")})
 	if err != nil {
 		say("cannot start the hook: %v", err)
 		return ""
@@ -251,9 +241,12 @@ func show(f *farm.Farm, args ...string) {
 	say("$ offload %s", strings.Join(args, " "))
 	cmd := exec.Command(f.Bin.Offload, args...)
 	cmd.Env = f.HookEnv()
-	cmd.Stdout = prefixed{"   "}
-	cmd.Stderr = prefixed{"   "}
-	if err := cmd.Run(); err != nil {
+	stdout, stderr := newPrefixed(os.Stdout, "   "), newPrefixed(os.Stdout, "   ")
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	err := cmd.Run()
+	stdout.Flush()
+	stderr.Flush()
+	if err != nil {
 		say("(exit: %v)", err)
 	}
 	_ = io.Discard

@@ -2,17 +2,16 @@ package main
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"offload/sshexec/sshtest"
 )
 
 func needGuile(t *testing.T) {
 	t.Helper()
-	if _, err := exec.LookPath("guile"); err != nil {
-		t.Skip("no guile (apt-get install guile-3.0)")
-	}
+	sshtest.NeedTool(t, "guile") // Debian: guile-3.0
 }
 
 // `guix repl -- FILE ARGS` runs FILE with Guile: (command-line) is FILE ARGS, the
