@@ -84,8 +84,11 @@ type candidate struct {
 // whose build slots are all taken may still be chosen, after every machine with a free
 // slot, when a place in its queue is free (one per slot).
 func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[string]bool, queue bool) decision {
-	matching := h.matchingMachines(req, exclude)
+	matching, drained := h.undrained(h.matchingMachines(req, exclude))
 	if len(matching) == 0 {
+		if drained && !(req.WantsLocal && h.Conf.Fallback != "wait") {
+			return decision{answer: "postpone"} // until a machine is undrained
+		}
 		return decision{answer: "decline"}
 	}
 	if h.Runner.NoSSH != nil {
@@ -102,7 +105,10 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 			down = append(down, c.m)
 		}
 	}
-	best, nbusy, ndown := h.pick(ctx, cands)
+	best, nbusy, ndown, local := h.pick(ctx, req, cands)
+	if local {
+		return decision{answer: "decline"} // the daemon builds it: cheapest here
+	}
 	busy += nbusy
 	down = append(down, ndown...)
 	if best != nil {
@@ -183,16 +189,27 @@ func (h *Hook) takeSlots(req Request, matching []*machines.Machine, now time.Tim
 	return cands, down, busy
 }
 
-// pick ranks the probed candidates and returns the best usable one that is reachable
-// now, with the build slot still held; it releases every other slot. Overloaded and
-// low-on-disk machines count as busy (they may get better); a usable machine that is
-// not reachable now counts as down.
-func (h *Hook) pick(ctx context.Context, cands []*candidate) (best *candidate, busy int, down []*machines.Machine) {
+// pick ranks the probed candidates, orders the usable ones by the cost of the build
+// there (place), and returns the cheapest usable one that is reachable now, with the
+// build slot still held; it releases every other slot. Overloaded, low-on-disk and
+// low-on-memory machines count as busy (they may get better); a usable machine that is
+// not reachable now counts as down. local: building here is cheapest, and every slot
+// is released.
+func (h *Hook) pick(ctx context.Context, req Request, cands []*candidate) (best *candidate, busy int, down []*machines.Machine, local bool) {
 	var cs []machines.Candidate
 	for _, c := range cands {
 		cs = append(cs, machines.Candidate{M: c.m, Probe: c.probe, Err: c.err, Queued: c.queued})
 	}
-	for _, v := range freeFirst(machines.Rank(cs, h.Rand), cands) {
+	vs, local := h.place(ctx, req, freeFirst(machines.Rank(cs, h.Rand), cands), cands)
+	if local {
+		for _, c := range cands {
+			if c.slot != nil {
+				c.slot.Release()
+			}
+		}
+		return nil, 0, nil, true
+	}
+	for _, v := range vs {
 		c := findCandidate(cands, v.M)
 		switch {
 		case v.Usable && best == nil:
@@ -222,7 +239,7 @@ func (h *Hook) pick(ctx context.Context, cands []*candidate) (best *candidate, b
 			c.slot.Release()
 		}
 	}
-	return best, busy, down
+	return best, busy, down, false
 }
 
 // reachable checks, before the hook commits to c, that its machine answers now: the
@@ -401,7 +418,7 @@ func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, name
 	if f.Slots != nil {
 		held = f.Slots.Held
 	}
-	return &machines.Probe{Load1: f.Load1, Cores: f.Cores, FreeBytes: f.FreeBytes, Time: time.Now(), RemoteSlotsHeld: held}, nil
+	return &machines.Probe{Load1: f.Load1, Cores: f.Cores, FreeBytes: f.FreeBytes, MemAvailable: f.MemAvailable, Time: time.Now(), RemoteSlotsHeld: held}, nil
 }
 
 func (h *Hook) connectTimeout() time.Duration {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"offload/machines"
+	"offload/placement"
 	"offload/sshexec"
 	"offload/statedir"
 )
@@ -68,6 +69,9 @@ type Config struct {
 
 	// Substitutes ($OFFLOAD_SUBSTITUTES) says which machines fetch substitutes themselves.
 	Substitutes Substitutes
+	// LocalSpeed ($OFFLOAD_LOCAL_SPEED) is this machine's speed for placement, on
+	// the scale of the machines' speed field; "" is 1.
+	LocalSpeed string
 }
 
 // ConfigFromEnv fills the parts of Config that come from the environment.
@@ -94,6 +98,7 @@ func ConfigFromEnv(getenv func(string) string) Config {
 		ProbeMaxAge:  5 * time.Second,
 		LockWait:     30 * time.Minute,
 		Substitutes:  ParseSubstitutes(getenv(SubstitutesEnv)),
+		LocalSpeed:   getenv(placement.LocalSpeedEnv),
 	}
 }
 
@@ -114,6 +119,11 @@ type Hook struct {
 	dryRun bool
 	// ProgressEvery is how often long transfers report (default 15 s).
 	ProgressEvery time.Duration
+	// Holdings tells which inputs a machine holds, for placement (nil: one
+	// `guix archive --missing` over ssh, AskMissing); the hook caches its answers.
+	Holdings placement.Holdings
+	// Sizes gives the size of a local input (nil: storeio.NarSize of the path).
+	Sizes placement.Sizer
 
 	state  machines.State
 	layout statedir.Layout // of Conf.StateDir
@@ -230,7 +240,7 @@ func (h *Hook) accepted(ctx context.Context, in *bufio.Reader, req Request, d de
 		h.record(m, early.Err)
 		d.release()
 		h.note("machine '%s' failed before the build started: %s", m.Display(), about(m, early.Err))
-		d = h.decideExcluding(ctx, req, tried, false)
+		d = h.decideExcluding(ctx, committed(req), tried, false)
 		if d.slot == nil {
 			return fmt.Errorf("no other machine could take %s after machine '%s' failed before the build started", req.Drv, m.Display())
 		}

@@ -210,6 +210,7 @@ func (h *Hook) offload(ctx context.Context, m *machines.Machine, t sshexec.Targe
 		return &beforeBuildError{Err: err}
 	}
 	defer upload.Release()
+	began := time.Now()
 	s, err := h.startSession(ctx, m, t, req, outputs)
 	if err != nil {
 		return &beforeBuildError{Err: err}
@@ -224,11 +225,13 @@ func (h *Hook) offload(ctx context.Context, m *machines.Machine, t sshexec.Targe
 	}
 	if len(outputs) == 0 {
 		s.wait() // the build succeeded; nothing to fetch, whatever the end of the session
+		h.learn(m, req, s, time.Since(began))
 		return nil
 	}
 	if err := s.download(ctx); err != nil {
 		return err
 	}
+	h.learn(m, req, s, time.Since(began))
 	h.say("done with offloaded '%s'", req.Drv)
 	return nil
 }
@@ -259,6 +262,11 @@ type session struct {
 
 	localMu  sync.Mutex
 	localErr error // our own side's failure while sending
+
+	// What placement learns (learn): the upload's uncompressed bytes and time, and
+	// the build's time from its start on the machine.
+	sentRaw             int64
+	sendTime, buildTime time.Duration
 }
 
 // startSession starts the ssh session running sessionScript on m.
@@ -496,6 +504,7 @@ func (s *session) upload(mode string, inputs []string) error {
 		s.abort()
 		return fmt.Errorf("%s: %w", bare, local)
 	}
+	s.sentRaw, s.sendTime = raw.n.Load(), time.Since(start)
 	h.note("sent %d store item%s (%s) to '%s' in %.1fs", n, plural(n),
 		comp.describe(s.sent.n.Load(), raw.n.Load()), m.Display(), time.Since(start).Seconds())
 	return nil
@@ -592,6 +601,7 @@ func (s *session) build() error {
 	}
 	h.say("offloading '%s' to '%s'...", drv, m.Display())
 	h.say("@ build-remote %s %s", drv, m.Display())
+	began := time.Now()
 	var timer *time.Timer
 	if h.Conf.BuildTimeout > 0 {
 		// Stop waiting locally too, so a hung connection cannot keep us alive.
@@ -610,6 +620,7 @@ func (s *session) build() error {
 	}
 	switch {
 	case err == nil && l == lineBuilt:
+		s.buildTime = time.Since(began)
 		return nil
 	case err == nil:
 		s.abort()

@@ -71,7 +71,7 @@ func (h *Hook) waitForSlot(ctx context.Context, req Request, d *decision) error 
 func (h *Hook) requeueElsewhere(ctx context.Context, req Request, d *decision) error {
 	down := d.machine
 	d.release()
-	nd := h.decideExcluding(ctx, req, map[string]bool{down.ID(): true}, false)
+	nd := h.decideExcluding(ctx, committed(req), map[string]bool{down.ID(): true}, false)
 	if nd.slot == nil {
 		return fmt.Errorf("machine '%s' went down while '%s' waited for one of its build slots, and no other machine can take it now", down.Display(), req.Drv)
 	}
