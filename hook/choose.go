@@ -29,6 +29,7 @@ type decision struct {
 	// queued: slot is a place in the machine's queue, not a build slot; the build
 	// waits for one of the machine's build slots after the accept (waitForSlot).
 	queued bool
+	local  bool // declined because building here is cheapest (placement)
 }
 
 func (d *decision) release() {
@@ -47,6 +48,7 @@ type Verdict struct {
 	Answer  string            // "accept", "decline" or "postpone"
 	Machine *machines.Machine // where an accept would go
 	Queued  bool              // the accept would wait in the machine's queue
+	Local   bool              // a decline because building here is cheapest
 }
 
 // DecideDryRun tells what the hook would answer to req right now, and writes its
@@ -62,7 +64,7 @@ func (h *Hook) DecideDryRun(ctx context.Context, req Request, w io.Writer) Verdi
 	defer func() { h.Out, h.dryRun = out, false }()
 	d := h.decide(ctx, req)
 	d.release()
-	return Verdict{Answer: d.answer, Machine: d.machine, Queued: d.queued}
+	return Verdict{Answer: d.answer, Machine: d.machine, Queued: d.queued, Local: d.local}
 }
 
 // candidate is a matching machine on which we hold a free slot, waiting for its probe.
@@ -107,7 +109,7 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 	}
 	best, nbusy, ndown, local := h.pick(ctx, req, cands)
 	if local {
-		return decision{answer: "decline"} // the daemon builds it: cheapest here
+		return decision{answer: "decline", local: true} // the daemon builds it: cheapest here
 	}
 	busy += nbusy
 	down = append(down, ndown...)

@@ -3,6 +3,7 @@ package hook
 import (
 	"cmp"
 	"context"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -59,11 +60,16 @@ func (h *Hook) place(ctx context.Context, req Request, vs []machines.Verdict, ca
 	if len(usable) == 0 || (!h.dryRun && len(usable) == 1 && !canLocal) {
 		return vs, false
 	}
-	job := placement.Job{Name: placement.DrvName(req.Drv)}
-	if paths, err := placement.DrvInputs(req.Drv); err == nil {
-		job.Inputs = placement.Sized(paths, h.sizer())
+	var job placement.Job
+	if filepath.IsAbs(req.Drv) {
+		job.Name = placement.DrvName(req.Drv)
+		if paths, err := placement.DrvInputs(req.Drv); err == nil {
+			job.Inputs = placement.Sized(paths, h.sizer())
+		} else if h.dryRun {
+			h.note("inputs: unknown (%v)", err)
+		}
 	} else if h.dryRun {
-		h.note("inputs: unknown (%v)", err)
+		h.note("inputs: unknown (no .drv given): nothing to send, build time as for a build never seen")
 	}
 	md := placement.Model{Params: h.params(), Learned: map[string]placement.History{}}
 	store := placement.Store{Dir: h.Conf.StateDir, Now: h.Now}
@@ -80,7 +86,7 @@ func (h *Hook) place(ctx context.Context, req Request, vs []machines.Verdict, ca
 	if total := placement.Total(job.Inputs); total >= minAskBytes {
 		h.askHoldings(ctx, job, opts)
 	}
-	if h.dryRun {
+	if h.dryRun && job.Name != "" {
 		h.note("inputs: %d item%s, %.1f MiB; derivation name %q", len(job.Inputs), plural(len(job.Inputs)),
 			float64(placement.Total(job.Inputs))/(1<<20), job.Name)
 	}
@@ -120,7 +126,7 @@ func (h *Hook) place(ctx context.Context, req Request, vs []machines.Verdict, ca
 	switch {
 	case local:
 		h.note("building locally: %s", cheaper(ests, best))
-	case best >= 0 && len(ests) > 1:
+	case best >= 0 && (len(ests) > 1 || h.dryRun):
 		h.note("cheapest: %s", cheaper(ests, best))
 	}
 	return append(append(out, skipped...), rest...), local
