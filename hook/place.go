@@ -72,6 +72,9 @@ func (h *Hook) place(ctx context.Context, req Request, vs []machines.Verdict, ca
 		h.note("inputs: unknown (no .drv given): nothing to send, build time as for a build never seen")
 	}
 	md := placement.Model{Params: h.params(), Learned: map[string]placement.History{}}
+	if canLocal {
+		md.LocalLoad = placement.LocalLoad()
+	}
 	store := placement.Store{Dir: h.Conf.StateDir, Now: h.Now}
 	opts := make([]placement.Option, len(usable))
 	for i, v := range usable {

@@ -3,6 +3,8 @@ package placement
 import (
 	"fmt"
 	"math"
+	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -144,6 +146,9 @@ func learned(ok bool) string {
 type Model struct {
 	Params
 	Learned map[string]History // by Machine.ID; a machine absent has learned nothing
+	// LocalLoad is the local machine's normalized load (LocalLoad), which slows a
+	// local build as a machine's load slows its builds.
+	LocalLoad float64
 }
 
 // Remote estimates the job on o.
@@ -185,10 +190,11 @@ func (md Model) Remote(job Job, o Option) Estimate {
 	return e
 }
 
-// Local estimates the job here: its build alone, at the local speed, weighted.
+// Local estimates the job here: its build alone, at the local speed and load, weighted.
 func (md Model) Local(job Job) Estimate {
 	work, ok := md.work(job.Name, "")
-	return Estimate{Build: seconds(work.Seconds() / speedOf(md.LocalSpeed)), Learned: ok, Weight: max(md.LocalWeight, 1)}
+	speed := speedOf(md.LocalSpeed) / (1 + min(max(md.LocalLoad, 0), 1))
+	return Estimate{Build: seconds(work.Seconds() / speed), Learned: ok, Weight: max(md.LocalWeight, 1)}
 }
 
 // work is the expected time of the job on a machine of speed 1: the median of what was
@@ -235,3 +241,25 @@ func Cheapest(es []Estimate) int {
 
 // Seconds is d as the estimates write it: "1.5 s".
 func Seconds(d time.Duration) string { return secs(d) }
+
+// LocalLoad reads the local machine's 1-minute load per core, as a probe reads a
+// machine's (machines.Probe.NormalizedLoad); 0 when it cannot be read.
+func LocalLoad() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	return parseLoad(string(b), runtime.NumCPU())
+}
+
+func parseLoad(loadavg string, cores int) float64 {
+	f := strings.Fields(loadavg)
+	if len(f) == 0 {
+		return 0
+	}
+	l, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return 0
+	}
+	return machines.Probe{Load1: l, Cores: cores}.NormalizedLoad()
+}

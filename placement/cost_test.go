@@ -188,3 +188,23 @@ func TestEstimateString(t *testing.T) {
 		t.Errorf("local: %s", l)
 	}
 }
+
+func TestLocalLoad(t *testing.T) {
+	md := Model{Params: DefaultParams()}
+	idleHere := md.Local(job("x", nil))
+	md.LocalLoad = parseLoad("4.00 3.00 2.00 5/300 1234\n", 4)
+	if md.LocalLoad != 1 {
+		t.Fatalf("load 4 on 4 cores: %v", md.LocalLoad)
+	}
+	if busy := md.Local(job("x", nil)); busy.Build != 2*idleHere.Build {
+		t.Errorf("a fully loaded local machine builds at half speed: %v vs %v", busy, idleHere)
+	}
+	for _, bad := range []string{"", "x 1 2"} {
+		if l := parseLoad(bad, 4); l != 0 {
+			t.Errorf("%q: %v", bad, l)
+		}
+	}
+	if l := LocalLoad(); l < 0 || l > 1 {
+		t.Errorf("this machine's load %v", l)
+	}
+}
