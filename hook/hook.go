@@ -72,6 +72,9 @@ type Config struct {
 	// LocalSpeed ($OFFLOAD_LOCAL_SPEED) is this machine's speed for placement, on
 	// the scale of the machines' speed field; "" is 1.
 	LocalSpeed string
+	// Placement ($OFFLOAD_PLACEMENT) is "off" to rank machines by speed and load
+	// only, as Guix does: no estimates, no local candidate, no question about inputs.
+	Placement string
 }
 
 // ConfigFromEnv fills the parts of Config that come from the environment.
@@ -99,6 +102,7 @@ func ConfigFromEnv(getenv func(string) string) Config {
 		LockWait:     30 * time.Minute,
 		Substitutes:  ParseSubstitutes(getenv(SubstitutesEnv)),
 		LocalSpeed:   getenv(placement.LocalSpeedEnv),
+		Placement:    getenv(placement.Env),
 	}
 }
 

@@ -46,7 +46,8 @@ func (h *Hook) undrained(ms []*machines.Machine) (out []*machines.Machine, drain
 // cheapest first, turns those that placement skips (memory) into busy ones, and tells
 // whether the local machine is cheaper than any (local: the daemon has a free slot,
 // WANTS-LOCAL 1, and OFFLOAD_FALLBACK is not wait). It costs nothing when there is no
-// choice to make, except in a dry run, which shows every estimate.
+// choice to make, except in a dry run, which shows every estimate. OFFLOAD_PLACEMENT=off
+// keeps the ranking's order.
 func (h *Hook) place(ctx context.Context, req Request, vs []machines.Verdict, cands []*candidate) ([]machines.Verdict, bool) {
 	var usable, rest []machines.Verdict
 	for _, v := range vs {
@@ -57,7 +58,7 @@ func (h *Hook) place(ctx context.Context, req Request, vs []machines.Verdict, ca
 		}
 	}
 	canLocal := req.WantsLocal && h.Conf.Fallback != "wait"
-	if len(usable) == 0 || (!h.dryRun && len(usable) == 1 && !canLocal) {
+	if h.Conf.Placement == "off" || len(usable) == 0 || (!h.dryRun && len(usable) == 1 && !canLocal) {
 		return vs, false
 	}
 	var job placement.Job

@@ -37,6 +37,10 @@ type Params struct {
 // LocalSpeedEnv sets Params.LocalSpeed.
 const LocalSpeedEnv = "OFFLOAD_LOCAL_SPEED"
 
+// Env, set to "off", makes the hook rank machines by speed and load only, as Guix's
+// does (the baseline of the placement benchmark, and a way back).
+const Env = "OFFLOAD_PLACEMENT"
+
 // DefaultParams are the constants used when nothing says otherwise.
 func DefaultParams() Params {
 	return Params{
