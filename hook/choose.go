@@ -341,7 +341,7 @@ func findCandidate(cs []*candidate, m *machines.Machine) *candidate {
 }
 
 // allDown handles a request whose matching machines are all down (docs/hook.md,
-// choice rule 6): let the
+// choice rule 7): let the
 // daemon build locally when it has a free slot, unless the user said to wait.
 func (h *Hook) allDown(req Request, down []*machines.Machine) decision {
 	if req.WantsLocal && h.Conf.Fallback != "wait" {
