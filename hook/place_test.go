@@ -186,18 +186,8 @@ func TestOffloadSessionLearns(t *testing.T) {
 // when the daemon can build it, else waits.
 func TestDecideSkipsDrainedMachines(t *testing.T) {
 	f := newSessionFixture(t)
-	key := filepath.Join(t.TempDir(), "key")
-	os.WriteFile(key, []byte("not a key: the fake ssh reads none"), 0o600)
-	file := filepath.Join(t.TempDir(), "machines.scm")
-	var text string
 	// build1 is the faster: without the drain, it would get every build.
-	for name, speed := range map[string]string{"build1": "2.0", "build2": "1.0"} {
-		text += `(build-machine (name "` + name + `") (port 2222) (user "u") (private-key "` + key + `") (systems '("x86_64-linux")) (overload-threshold #f) (speed ` + speed + `))`
-	}
-	if err := os.WriteFile(file, []byte("(list "+text+")\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f.h.Conf.MachinesFile = file
+	f.h.Conf.MachinesFile = fakeMachines(t, map[string]string{"build1": "2.0", "build2": "1.0"})
 	if err := placement.Drain(f.h.Conf.StateDir, "build1:2222", "", time.Now()); err != nil {
 		t.Fatal(err)
 	}
@@ -221,5 +211,51 @@ func TestDecideSkipsDrainedMachines(t *testing.T) {
 	req.WantsLocal = true
 	if d := f.h.decide(context.Background(), req); d.answer != "decline" {
 		t.Errorf("every machine drained, a local slot: %s", d.answer)
+	}
+}
+
+// fakeMachines writes a machines file of machines NAME:2222 of the given speeds, all
+// reached through the session fixture's fake ssh.
+func fakeMachines(t *testing.T, speeds map[string]string) string {
+	t.Helper()
+	key := filepath.Join(t.TempDir(), "key")
+	os.WriteFile(key, []byte("not a key: the fake ssh reads none"), 0o600)
+	file := filepath.Join(t.TempDir(), "machines.scm")
+	var text string
+	for name, speed := range speeds {
+		text += `(build-machine (name "` + name + `") (port 2222) (user "u") (private-key "` + key + `") (systems '("x86_64-linux")) (overload-threshold #f) (speed ` + speed + `))`
+	}
+	if err := os.WriteFile(file, []byte("(list "+text+")\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+// A dry run (offload explain) shows each candidate's estimate, the local machine's
+// included, and the cheapest, even with one machine.
+func TestDryRunShowsEstimates(t *testing.T) {
+	f := newSessionFixture(t)
+	f.h.Conf.MachinesFile = fakeMachines(t, map[string]string{"build1": "1.0"})
+	d := &storeio.Derivation{Outputs: []storeio.Output{{Name: "out", Path: f.output}}, InputSrcs: []string{f.input},
+		System: "x86_64-linux", Builder: "/bin/sh"}
+	if err := os.WriteFile(f.drv, d.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var w bytes.Buffer
+	v := f.h.DecideDryRun(context.Background(), Request{WantsLocal: true, System: "x86_64-linux", Drv: f.drv}, &w)
+	out := w.String()
+	for _, want := range []string{`inputs: 2 items, 0.0 MiB; derivation name "t"`, "estimate: 'build1:2222' ", "estimate: local ", "cheapest: 'build1:2222'"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in:\n%s", want, out)
+		}
+	}
+	if v.Answer != "accept" || v.Local {
+		t.Errorf("verdict %+v", v)
+	}
+	// Without a .drv: no inputs, a build never seen.
+	w.Reset()
+	f.h.DecideDryRun(context.Background(), Request{System: "x86_64-linux", Drv: "(explain)"}, &w)
+	if !strings.Contains(w.String(), "inputs: unknown (no .drv given)") {
+		t.Errorf("without a .drv:\n%s", w.String())
 	}
 }
