@@ -45,9 +45,10 @@ func (h *Hook) undrained(ms []*machines.Machine) (out []*machines.Machine, drain
 // place orders the usable verdicts of vs by the estimated cost of the build there,
 // cheapest first, turns those that placement skips (memory) into busy ones, and tells
 // whether the local machine is cheaper than any (local: the daemon has a free slot,
-// WANTS-LOCAL 1, and OFFLOAD_FALLBACK is not wait). It costs nothing when there is no
-// choice to make, except in a dry run, which shows every estimate. OFFLOAD_PLACEMENT=off
-// keeps the ranking's order.
+// WANTS-LOCAL 1, and OFFLOAD_FALLBACK is not wait). With no choice to make (one usable
+// machine, no local slot) it only checks that machine's memory, reads no input and asks
+// nothing; a dry run always shows every estimate. OFFLOAD_PLACEMENT=off keeps the
+// ranking's order.
 func (h *Hook) place(ctx context.Context, req Request, vs []machines.Verdict, cands []*candidate) ([]machines.Verdict, bool) {
 	var usable, rest []machines.Verdict
 	for _, v := range vs {
@@ -58,19 +59,24 @@ func (h *Hook) place(ctx context.Context, req Request, vs []machines.Verdict, ca
 		}
 	}
 	canLocal := req.WantsLocal && h.Conf.Fallback != "wait"
-	if h.Conf.Placement == "off" || len(usable) == 0 || (!h.dryRun && len(usable) == 1 && !canLocal) {
+	if h.Conf.Placement == "off" || len(usable) == 0 {
 		return vs, false
 	}
+	// With one machine and no local slot there is no choice: only its memory counts.
+	choice := h.dryRun || len(usable) > 1 || canLocal
 	var job placement.Job
-	if filepath.IsAbs(req.Drv) {
+	switch {
+	case filepath.IsAbs(req.Drv):
 		job.Name = placement.DrvName(req.Drv)
+	case h.dryRun:
+		h.note("inputs: unknown (no .drv given): nothing to send, build time as for a build never seen")
+	}
+	if choice && job.Name != "" {
 		if paths, err := placement.DrvInputs(req.Drv); err == nil {
 			job.Inputs = placement.Sized(paths, h.sizer())
 		} else if h.dryRun {
 			h.note("inputs: unknown (%v)", err)
 		}
-	} else if h.dryRun {
-		h.note("inputs: unknown (no .drv given): nothing to send, build time as for a build never seen")
 	}
 	md := placement.Model{Params: h.params(), Learned: map[string]placement.History{}}
 	if canLocal {
@@ -87,7 +93,7 @@ func (h *Hook) place(ctx context.Context, req Request, vs []machines.Verdict, ca
 		}
 		md.Learned[v.M.ID()] = hist
 	}
-	if total := placement.Total(job.Inputs); total >= minAskBytes {
+	if total := placement.Total(job.Inputs); choice && total >= minAskBytes {
 		h.askHoldings(ctx, job, opts)
 	}
 	if h.dryRun && job.Name != "" {
@@ -130,7 +136,7 @@ func (h *Hook) place(ctx context.Context, req Request, vs []machines.Verdict, ca
 	switch {
 	case local:
 		h.note("building locally: %s", cheaper(ests, best))
-	case best >= 0 && (len(ests) > 1 || h.dryRun):
+	case best >= 0 && choice:
 		h.note("cheapest: %s", cheaper(ests, best))
 	}
 	return append(append(out, skipped...), rest...), local

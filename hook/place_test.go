@@ -259,3 +259,16 @@ func TestDryRunShowsEstimates(t *testing.T) {
 		t.Errorf("without a .drv:\n%s", w.String())
 	}
 }
+
+// With one machine and no local slot there is nothing to compare, but a machine short
+// of memory is still skipped.
+func TestPlaceOneMachineShortOfMemory(t *testing.T) {
+	f := newPlaceFixture(t)
+	a := &machines.Machine{Name: "a", Port: 22, Speed: 1, ParallelBuilds: 1}
+	vs, cs := usable(a)
+	cs[0].probe.MemAvailable = 50 << 20
+	out, local := f.h.place(context.Background(), Request{Drv: f.drv}, vs, cs)
+	if local || len(out) != 1 || out[0].Usable || len(f.asked) != 0 {
+		t.Errorf("local %v, verdicts %+v, questions %v", local, out, f.asked)
+	}
+}
