@@ -1,10 +1,16 @@
 package integration
 
 import (
+	"context"
 	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"offload/integration/daemon"
+	"offload/integration/drv"
 	"offload/integration/farm"
 	"offload/placement"
 )
@@ -77,5 +83,94 @@ func BenchmarkPlacement(b *testing.B) {
 		b.ReportMetric(float64(old.misplaced), "base-misplaced-builds")
 		b.Logf("%d builds of %d MiB inputs: placement %.1f s, %d misplaced; speed and load only %.1f s, %d misplaced",
 			builds, size>>20, with.total.Seconds(), with.misplaced, old.total.Seconds(), old.misplaced)
+	}
+}
+
+// BenchmarkPlacementLocal (issue 21's case): short builds whose big input (random) the
+// one machine lacks, asked by a daemon with a free local slot (WANTS-LOCAL 1), after one
+// build of the same name taught the hook how short it is (not timed). With placement
+// the hook declines and the daemon builds here: timed as the request and the builder
+// run directly by the benchmark, as the daemon would (without its sandbox's set-up).
+// Against, in the same run on a farm set up the same way, OFFLOAD_PLACEMENT=off, which
+// offloads each (Guix's hook: the machine is idle and fast enough).
+func BenchmarkPlacementLocal(b *testing.B) {
+	builds := pick(6, 3)
+	size := pick(int64(150e6), int64(32<<20))
+	run := func(b *testing.B, env ...string) (total time.Duration, declined int) {
+		f := farm.New(b, farm.Options{})
+		writeMachines(f, nil)
+		small := addRandomItem(b, f, "local-small", 200, 0, 4<<10)
+		if r := offloadLocal(b, f, inputDrv(f, "t-local", "teach", small), false, env); r.answer != "accept" || r.status != 0 {
+			b.Fatalf("teaching build: %s %d:\n%s", r.answer, r.status, r.messages)
+		}
+		for i := range builds {
+			in := addRandomItem(b, f, fmt.Sprintf("local-input-%d", i), uint64(300+i), 0, size)
+			d := inputDrv(f, "t-local", fmt.Sprintf("local%d", i), in)
+			t0 := time.Now()
+			r := offloadLocal(b, f, d, true, env)
+			switch {
+			case r.answer == "decline":
+				buildHere(b, d)
+				declined++
+			case r.answer != "accept" || r.status != 0:
+				b.Fatalf("%s: %s %d:\n%s", d.Path, r.answer, r.status, r.messages)
+			}
+			total += time.Since(t0)
+		}
+		return total, declined
+	}
+	for range b.N {
+		with, declined := run(b)
+		old, oldDeclined := run(b, placement.Env+"=off")
+		b.ReportMetric(with.Seconds(), "mix-s")
+		b.ReportMetric(old.Seconds(), "base-mix-s")
+		b.ReportMetric(float64(declined), "built-here")
+		b.ReportMetric(float64(oldDeclined), "base-built-here")
+		b.Logf("%d short builds with %d MB inputs the machine lacks: placement %.1f s (%d built here), speed and load only %.1f s (%d built here)",
+			builds, size/1e6, with.Seconds(), declined, old.Seconds(), oldDeclined)
+	}
+}
+
+// offloadLocal is offloadTB with the request's WANTS-LOCAL field given.
+func offloadLocal(b *testing.B, f *farm.Farm, d *drv.Derivation, wantsLocal bool, env []string) result {
+	b.Helper()
+	h, err := daemon.StartWith(context.Background(), f.HookArgv("x86_64-linux", 0, true, 0), append(f.HookEnv(), env...), daemon.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Kill()
+	ans, err := h.Request(wantsLocal, d.System, d.Path, d.Features())
+	if err != nil {
+		b.Fatalf("request: %v (messages: %q)", err, h.Messages())
+	}
+	r := result{answer: ans, hook: h}
+	if ans == "accept" {
+		err = f.SendPaths(h, d)
+	} else {
+		err = h.CloseStdin()
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	if r.status, r.signaled, err = h.Wait(); err != nil {
+		b.Fatal(err)
+	}
+	r.messages = strings.Join(h.Messages(), "\n")
+	return r
+}
+
+// buildHere runs d's builder as the daemon would for a local build, its output in a
+// temporary directory.
+func buildHere(b *testing.B, d *drv.Derivation) {
+	b.Helper()
+	cmd := exec.Command(d.Builder, d.Args...)
+	cmd.Env = []string{"out=" + filepath.Join(b.TempDir(), "out")}
+	for _, e := range d.Env {
+		if e.Name != "out" {
+			cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
+		}
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("local build of %s: %v: %s", d.Path, err, strings.TrimSpace(string(out)))
 	}
 }

@@ -110,6 +110,11 @@ What the figures are (integration/bench_test.go):
   Guix's hook ranks; equal machines then share the work at random, so the baseline
   varies from run to run). Sent: MiB on the wire from the hook's "sent" lines;
   misplaced: builds that went to the machine lacking their input.
+- PlacementLocal: the issue's case: short builds (a known name) whose big random input
+  the one machine lacks, asked with WANTS-LOCAL 1. With placement the hook declines and
+  the build runs here (the request, then the builder run directly, as the daemon would
+  without its sandbox's set-up), against the same builds offloaded with
+  OFFLOAD_PLACEMENT=off. Built here: how many were declined.
 EOF
 } >"$out"
 echo "bench: wrote $out" >&2
