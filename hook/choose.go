@@ -80,11 +80,13 @@ type candidate struct {
 }
 
 // decideExcluding applies the choice rules (docs/hook.md): decline when nothing
-// matches (or when every matching machine is down and the daemon can build locally),
-// postpone when matching machines are busy, overloaded or (with no local slot) down,
-// accept the best usable one that is reachable now otherwise. With queue, a machine
-// whose build slots are all taken may still be chosen, after every machine with a free
-// slot, when a place in its queue is free (one per slot).
+// matches (or when every matching machine is down or drained and the daemon can build
+// locally, or when building here is cheapest: place), postpone when matching machines
+// are busy, overloaded or (with no local slot) down, accept the cheapest usable one
+// that is reachable now otherwise. With queue, a machine whose build slots are all
+// taken may still be chosen when a place in its queue is free (one per slot); its
+// estimate counts the wait, and without estimates it comes after every machine with a
+// free slot.
 func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[string]bool, queue bool) decision {
 	matching, drained := h.undrained(h.matchingMachines(req, exclude))
 	if len(matching) == 0 {
