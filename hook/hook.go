@@ -128,6 +128,8 @@ type Hook struct {
 	Holdings placement.Holdings
 	// Sizes gives the size of a local input (nil: storeio.NarSize of the path).
 	Sizes placement.Sizer
+	// loadHere reads this machine's normalized load (nil: placement.LocalLoad).
+	loadHere func() float64
 
 	state  machines.State
 	layout statedir.Layout // of Conf.StateDir

@@ -80,7 +80,7 @@ func (h *Hook) place(ctx context.Context, req Request, vs []machines.Verdict, ca
 	}
 	md := placement.Model{Params: h.params(), Learned: map[string]placement.History{}}
 	if canLocal {
-		md.LocalLoad = placement.LocalLoad()
+		md.LocalLoad = h.localLoad()
 	}
 	store := placement.Store{Dir: h.Conf.StateDir, Now: h.Now}
 	opts := make([]placement.Option, len(usable))
@@ -216,6 +216,14 @@ func (h *Hook) holdings() placement.Holdings {
 		return ask
 	}
 	return placement.Cache{Dir: h.Conf.StateDir, Now: h.Now}.Wrap(ask)
+}
+
+// localLoad is this machine's normalized load (tests set h.loadHere).
+func (h *Hook) localLoad() float64 {
+	if h.loadHere != nil {
+		return h.loadHere()
+	}
+	return placement.LocalLoad()
 }
 
 func (h *Hook) sizer() placement.Sizer {

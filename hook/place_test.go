@@ -53,7 +53,8 @@ func newPlaceFixture(t *testing.T) *placeFixture {
 				valid[p] = f.holds[m.ID()][p]
 			}
 			return valid, nil
-		}}
+		},
+		loadHere: func() float64 { return 0 }} // as idle as the machines' probes
 	f.h.init()
 	return f
 }
@@ -270,5 +271,22 @@ func TestPlaceOneMachineShortOfMemory(t *testing.T) {
 	out, local := f.h.place(context.Background(), Request{Drv: f.drv}, vs, cs)
 	if local || len(out) != 1 || out[0].Usable || len(f.asked) != 0 {
 		t.Errorf("local %v, verdicts %+v, questions %v", local, out, f.asked)
+	}
+}
+
+// A build that would wait in a busy machine's queue for a whole build costs more than
+// building here, when the daemon has a free slot.
+func TestPlaceQueuedLosesToLocal(t *testing.T) {
+	f := newPlaceFixture(t)
+	a := &machines.Machine{Name: "a", Port: 22, Speed: 1, ParallelBuilds: 1}
+	vs, cs := usable(a)
+	cs[0].queued = true
+	f.holds["a:22"] = map[string]bool{f.big: true, f.drv: true}
+	if _, local := f.h.place(context.Background(), Request{WantsLocal: true, Drv: f.drv}, vs, cs); !local {
+		t.Errorf("queued behind a build, yet not local:\n%s", f.out)
+	}
+	cs[0].queued = false
+	if _, local := f.h.place(context.Background(), Request{WantsLocal: true, Drv: f.drv}, vs, cs); local {
+		t.Errorf("a free machine holding everything lost to local:\n%s", f.out)
 	}
 }
