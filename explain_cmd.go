@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"offload/diagnose"
@@ -22,14 +23,17 @@ func (c *ExplainCmd) Run(ctx context.Context, g *Globals) error {
 	if c.File != "" {
 		conf.MachinesFile = c.File
 	}
-	system, features := c.What, machines.ParseRequestFeatures(c.Features)
+	system, features, drv := c.What, machines.ParseRequestFeatures(c.Features), ""
 	if strings.HasSuffix(c.What, ".drv") || strings.Contains(c.What, "/") {
 		var err error
 		if system, features, err = diagnose.DrvRequest(c.What); err != nil {
 			return err
 		}
+		if drv, err = filepath.Abs(c.What); err != nil {
+			return err
+		}
 	}
 	h := &hook.Hook{Conf: conf, Out: os.Stdout, Runner: newRunner(conf.StateDir, g)}
-	_, err := diagnose.Explain(ctx, h, system, features, os.Stdout)
+	_, err := diagnose.ExplainDrv(ctx, h, system, features, drv, os.Stdout)
 	return err
 }

@@ -37,12 +37,14 @@ type CLI struct {
 	Machines MachinesCmd `cmd:"" help:"Print the machines file with every field resolved, and its warnings."`
 	Test     TestCmd     `cmd:"" help:"Check each build machine the way the hook uses it; one line per check."`
 	Status   StatusCmd   `cmd:"" help:"Show each build machine's state, load, disk, clock and build slots."`
+	Drain    DrainCmd    `cmd:"" help:"Send no new builds to a machine; builds running there finish."`
+	Undrain  UndrainCmd  `cmd:"" help:"Let a drained machine take new builds again."`
 }
 
 // ourCommands are the first words that this program handles itself; any other word is
 // a guix sub-command handed to the real guix.
 var ourCommands = map[string]bool{
-	"offload": true, "archive": true, "machines": true, "test": true, "status": true, "explain": true,
+	"offload": true, "archive": true, "machines": true, "test": true, "status": true, "explain": true, "drain": true, "undrain": true,
 }
 
 func main() {

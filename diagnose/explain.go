@@ -25,9 +25,16 @@ var GuixSystems = []string{
 
 // Explain writes to w what the hook would answer right now to a request for system
 // with features, and why: each machine with whether it matches, then the hook's own
-// reasoning (slots, backoff, load, disk, score), then the verdict. It takes no build
-// slot. It returns the verdict for a daemon with a free local slot.
+// reasoning (slots, backoff, load, disk, score, each candidate's estimated cost, the
+// local machine's included), then the verdict. It takes no build slot. It returns the
+// verdict for a daemon with a free local slot.
 func Explain(ctx context.Context, h *hook.Hook, system string, features []string, w io.Writer) (string, error) {
+	return ExplainDrv(ctx, h, system, features, "", w)
+}
+
+// ExplainDrv is Explain for the build of the .drv file drv ("": none), whose inputs
+// the estimates then count.
+func ExplainDrv(ctx context.Context, h *hook.Hook, system string, features []string, drv string, w io.Writer) (string, error) {
 	loaded, err := machines.LoadWith(ctx, h.Conf.MachinesFile, hook.GuixLoadOptions(h.Conf, h.Runner))
 	ms, warns := loaded.Machines, loaded.Warnings
 	switch {
@@ -55,6 +62,9 @@ func Explain(ctx context.Context, h *hook.Hook, system string, features []string
 	}
 	fmt.Fprintln(w, "reasoning:")
 	req := hook.Request{WantsLocal: true, System: system, Features: features, Drv: "(explain)"}
+	if drv != "" {
+		req.Drv = drv
+	}
 	d := h.DecideDryRun(ctx, req, &prefixWriter{w: w, prefix: "  "})
 	req.WantsLocal = false
 	d0 := h.DecideDryRun(ctx, req, io.Discard)
@@ -64,6 +74,8 @@ func Explain(ctx context.Context, h *hook.Hook, system string, features []string
 		verdict += " on machine '" + d.Machine.Display() + "'"
 	}
 	switch {
+	case d.Local:
+		verdict += " (building here is cheapest: the daemon builds it locally; with no free local slot it would go to the cheapest machine)"
 	case d.Queued:
 		verdict += " (its build slots are all taken: the build would wait in its queue for the first that frees)"
 	case d.Answer == "decline" && d0.Answer == "postpone":

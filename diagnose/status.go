@@ -18,6 +18,7 @@ import (
 
 	"offload/locking"
 	"offload/machines"
+	"offload/placement"
 	"offload/sshexec"
 	"offload/statedir"
 )
@@ -35,6 +36,9 @@ type Status struct {
 	Failures   int        `json:"failures,omitempty"`
 	RetryAfter *time.Time `json:"retry_after,omitempty"`
 	LastError  string     `json:"last_error,omitempty"`
+	// Drained: `offload drain` keeps new builds off it (placement.Drained).
+	Drained      bool   `json:"drained,omitempty"`
+	DrainedSince string `json:"drained_since,omitempty"` // and why, as the hook says it
 	// From the machine, when reachable.
 	Kernel         string   `json:"kernel,omitempty"`
 	Architecture   string   `json:"architecture,omitempty"`
@@ -121,6 +125,10 @@ func machineStatus(ctx context.Context, r *sshexec.Runner, m *machines.Machine, 
 	if health.Failures > 0 {
 		t := health.RetryAfter
 		st.Failures, st.RetryAfter, st.LastError = health.Failures, &t, health.LastError
+	}
+
+	if mark, ok := placement.Drained(opt.StateDir, m.ID()); ok {
+		st.Drained, st.DrainedSince = true, mark.String()
 	}
 
 	holders, err := SlotHolders(statedir.Layout{Dir: opt.StateDir}.Slots(m.ID()), max(m.ParallelBuilds, 1))
@@ -232,6 +240,9 @@ func WriteStatusTable(w io.Writer, sts []Status) error {
 		} else if s.RetryAfter != nil && s.Failures > 0 {
 			state = "up (hook backs off until " + s.RetryAfter.Local().Format("15:04:05") + ")"
 		}
+		if s.Drained {
+			state += ", drained"
+		}
 		cores, load, free, clock, guix := "-", "-", "-", "-", "-"
 		if s.Reachable {
 			cores = strconv.Itoa(s.Cores)
@@ -253,6 +264,9 @@ func WriteStatusTable(w io.Writer, sts []Status) error {
 		return err
 	}
 	for _, s := range sts {
+		if s.Drained {
+			fmt.Fprintf(w, "%s: drained %s: no new builds go there (offload undrain)\n", s.Machine, s.DrainedSince)
+		}
 		for _, h := range s.Slots {
 			fmt.Fprintf(w, "machine '%s': slot %d: process %d: %s\n", s.Machine, h.Slot, h.PID, h.Reason)
 		}

@@ -128,3 +128,16 @@ func TestWriteRemoteSlots(t *testing.T) {
 		t.Errorf("status lines:\n%s", got)
 	}
 }
+
+// A drained machine says so in its row and on a line of its own.
+func TestWriteStatusDrained(t *testing.T) {
+	sts := []Status{{Machine: "m:22", Reachable: true, Cores: 2, ParallelBuilds: 1, Drained: true, DrainedSince: "since 2026-01-02T03:04:05Z (disk swap)"}}
+	var b bytes.Buffer
+	if err := WriteStatusTable(&b, sts); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(b.String(), "\n")
+	if !strings.Contains(lines[1], "up, drained") || lines[2] != "m:22: drained since 2026-01-02T03:04:05Z (disk swap): no new builds go there (offload undrain)" {
+		t.Errorf("got:\n%s", b.String())
+	}
+}

@@ -18,6 +18,7 @@ func (s *session) build() error {
 	}
 	h.say("offloading '%s' to '%s'...", drv, m.Display())
 	h.say("@ build-remote %s %s", drv, m.Display())
+	began := time.Now()
 	var timer *time.Timer
 	if h.Conf.BuildTimeout > 0 {
 		// Stop waiting locally too, so a hung connection cannot keep us alive.
@@ -36,6 +37,7 @@ func (s *session) build() error {
 	}
 	switch {
 	case err == nil && l == lineBuilt:
+		s.learned.buildTime = time.Since(began)
 		return nil
 	case err == nil:
 		s.abort()

@@ -29,6 +29,7 @@ type decision struct {
 	// queued: slot is a place in the machine's queue, not a build slot; the build
 	// waits for one of the machine's build slots after the accept (waitForSlot).
 	queued bool
+	local  bool // declined because building here is cheapest (placement)
 }
 
 func (d *decision) release() {
@@ -47,6 +48,7 @@ type Verdict struct {
 	Answer  string            // "accept", "decline" or "postpone"
 	Machine *machines.Machine // where an accept would go
 	Queued  bool              // the accept would wait in the machine's queue
+	Local   bool              // a decline because building here is cheapest
 }
 
 // DecideDryRun tells what the hook would answer to req right now, and writes its
@@ -62,7 +64,7 @@ func (h *Hook) DecideDryRun(ctx context.Context, req Request, w io.Writer) Verdi
 	defer func() { h.Out, h.dryRun = out, false }()
 	d := h.decide(ctx, req)
 	d.release()
-	return Verdict{Answer: d.answer, Machine: d.machine, Queued: d.queued}
+	return Verdict{Answer: d.answer, Machine: d.machine, Queued: d.queued, Local: d.local}
 }
 
 // candidate is a matching machine on which we hold a free slot, waiting for its probe.
@@ -78,14 +80,19 @@ type candidate struct {
 }
 
 // decideExcluding applies the choice rules (docs/hook.md): decline when nothing
-// matches (or when every matching machine is down and the daemon can build locally),
-// postpone when matching machines are busy, overloaded or (with no local slot) down,
-// accept the best usable one that is reachable now otherwise. With queue, a machine
-// whose build slots are all taken may still be chosen, after every machine with a free
-// slot, when a place in its queue is free (one per slot).
+// matches (or when every matching machine is down or drained and the daemon can build
+// locally, or when building here is cheapest: place), postpone when matching machines
+// are busy, overloaded or (with no local slot) down, accept the cheapest usable one
+// that is reachable now otherwise. With queue, a machine whose build slots are all
+// taken may still be chosen when a place in its queue is free (one per slot); its
+// estimate counts the wait, and without estimates it comes after every machine with a
+// free slot.
 func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[string]bool, queue bool) decision {
-	matching := h.matchingMachines(req, exclude)
+	matching, drained := h.undrained(h.matchingMachines(req, exclude))
 	if len(matching) == 0 {
+		if drained && !(req.WantsLocal && h.Conf.Fallback != "wait") {
+			return decision{answer: "postpone"} // until a machine is undrained
+		}
 		return decision{answer: "decline"}
 	}
 	if h.Runner.NoSSH != nil {
@@ -102,7 +109,10 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 			down = append(down, c.m)
 		}
 	}
-	best, nbusy, ndown := h.pick(ctx, cands)
+	best, nbusy, ndown, local := h.pick(ctx, req, cands)
+	if local {
+		return decision{answer: "decline", local: true} // the daemon builds it: cheapest here
+	}
 	busy += nbusy
 	down = append(down, ndown...)
 	if best != nil {
@@ -183,16 +193,27 @@ func (h *Hook) takeSlots(req Request, matching []*machines.Machine, now time.Tim
 	return cands, down, busy
 }
 
-// pick ranks the probed candidates and returns the best usable one that is reachable
-// now, with the build slot still held; it releases every other slot. Overloaded and
-// low-on-disk machines count as busy (they may get better); a usable machine that is
-// not reachable now counts as down.
-func (h *Hook) pick(ctx context.Context, cands []*candidate) (best *candidate, busy int, down []*machines.Machine) {
+// pick ranks the probed candidates, orders the usable ones by the cost of the build
+// there (place), and returns the cheapest usable one that is reachable now, with the
+// build slot still held; it releases every other slot. Overloaded, low-on-disk and
+// low-on-memory machines count as busy (they may get better); a usable machine that is
+// not reachable now counts as down. local: building here is cheapest, and every slot
+// is released.
+func (h *Hook) pick(ctx context.Context, req Request, cands []*candidate) (best *candidate, busy int, down []*machines.Machine, local bool) {
 	var cs []machines.Candidate
 	for _, c := range cands {
 		cs = append(cs, machines.Candidate{M: c.m, Probe: c.probe, Err: c.err, Queued: c.queued})
 	}
-	for _, v := range freeFirst(machines.Rank(cs, h.Rand), cands) {
+	vs, local := h.place(ctx, req, freeFirst(machines.Rank(cs, h.Rand), cands), cands)
+	if local {
+		for _, c := range cands {
+			if c.slot != nil {
+				c.slot.Release()
+			}
+		}
+		return nil, 0, nil, true
+	}
+	for _, v := range vs {
 		c := findCandidate(cands, v.M)
 		switch {
 		case v.Usable && best == nil:
@@ -222,7 +243,7 @@ func (h *Hook) pick(ctx context.Context, cands []*candidate) (best *candidate, b
 			c.slot.Release()
 		}
 	}
-	return best, busy, down
+	return best, busy, down, false
 }
 
 // reachable checks, before the hook commits to c, that its machine answers now: the
@@ -318,7 +339,7 @@ func findCandidate(cs []*candidate, m *machines.Machine) *candidate {
 }
 
 // allDown handles a request whose matching machines are all down (docs/hook.md,
-// choice rule 6): let the
+// choice rule 7): let the
 // daemon build locally when it has a free slot, unless the user said to wait.
 func (h *Hook) allDown(req Request, down []*machines.Machine) decision {
 	if req.WantsLocal && h.Conf.Fallback != "wait" {
@@ -406,7 +427,7 @@ func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, stor
 	if f.Slots != nil {
 		held = f.Slots.Held
 	}
-	return &machines.Probe{Load1: f.Load1, Cores: f.Cores, FreeBytes: f.FreeBytes, Time: time.Now(), RemoteSlotsHeld: held}, nil
+	return &machines.Probe{Load1: f.Load1, Cores: f.Cores, FreeBytes: f.FreeBytes, MemAvailable: f.MemAvailable, Time: time.Now(), RemoteSlotsHeld: held}, nil
 }
 
 func (h *Hook) connectTimeout() time.Duration {

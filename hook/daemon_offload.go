@@ -23,6 +23,8 @@ import (
 // hook ends. A failure before the build starts is a *beforeBuildError.
 func (h *Hook) offloadDaemon(ctx context.Context, m *machines.Machine, t sshexec.Target, conn *workerproto.Conn, req Request, inputs, outputs []string) error {
 	defer conn.Close()
+	began := time.Now()
+	h.learned = learned{}
 	if err := conn.SetOptions(ctx, h.daemonOptions(false)); err != nil {
 		return &beforeBuildError{Err: fmt.Errorf("setting the build options: %w", err)}
 	}
@@ -50,11 +52,14 @@ func (h *Hook) offloadDaemon(ctx context.Context, m *machines.Machine, t sshexec
 		return err
 	}
 	slot.release()
+	if len(outputs) > 0 {
+		if err := h.fetchOutputs(ctx, m, exporter.conn(conn), outputs); err != nil {
+			return err
+		}
+	}
+	h.learn(m, req, h.learned, time.Since(began))
 	if len(outputs) == 0 {
 		return nil
-	}
-	if err := h.fetchOutputs(ctx, m, exporter.conn(conn), outputs); err != nil {
-		return err
 	}
 	h.say("done with offloaded '%s'", req.Drv)
 	return nil
@@ -170,8 +175,10 @@ func (h *Hook) buildOnDaemon(ctx context.Context, m *machines.Machine, conn *wor
 		defer cancel()
 	}
 	conn.Log = h.Log
+	began := time.Now()
 	err := conn.BuildPaths(bctx, []string{req.Drv}, workerproto.BuildNormal)
 	conn.Log = nil
+	h.learned.buildTime = time.Since(began)
 	var de *workerproto.DaemonError
 	switch {
 	case err == nil:

@@ -82,6 +82,7 @@ func (h *Hook) sendItems(ctx context.Context, m *machines.Machine, t sshexec.Tar
 		}
 		return fmt.Errorf("sending %d store item%s: %w", n, plural(n), err)
 	}
+	h.learned.sentRaw, h.learned.sendTime = cr.n.Load(), time.Since(start)
 	h.note("sent %d store item%s (%s) to '%s' in %.1fs", n, plural(n), mib(cr.n.Load()), m.Display(), time.Since(start).Seconds())
 	return nil
 }
@@ -182,6 +183,7 @@ func (h *Hook) bulkUpload(ctx context.Context, m *machines.Machine, t sshexec.Ta
 	if runErr != nil {
 		return failed(runErr)
 	}
+	h.learned.sentRaw, h.learned.sendTime = exp.written.Load(), time.Since(start)
 	h.note("sent %d store item%s (%s) to '%s' in %.1fs", n, plural(n), comp.describe(sent.n.Load(), exp.written.Load()), m.Display(), time.Since(start).Seconds())
 	return nil
 }

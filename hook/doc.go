@@ -1,10 +1,12 @@
 // Package hook owns guix-daemon's build-hook protocol and the offload flow.
 //
 // It reads the daemon's request lines, decides (with package machines) whether to
-// accept, decline or postpone (choose.go, queue.go), and, after an accept, runs the
-// whole offload in one ssh session on the chosen machine (offload.go): it sends the
-// missing inputs, builds there, streams the log to fd 4 and restores the outputs into
-// the local store (with package storeio). It never spawns a process itself: every
+// accept, decline or postpone (choose.go, queue.go), the cheapest place for the build,
+// this machine included, coming from package placement (place.go, which also feeds it
+// what each offload teaches), and, after an accept, runs the whole offload in one ssh
+// session on the chosen machine (offload.go): it sends the missing inputs, builds
+// there, streams the log to fd 4 and restores the outputs into the local store (with
+// package storeio). It never spawns a process itself: every
 // command goes through package sshexec. Exit codes are decided by main from the errors
 // this package returns (see ExitCode). docs/hook.md states the rules it follows.
 //

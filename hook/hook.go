@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"offload/machines"
+	"offload/placement"
 	"offload/sshexec"
 	"offload/statedir"
 	"offload/storeio"
@@ -55,6 +56,12 @@ type Config struct {
 	BulkThreshold int64
 	// Attempts ($OFFLOAD_ATTEMPTS) bounds how often an accepted build is tried (retry.go).
 	Attempts int
+	// LocalSpeed ($OFFLOAD_LOCAL_SPEED) is this machine's speed for placement, on
+	// the scale of the machines' speed field; "" is 1.
+	LocalSpeed string
+	// Placement ($OFFLOAD_PLACEMENT) is "off" to rank machines by speed and load
+	// only, as Guix does: no estimates, no local candidate, no question about inputs.
+	Placement string
 }
 
 // ConfigFromEnv fills the parts of Config that come from the environment.
@@ -84,6 +91,8 @@ func ConfigFromEnv(getenv func(string) string) Config {
 		Path:         parsePath(getenv(PathEnv)),
 		Attempts:     parseAttempts(getenv(AttemptsEnv)),
 		LocalDaemon:  localDaemonSocket(getenv("GUIX_DAEMON_SOCKET"), state),
+		LocalSpeed:   getenv(placement.LocalSpeedEnv),
+		Placement:    getenv(placement.Env),
 	}
 }
 
@@ -128,6 +137,13 @@ type Hook struct {
 	dryRun bool
 	// ProgressEvery is how often long transfers report (default 15 s).
 	ProgressEvery time.Duration
+	// Holdings tells which inputs a machine holds, for placement (nil: one
+	// `guix archive --missing` over ssh, AskMissing); the hook caches its answers.
+	Holdings placement.Holdings
+	// Sizes gives the size of a local input (nil: storeio.NarSize of the path).
+	Sizes placement.Sizer
+	// loadHere reads this machine's normalized load (nil: placement.LocalLoad).
+	loadHere func() float64
 
 	state  machines.State
 	layout statedir.Layout // of Conf.StateDir
@@ -138,6 +154,7 @@ type Hook struct {
 	keyOnce   sync.Once
 	key       *storeio.SecretKey // this host's signing key, once read (nil: not readable)
 	rtt       time.Duration      // the round trip to the chosen machine's daemon, measured
+	learned   learned            // what the daemon path's current attempt teaches placement
 }
 
 func (h *Hook) init() {

@@ -2,6 +2,7 @@ package hook
 
 import (
 	"context"
+	"time"
 
 	"offload/machines"
 	"offload/sshexec"
@@ -41,6 +42,7 @@ func (h *Hook) offloadShell(ctx context.Context, m *machines.Machine, t sshexec.
 		return &beforeBuildError{Err: err}
 	}
 	defer upload.Release()
+	began := time.Now()
 	s, err := h.startSession(ctx, m, t, req, outputs)
 	if err != nil {
 		return &beforeBuildError{Err: err}
@@ -55,11 +57,13 @@ func (h *Hook) offloadShell(ctx context.Context, m *machines.Machine, t sshexec.
 	}
 	if len(outputs) == 0 {
 		s.wait() // the build succeeded; nothing to fetch, whatever the end of the session
+		h.learn(m, req, s.learned, time.Since(began))
 		return nil
 	}
 	if err := s.download(ctx); err != nil {
 		return err
 	}
+	h.learn(m, req, s.learned, time.Since(began))
 	h.say("done with offloaded '%s'", req.Drv)
 	return nil
 }

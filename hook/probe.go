@@ -16,6 +16,7 @@ type Facts struct {
 	Cores                                       int
 	Load1                                       float64
 	FreeBytes                                   int64 // -1 unknown
+	MemAvailable                                int64 // bytes; 0 unknown
 	Time                                        time.Time
 	// Slots is how many of the machine's own build slots someone holds, from this
 	// host or another, and (only when asked in full) who; nil unknown (no flock on
@@ -92,6 +93,12 @@ func ParseFacts(out string) (Facts, error) {
 			if fs := strings.Fields(val); len(fs) >= 4 {
 				if kb, err := strconv.ParseInt(fs[3], 10, 64); err == nil {
 					f.FreeBytes = kb * 1024
+				}
+			}
+		case "mem":
+			if fs := strings.Fields(val); len(fs) >= 2 {
+				if kb, err := strconv.ParseInt(fs[1], 10, 64); err == nil && kb > 0 {
+					f.MemAvailable = kb * 1024
 				}
 			}
 		case "guix":

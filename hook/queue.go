@@ -88,7 +88,7 @@ const queueBound = 5 * time.Minute
 // with a free slot (moved); when none can take it, the build stays in its place.
 func (h *Hook) requeueElsewhere(ctx context.Context, req Request, d *decision) (moved bool, err error) {
 	down := d.machine
-	nd := h.decideExcluding(ctx, req, map[string]bool{down.ID(): true}, false)
+	nd := h.decideExcluding(ctx, committed(req), map[string]bool{down.ID(): true}, false)
 	if nd.slot == nil {
 		return false, nil
 	}

@@ -101,7 +101,7 @@ func (h *Hook) attempts(ctx context.Context, req Request, d decision, inputs, ou
 // that can take it (the one that failed included, once it answers again), waiting until
 // deadline and saying so at least every waitSayEvery.
 func (h *Hook) nextMachine(ctx context.Context, req Request, tried map[string]bool, deadline time.Time) (decision, error) {
-	if d := h.decideExcluding(ctx, req, tried, false); d.slot != nil {
+	if d := h.decideExcluding(ctx, committed(req), tried, false); d.slot != nil {
 		return d, nil
 	}
 	start := time.Now()
@@ -115,7 +115,7 @@ func (h *Hook) nextMachine(ctx context.Context, req Request, tried map[string]bo
 			return decision{}, ctx.Err()
 		case <-time.After(retryPoll):
 		}
-		if d := h.decideExcluding(ctx, req, nil, false); d.slot != nil {
+		if d := h.decideExcluding(ctx, committed(req), nil, false); d.slot != nil {
 			return d, nil
 		}
 		if time.Since(said) >= waitSayEvery {

@@ -192,6 +192,8 @@ var transferFuncs = strings.Join([]string{
 // for the hook's choice (load, cores, free space in the store, clock) and, with "full"
 // as its second argument, for `offload status` (also kernel, architecture, host name,
 // guix version; `guix --version` costs a process, so the hook does not ask for it).
+// The memory available (MemAvailable, for placement's floor) comes as "mem MemAvailable:
+// N kB", and as "mem" alone where /proc/meminfo has no such line.
 // One "KEY VALUE" line per fact; the clock comes last, closest to the moment the answer
 // reaches us. One line, so that --verbose traces show all of it.
 //
@@ -200,7 +202,7 @@ var transferFuncs = strings.Join([]string{
 // is ""), and in full mode one "rslot I HOST PID DRV" line per held slot, from what its
 // holder wrote; a machine without flock gives neither.
 const factsScript = `s=$1 mode=$2 ns=$3; if [ "$mode" = full ]; then echo "kernel $(uname -s) $(uname -r)"; echo "arch $(uname -m)"; echo "host $(uname -n)"; echo "guix $(guix --version 2>/dev/null | head -n 1)"; fi; ` +
-	`echo "cores $(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null)"; echo "load $(cat /proc/loadavg 2>/dev/null)"; echo "df $(df -Pk "$s" 2>/dev/null | tail -n 1)"; ` +
+	`echo "cores $(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null)"; echo "load $(cat /proc/loadavg 2>/dev/null)"; echo "mem $(grep '^MemAvailable:' /proc/meminfo 2>/dev/null)"; echo "df $(df -Pk "$s" 2>/dev/null | tail -n 1)"; ` +
 	`if command -v flock >/dev/null 2>&1; then sd=${` + slotsDirEnv + `:-` + rootsDir + `/slots}; set --; ` +
 	`if [ -n "$ns" ]; then i=0; while [ "$i" -lt "$ns" ]; do set -- "$@" "$sd/$i"; i=$((i + 1)); done; elif [ -d "$sd" ]; then set -- "$sd"/[0-9]*; fi; ` +
 	`n=0; for f; do [ -f "$f" ] && [ -r "$f" ] || continue; if ! (exec 9<"$f" && flock -n 9) 2>/dev/null; then n=$((n + 1)); ` +

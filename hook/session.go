@@ -43,6 +43,8 @@ type session struct {
 
 	localMu  sync.Mutex
 	localErr error // our own side's failure while sending
+
+	learned learned // for placement (learn)
 }
 
 // startSession starts the ssh session running sessionScript on m.

@@ -128,6 +128,7 @@ func (s *session) upload(mode string, inputs []string) error {
 		s.abort()
 		return fmt.Errorf("%s: %w", bare, local)
 	}
+	s.learned.sentRaw, s.learned.sendTime = raw.n.Load(), time.Since(start)
 	h.note("sent %d store item%s (%s) to '%s' in %.1fs", n, plural(n),
 		comp.describe(s.sent.n.Load(), raw.n.Load()), m.Display(), time.Since(start).Seconds())
 	return nil

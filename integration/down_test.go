@@ -10,6 +10,7 @@ import (
 	"offload/integration/farm"
 	"offload/locking"
 	"offload/machines"
+	"offload/placement"
 )
 
 // Issue 9: when every matching machine is down, build locally if the daemon can.
@@ -80,7 +81,9 @@ func TestOneDownOneBusyQueues(t *testing.T) {
 	}
 	_ = busy
 	d := okDrv(f, "other")
-	r := offload(t, f, d, buildOpts{wantsLocal: true})
+	// Placement off: with it, waiting a whole build in the queue may cost more than
+	// building here, and the decline would then be placement's (placement_test.go).
+	r := offload(t, f, d, buildOpts{wantsLocal: true, env: []string{placement.Env + "=off"}})
 	// Not a decline: the busy machine takes it into its queue (one machine busy, not
 	// down), and it is built once the first build ends.
 	if r.answer != "accept" || r.status != 0 || !strings.Contains(r.messages, "takes the first that frees") {

@@ -22,6 +22,9 @@ type Probe struct {
 	// host that offloads to it) are taken, by any host; -1 unknown. A probe cached
 	// before the field existed reads 0: not full, as unknown.
 	RemoteSlotsHeld int `json:",omitempty"`
+	// MemAvailable is the memory the machine has available, in bytes; 0 unknown (a
+	// machine without /proc/meminfo, or a probe cached before the field existed).
+	MemAvailable int64 `json:",omitempty"`
 }
 
 // RemoteFull tells whether every one of the machine's own build slots was taken, for

@@ -103,6 +103,18 @@ What the figures are (integration/bench_test.go):
   the same offload to a machine not named (everything uploaded). The stand-in's
   substitute server is a directory on the machine, so fetching costs only its disk;
   over a real uplink the upload saved is worth more.
+- Placement: a mix of short builds, one after another, on two machines of the same
+  speed; each build's random input was built earlier on one of them (it holds it), and
+  the other lacks it. Mix: the whole mix's wall time with placement, against the same
+  mix on a farm set up the same way with OFFLOAD_PLACEMENT=off (speed and load only, as
+  Guix's hook ranks; equal machines then share the work at random, so the baseline
+  varies from run to run). Sent: MiB on the wire from the hook's "sent" lines;
+  misplaced: builds that went to the machine lacking their input.
+- PlacementLocal: the issue's case: short builds (a known name) whose big random input
+  the one machine lacks, asked with WANTS-LOCAL 1. With placement the hook declines and
+  the build runs here (the request, then the builder run directly, as the daemon would
+  without its sandbox's set-up), against the same builds offloaded with
+  OFFLOAD_PLACEMENT=off. Built here: how many were declined.
 EOF
 } >"$out"
 echo "bench: wrote $out" >&2

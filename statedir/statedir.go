@@ -7,12 +7,18 @@
 //	NAME:PORT.upload.lock       transfer locks, one each way
 //	NAME:PORT.download.lock
 //	NAME:PORT-HASH.state        backoff and probe cache (HASH: the connection settings)
+//	NAME:PORT.drained           present while `offload drain` keeps new builds away
+//	placement/NAME:PORT.learned what placement learned of the machine (transfers,
+//	                            build times per derivation name)
+//	placement/NAME:PORT.holdings
+//	                            which inputs it holds, cached for a few seconds
 //	known_hosts.d/ALIAS         the pinned host key of each machine
 //	ssh/                        ssh control sockets (under /tmp when the path would be
 //	                            too long for a socket)
 //
 // It only names paths: package locking takes the locks, machines.State reads and writes
-// the state files, sshexec writes the pins and runs the sockets.
+// the state files, package placement its learned data, caches and drain marks, sshexec
+// writes the pins and runs the sockets.
 package statedir
 
 import (
@@ -53,6 +59,19 @@ func (l Layout) TransferLock(id, kind string) string {
 // (machines.Machine.StateKey).
 func (l Layout) MachineState(key string) string {
 	return filepath.Join(l.Dir, Escape(key)+".state")
+}
+
+// Drained is the file whose presence keeps new builds off machine id (`offload drain`).
+func (l Layout) Drained(id string) string { return filepath.Join(l.Dir, Escape(id)+".drained") }
+
+// Learned is the file of what placement learned of machine id.
+func (l Layout) Learned(id string) string {
+	return filepath.Join(l.Dir, "placement", Escape(id)+".learned")
+}
+
+// Holdings is placement's short-lived cache of which inputs machine id holds.
+func (l Layout) Holdings(id string) string {
+	return filepath.Join(l.Dir, "placement", Escape(id)+".holdings")
 }
 
 // KnownHosts is the known-hosts file that pins the host key of the machine ssh knows
