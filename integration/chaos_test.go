@@ -198,7 +198,8 @@ func TestChaosSSHDKilled(t *testing.T) {
 			m := f.Machines[0]
 			d := ph.make(f)
 			before := storeEntries(t, f)
-			h := startHook(t, f, buildOpts{})
+			// One attempt: what a failure leaves when no retry follows.
+			h := startHook(t, f, buildOpts{env: []string{"OFFLOAD_ATTEMPTS=1"}})
 			if ans, err := h.Request(false, d.System, d.Path, nil); err != nil || ans != "accept" {
 				t.Fatalf("%q %v %q", ans, err, h.Messages())
 			}
@@ -209,7 +210,7 @@ func TestChaosSSHDKilled(t *testing.T) {
 				t.Fatalf("the %s never started: %q", ph.name, h.Messages())
 			}
 			m.Server.Stop()
-			drill(t, "sshd and its sessions killed during the %s", ph.name)
+			drill(t, "sshd and its sessions killed during the %s (OFFLOAD_ATTEMPTS=1)", ph.name)
 			checkAftermath(t, f, m, d, h, before)
 		})
 	}
