@@ -39,7 +39,10 @@ const (
 	// CheckCompression says which compressor the transfers will use (never fails:
 	// without zstd or gzip they still work, through ssh's compression, only slower).
 	CheckCompression = "compression"
-	CheckImport      = "import" // it accepts an archive signed by our key
+	// CheckPath says which path the hook's offloads take to the machine (never fails: the
+	// shell path works, only slower), and how to get the daemon path.
+	CheckPath   = "path"
+	CheckImport = "import" // it accepts an archive signed by our key
 	CheckExport      = "export" // we accept its archives
 	CheckSlots       = "slots"  // the hook's slot and lock files for it are usable here
 )
@@ -198,6 +201,7 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 	}
 	add(CheckDaemon, CheckOK, "it answered `guix archive --missing`", "")
 	add(CheckCompression, CheckOK, compressionDetail(m, has), "")
+	add(CheckPath, CheckOK, c.pathDetail(ctx, m, t), "")
 	hadItem := len(answer) == 0 && smp.path != ""
 
 	imported := false
@@ -219,6 +223,33 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 	}
 	out = append(out, c.checkSlots(m))
 	return out
+}
+
+// pathDetail tries the daemon path to m as the hook would (hook.DialMachineDaemon),
+// remembers what it found for the hook (so that a machine just fixed gets the fast path
+// at once), and says which path the offloads take, with the fix for the slow one.
+func (c *Checker) pathDetail(ctx context.Context, m *machines.Machine, t sshexec.Target) string {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout())
+	defer cancel()
+	socket := m.DaemonSocket
+	if socket == "" {
+		socket = sshexec.DefaultDaemonSocket
+	}
+	conn, why, err := hook.DialMachineDaemon(ctx, c.Runner, t, socket)
+	rec := hook.PathRecord{Checked: time.Now()}
+	switch {
+	case conn != nil:
+		v := conn.DaemonVersion()
+		conn.Close()
+		rec.Path = "daemon"
+		hook.RememberPath(c.Conf.StateDir, m, rec)
+		return fmt.Sprintf("the daemon path: its guix-daemon (protocol %d.%d) through ssh's socket forwarding", v>>8, v&0xff)
+	case err != nil:
+		return "the shell path (slower) for now: reaching its daemon failed: " + err.Error()
+	}
+	rec.Path, rec.Why = "shell", why
+	hook.RememberPath(c.Conf.StateDir, m, rec)
+	return "the shell path (slower): " + why
 }
 
 // compressionDetail says how transfers to m will be compressed (OFFLOAD_COMPRESSION=auto).

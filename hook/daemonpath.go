@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -56,6 +57,13 @@ func ReadPath(stateDir string, m *machines.Machine) PathRecord {
 	h := &Hook{Conf: Config{StateDir: stateDir}}
 	h.init()
 	return h.readPath(m)
+}
+
+// RememberPath records m's path for the hooks (as `offload test` finds it), silently.
+func RememberPath(stateDir string, m *machines.Machine, rec PathRecord) {
+	h := &Hook{Conf: Config{StateDir: stateDir}, dryRun: false, Out: io.Discard}
+	h.init()
+	h.rememberPath(m, rec)
 }
 
 func (h *Hook) readPath(m *machines.Machine) PathRecord {
