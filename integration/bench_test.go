@@ -924,55 +924,53 @@ func loginShell(name string) (string, error) {
 
 // BenchmarkTinyOffload: a tiny build (`echo hello > $out`, whose .drv the machine
 // lacks) offloaded end to end, probe included, to a machine whose shell start-up
-// sleeps 100 ms (slowShell), against `ssh machine true` through sshexec over a warm
-// shared connection to the same machine in the same run: the cost of one remote
-// command. Also per offload: the ssh sessions sshd started (its log) against the
-// target of 2, and the `guix` processes run on the machine (the stand-in's log). Two
-// machines: one whose user may write in the daemon's gcroots (root on a Guix machine:
-// the .drv's GC root is a symlink), one whose user may not (`guix build -d -r`).
+// sleeps 100 ms (slowShell), with stand-ins that cost what Guix costs (each `guix`
+// command its Guile start, the daemon's signing helper once per connection), on the
+// daemon path and on the shell path (OFFLOAD_PATH=shell), against `ssh machine true`
+// through sshexec over a warm shared connection to the same machine in the same run.
+// Also per offload: the ssh sessions sshd started (its log), and the `guix` processes
+// run on the machine and here (the stand-ins' logs): each is a Guile start on a real
+// machine.
 func BenchmarkTinyOffload(b *testing.B) {
 	n := pick(20, 5)
-	for _, writable := range []bool{true, false} {
-		name := map[bool]string{true: "gcroots-writable", false: "gcroots-not-writable"}[writable]
-		b.Run(name, func(b *testing.B) {
-			f := farm.New(b, farm.Options{})
+	for _, path := range []string{"daemon", "shell"} {
+		b.Run(path+"-path", func(b *testing.B) {
+			f := farm.New(b, farm.Options{GuixCosts: true})
 			m := f.Machines[0]
-			var extra []string
-			if writable {
-				// A daemon's state directory has gcroots, which root may write in.
-				if err := os.MkdirAll(filepath.Join(m.GuixStateDir(), "gcroots"), 0o755); err != nil {
-					b.Fatal(err)
-				}
+			// A daemon's state directory has gcroots, which root may write in.
+			if err := os.MkdirAll(filepath.Join(m.GuixStateDir(), "gcroots"), 0o755); err != nil {
+				b.Fatal(err)
 			}
-			slowShell(b, m, 100*time.Millisecond, extra...)
+			slowShell(b, m, 100*time.Millisecond)
 			writeMachines(f, nil)
 			base := sshTrueBaseline(b, m, n)
 			stateFile := filepath.Join(f.State, "offload", m.StateKey()+".state")
 			var walls []time.Duration
-			sessions, guixes := 0, 0
+			sessions, guixes, localGuixes := 0, 0, 0
 			for i := range n {
 				d := f.MakeDrv(drv.Spec{Name: "t-tiny", Args: []string{"-c", `echo hello > "$out"`}, Nonce: fmt.Sprintf("tiny%d", i)})
 				// No cached probe: every offload probes, as one every 5 s would.
 				if err := os.Remove(stateFile); err != nil && !os.IsNotExist(err) {
 					b.Fatal(err)
 				}
-				s0, g0 := strings.Count(m.Server.Log(), "Starting session:"), len(m.Invocations())
+				s0, g0, l0 := strings.Count(m.Server.Log(), "Starting session:"), len(m.Invocations()), len(f.LocalInvocations())
 				t0 := time.Now()
-				res := offloadTB(b, f, d)
+				res := offloadTB(b, f, d, "OFFLOAD_PATH="+path)
 				walls = append(walls, time.Since(t0))
 				if res.answer != "accept" || res.status != 0 {
 					b.Fatalf("offload: %s %d:\n%s", res.answer, res.status, res.messages)
 				}
 				sessions += strings.Count(m.Server.Log(), "Starting session:") - s0
 				guixes += len(m.Invocations()) - g0
+				localGuixes += len(f.LocalInvocations()) - l0
 			}
 			b.ReportMetric(ms(median(walls)), "wall-ms")
 			b.ReportMetric(ms(base), "base-wall-ms")
 			b.ReportMetric(float64(sessions)/float64(n), "ssh-sessions/offload")
-			b.ReportMetric(2, "base-ssh-sessions/offload")
 			b.ReportMetric(float64(guixes)/float64(n), "remote-guix/offload")
-			b.Logf("ssh true: %s; offload: median %s, sessions %.1f, remote guix runs %.1f per offload; last machine log: %q",
-				base, median(walls), float64(sessions)/float64(n), float64(guixes)/float64(n), m.Invocations()[len(m.Invocations())-guixes/n:])
+			b.ReportMetric(float64(localGuixes)/float64(n), "local-guix/offload")
+			b.Logf("ssh true: %s; offload: median %s, sessions %.1f, guix runs %.1f there and %.1f here per offload",
+				base, median(walls), float64(sessions)/float64(n), float64(guixes)/float64(n), float64(localGuixes)/float64(n))
 		})
 	}
 }

@@ -44,12 +44,15 @@ chmod 0755 /run/sshd
 # setenv_line prints one SetEnv line with ENVFILE's K=V pairs, each double-quoted so that
 # values may hold spaces.
 #
-# It always sets PYENV_REHASH_TIMEOUT=1: the machines our CI runs on give root a shell
-# start-up (~/.bashrc, which bash reads for ssh commands too) that runs `pyenv rehash`,
-# whose lock file, left behind by a session a test killed, makes every later login wait
-# 60 s for it. One second is enough for an uncontended rehash; a failed one is harmless.
+# It always sets SHLVL=1, so that the login shell, when it is bash, does not read
+# ~/.bashrc for ssh commands (bash reads it only at shell level 1): the farm's machines
+# are build machines whose user has a plain shell. The machines our CI runs on give root
+# a ~/.bashrc that runs `pyenv rehash` (relinking every shim under a lock, left behind
+# by any session a test kills, on which each later login waits 60 s): with many logins
+# at once it took most of the CPU and timed probes out. PYENV_REHASH_TIMEOUT=1 bounds
+# that wait wherever a bash still reads it.
 setenv_line() {
-	line=' "PYENV_REHASH_TIMEOUT=1"'
+	line=' "SHLVL=1" "PYENV_REHASH_TIMEOUT=1"'
 	[ -n "$envfile" ] || { echo "SetEnv$line"; return 0; }
 	while IFS= read -r kv || [ -n "$kv" ]; do
 		case $kv in
