@@ -122,7 +122,7 @@ func cmdMachines(ts *testscript.TestScript, neg bool, args []string) {
 		m := f.Machines[i]
 		tg := m.Target()
 		hostKey := fmt.Sprintf("\n  (host-key %q)", tg.HostKey)
-		extra := "\n  (overload-threshold #f)"
+		extra := fmt.Sprintf("\n  (overload-threshold #f)\n  (daemon-socket %q)", m.DaemonSocket())
 		for _, c := range strings.Split(arg, "+") {
 			switch c {
 			case "up":
@@ -149,6 +149,7 @@ func cmdMachines(ts *testscript.TestScript, neg bool, args []string) {
 			case "unsigned":
 				// Its exports are unsigned: the hook refuses what it returns.
 				ts.Check(os.WriteFile(filepath.Join(m.Dir, "hostile"), []byte("unsigned"), 0o644))
+				ts.Check(os.WriteFile(m.DaemonHostileFile(), []byte("unsigned"), 0o644))
 			case "fast":
 				extra += "\n  (speed 10.0)"
 			default:
@@ -243,6 +244,7 @@ var (
 	reSize      = regexp.MustCompile(`\b\d+(\.\d+)? ([KMGT]iB|B)\b`)
 	reProcess   = regexp.MustCompile(`\bprocess \d+`)
 	reKeyBlob   = regexp.MustCompile(`AAAA[A-Za-z0-9+/=]{20,}`)
+	reSexpKey   = regexp.MustCompile(`#[0-9A-Fa-f]{32,}#`)
 	reSpaces    = regexp.MustCompile(` {2,}`)
 	// What the test host's shell start-up prints on the machines' stderr (pyenv's
 	// rehash, when several logins contend for its lock): not offload's output.
@@ -269,6 +271,7 @@ func normalize(f *farm.Farm, s string) string {
 	}
 	s = reHostNoise.ReplaceAllString(s, "")
 	s = reKeyBlob.ReplaceAllString(s, "KEY")
+	s = reSexpKey.ReplaceAllString(s, "#KEY#")
 	s = reStoreHash.ReplaceAllString(s, "HASH")
 	s = reDateTime.ReplaceAllString(s, "TIME")
 	s = reClock.ReplaceAllString(s, "TIME")

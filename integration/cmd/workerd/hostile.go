@@ -17,6 +17,7 @@ import (
 //	bad-export-hash   ExportPath sends the item with one content byte changed, then the
 //	                  real daemon's "hash of path `P' has changed" error (§4.5)
 //	close-mid-import  ImportPaths closes the connection after the first chunk it pulls
+//	unsigned          ExportPath sends its items unsigned, even when asked to sign
 func (d *daemon) hostile() (mode string, args []string) {
 	if d.hostileFile == "" {
 		return "", nil
