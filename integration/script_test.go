@@ -245,7 +245,10 @@ var (
 	reProcess   = regexp.MustCompile(`\bprocess \d+`)
 	reKeyBlob   = regexp.MustCompile(`AAAA[A-Za-z0-9+/=]{20,}`)
 	reSexpKey   = regexp.MustCompile(`#[0-9A-Fa-f]{32,}#`)
-	reSpaces    = regexp.MustCompile(` {2,}`)
+	// Placement's estimates and the ranking's scores follow the machine's load.
+	reEstimate = regexp.MustCompile(`\b\d+\.\d s\b`)
+	reScore    = regexp.MustCompile(`score \d+\.\d+`)
+	reSpaces   = regexp.MustCompile(` {2,}`)
 	// What the test host's shell start-up prints on the machines' stderr (pyenv's
 	// rehash, when several logins contend for its lock): not offload's output.
 	reHostNoise = regexp.MustCompile(`(pyenv: [^;\n]*|/root/\.pyenv/[^;\n]*)(; )?`)
@@ -276,6 +279,8 @@ func normalize(f *farm.Farm, s string) string {
 	s = reDateTime.ReplaceAllString(s, "TIME")
 	s = reClock.ReplaceAllString(s, "TIME")
 	s = reSize.ReplaceAllString(s, "SIZE")
+	s = reEstimate.ReplaceAllString(s, "N.N s")
+	s = reScore.ReplaceAllString(s, "score N.NNN")
 	s = reSeconds.ReplaceAllString(s, "Ns")
 	s = reDecimal.ReplaceAllString(s, "N.NN")
 	s = reProcess.ReplaceAllString(s, "process PID")
