@@ -43,8 +43,8 @@ const (
 	// shell path works, only slower), and how to get the daemon path.
 	CheckPath   = "path"
 	CheckImport = "import" // it accepts an archive signed by our key
-	CheckExport      = "export" // we accept its archives
-	CheckSlots       = "slots"  // the hook's slot and lock files for it are usable here
+	CheckExport = "export" // we accept its archives
+	CheckSlots  = "slots"  // the hook's slot and lock files for it are usable here
 )
 
 // Check is the outcome of one check on one machine.
@@ -235,7 +235,12 @@ func (c *Checker) pathDetail(ctx context.Context, m *machines.Machine, t sshexec
 	if socket == "" {
 		socket = sshexec.DefaultDaemonSocket
 	}
-	conn, why, err := hook.DialMachineDaemon(ctx, c.Runner, t, socket)
+	// As the hook does it: through a shared connection, which `offload test` itself
+	// does not keep (it leaves no master behind).
+	r := *c.Runner
+	r.ControlPersist = 0
+	defer r.CloseMaster(t)
+	conn, why, err := hook.DialMachineDaemon(ctx, &r, t, socket)
 	rec := hook.PathRecord{Checked: time.Now()}
 	switch {
 	case conn != nil:
