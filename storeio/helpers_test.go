@@ -17,18 +17,6 @@ import (
 // vectorsDir holds data made by real Guix (see ../testdata/vectors/README.md).
 const vectorsDir = "../testdata/vectors"
 
-// need fails under CI and skips otherwise when a test dependency is missing.
-func need(t testing.TB, what string, err error) {
-	t.Helper()
-	if err == nil {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("%s is required in CI: %v", what, err)
-	}
-	t.Skipf("%s not available: %v", what, err)
-}
-
 func nixStore(t testing.TB) string {
 	t.Helper()
 	return sshtest.NeedTool(t, "nix-store") // Debian: nix-bin
