@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"offload/storeio"
 )
 
 // Replaying recorded connections: testdata/workerproto/NAME.c2d holds what a client sent
@@ -53,9 +55,10 @@ type walker struct {
 func (w *walker) cpos() int { return w.cLen - w.c.Len() }
 func (w *walker) dpos() int { return w.dLen - w.d.Len() }
 
-// splitRecording returns the exchanges it could follow, and why it stopped early
-// ("" when it reached the end).
-func splitRecording(c2d, d2c []byte) ([]exchange, string) {
+// splitRecording returns the exchanges it could follow, why it stopped early ("" when
+// it reached the end), and the bytes the client wrote that the daemon, having closed
+// after an error, never answered.
+func splitRecording(c2d, d2c []byte) (exs []exchange, stop string, unanswered []byte) {
 	w := &walker{c: bytes.NewReader(c2d), d: bytes.NewReader(d2c), cLen: len(c2d), dLen: len(d2c)}
 	var out []exchange
 	for {
@@ -66,17 +69,17 @@ func splitRecording(c2d, d2c []byte) ([]exchange, string) {
 			err = w.handshake()
 		} else {
 			if w.c.Len() == 0 {
-				return out, ""
+				return out, "", nil
 			}
 			err = w.request()
 		}
 		w.ex.c2d, w.ex.d2c = c2d[cStart:w.cpos()], d2c[dStart:w.dpos()]
 		if err != nil {
-			return out, fmt.Sprintf("exchange %d (op %d): %v", len(out), w.ex.op, err)
+			return out, fmt.Sprintf("exchange %d (op %d): %v", len(out), w.ex.op, err), nil
 		}
 		out = append(out, *w.ex)
-		if w.ex.err != nil && w.d.Len() == 0 {
-			return out, "" // the daemon closed after its error
+		if w.ex.err != nil && w.d.Len() == 0 { // the daemon closed after its error
+			return out, "", c2d[w.cpos():]
 		}
 	}
 }
@@ -293,7 +296,7 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 }
 
 // run makes ex's request on c and checks what was decoded against the recording.
-func (ex *exchange) run(t *testing.T, c *Conn) {
+func (ex *exchange) run(t *testing.T, c *Conn) error {
 	t.Helper()
 	ctx := context.Background()
 	var log strings.Builder
@@ -343,38 +346,69 @@ func (ex *exchange) run(t *testing.T, c *Conn) {
 	if !bytes.Equal(data.Bytes(), ex.data) {
 		t.Errorf("op %d: exported %d bytes, want %d", ex.op, data.Len(), len(ex.data))
 	}
+	if err != nil {
+		return err
+	}
+	switch ex.op {
+	case opAddTextToStore: // the daemon's own path for the text
+		if want := TextPath("/gnu/store", ex.name, ex.content, ex.paths); got != want {
+			t.Errorf("AddTextToStore gave %s, TextPath %s", got, want)
+		}
+	case opExportPath: // an item storeio reads
+		bundle := append(append(w().ints(1).Bytes(), data.Bytes()...), w().ints(0).Bytes()...)
+		items, err := storeio.ListBundle(bytes.NewReader(bundle))
+		if err != nil || len(items) != 1 || items[0].Path != ex.path {
+			t.Errorf("the exported item: %v, %v", items, err)
+		}
+	}
+	return nil
+}
+
+// replayed is what a replay did: the exchanges replayed and skipped, and, when the
+// whole connection was replayed on one Conn, that Conn and each request's error.
+type replayed struct {
+	n, skipped int
+	conn       *Conn
+	errs       []error
 }
 
 // replay feeds a recording to our Conn: one Conn for the whole connection when every
 // request is one we make, else one per request we make (each fed its own part).
-func replay(t *testing.T, c2d, d2c []byte) (replayed, skipped int) {
+func replay(t *testing.T, c2d, d2c []byte) replayed {
 	t.Helper()
-	exs, stop := splitRecording(c2d, d2c)
+	exs, stop, unanswered := splitRecording(c2d, d2c)
 	if stop != "" {
 		t.Logf("stopped following the recording at %s", stop)
+	}
+	if len(unanswered) > 0 {
+		// A client that wrote while the daemon worked (§1); ours never does.
+		t.Logf("the client wrote %d bytes the daemon never answered", len(unanswered))
+		c2d = c2d[:len(c2d)-len(unanswered)]
 	}
 	whole := stop == ""
 	for _, ex := range exs {
 		whole = whole && replayable[ex.op]
 	}
 	var sent bytes.Buffer
+	var r replayed
 	if whole {
 		c, err := NewConn(context.Background(), script{bytes.NewReader(d2c), &sent})
 		if err != nil {
 			t.Fatalf("handshake: %v", err)
 		}
 		for _, ex := range exs[1:] {
-			ex.run(t, c)
+			r.errs = append(r.errs, ex.run(t, c))
 		}
 		if !bytes.Equal(sent.Bytes(), c2d) {
 			t.Errorf("the connection: %s", diff(sent.Bytes(), c2d))
 		}
-		return len(exs), 0
+		r.n, r.conn = len(exs), c
+		return r
 	}
 	var version int
 	for i, ex := range exs {
 		if !replayable[ex.op] {
-			skipped++
+			r.skipped++
 			continue
 		}
 		sent.Reset()
@@ -392,9 +426,9 @@ func replay(t *testing.T, c2d, d2c []byte) (replayed, skipped int) {
 		if !bytes.Equal(sent.Bytes(), ex.c2d) {
 			t.Errorf("exchange %d (op %d): %s", i, ex.op, diff(sent.Bytes(), ex.c2d))
 		}
-		replayed++
+		r.n++
 	}
-	return replayed, skipped
+	return r
 }
 
 // diff shows where what we sent departs from what the recorded client sent.
@@ -422,7 +456,10 @@ func TestReplaySpecTranscript(t *testing.T) {
 	c2d.ints(opQueryPathInfo).str(p)
 	d2c.last().str("", strings.Repeat("0f", 32)).strs().ints(1796572419, 136)
 	c2d.ints(opExportPath).str(p).ints(1)
-	d2c.next("exporting path `" + p + "'\n").write("nar").write("rest").last().ints(1)
+	f := filepath.Join(t.TempDir(), "plain")
+	os.WriteFile(f, []byte("Hello, test vectors!\n"), 0o444)
+	item := string(exportItem(t, f, storeio.ItemInfo{Path: p}))
+	d2c.next("exporting path `" + p + "'\n").write(item[:8]).write(item[8:]).last().ints(1)
 	c2d.ints(opImportPaths)
 	d2c.ints(stderrRead, 32768)
 	c2d.str("bund")
@@ -433,24 +470,60 @@ func TestReplaySpecTranscript(t *testing.T) {
 	d2c.next("building\n").fail("build of `/gnu/store/x.drv' failed", 100)
 	c2d.ints(opQueryPathInfo).str("/tmp/foo")
 	d2c.fail("path `/tmp/foo' is not in the store", 1)
-	if n, skipped := replay(t, c2d.Bytes(), d2c.Bytes()); n != 8 || skipped != 0 {
-		t.Errorf("replayed %d exchanges, skipped %d", n, skipped)
+	if r := replay(t, c2d.Bytes(), d2c.Bytes()); r.n != 8 || r.skipped != 0 {
+		t.Errorf("replayed %d exchanges, skipped %d", r.n, r.skipped)
 	}
 	// With an operation we do not make in the middle, the others are replayed alone.
 	var c2, d2 tx
 	c2.ints(magic1, 0x163, 0, 1).ints(80).ints(opIsValidPath).str(p)
 	d2.ints(magic2, 0x163).last().last().strs("download").last().ints(0)
-	if n, skipped := replay(t, c2.Bytes(), d2.Bytes()); n != 2 || skipped != 1 {
-		t.Errorf("replayed %d exchanges, skipped %d", n, skipped)
+	if r := replay(t, c2.Bytes(), d2.Bytes()); r.n != 2 || r.skipped != 1 {
+		t.Errorf("replayed %d exchanges, skipped %d", r.n, r.skipped)
+	}
+}
+
+// What some recordings must show beyond a faithful replay.
+var recordingChecks = map[string]func(t *testing.T, r replayed){
+	"buildpaths-fail-100":       lastStatus(100),
+	"buildpaths-max-silent-101": lastStatus(101),
+	"buildpaths-timeout-101":    lastStatus(101),
+	"buildpaths-missing-drv":    lastStatus(1),
+	"querypathinfo-nonstore":    closedAfterError,
+	"setoptions-bad-value":      closedAfterError,
+	"write-during-work":         closedAfterError,
+}
+
+func lastStatus(status int) func(t *testing.T, r replayed) {
+	return func(t *testing.T, r replayed) {
+		if len(r.errs) == 0 {
+			t.Fatal("no request replayed on one connection")
+		}
+		var de *DaemonError
+		if err := r.errs[len(r.errs)-1]; !errors.As(err, &de) || de.Status != status {
+			t.Errorf("last request: %v, want status %d", err, status)
+		}
+	}
+}
+
+// closedAfterError: the recording ends with the daemon closing after an error; the next
+// call on our Conn must say so at once.
+func closedAfterError(t *testing.T, r replayed) {
+	if r.conn == nil {
+		t.Fatal("no request replayed on one connection")
+	}
+	_, err := r.conn.IsValidPath(context.Background(), "/gnu/store/.links")
+	var de *DaemonError
+	if !errors.As(r.errs[len(r.errs)-1], &de) || !errors.Is(err, ErrDaemonClosed) || !strings.Contains(err.Error(), de.Message) {
+		t.Errorf("after %v: %v, want ErrDaemonClosed naming it", r.errs[len(r.errs)-1], err)
 	}
 }
 
 // TestReplayRecordings replays every recording from a real guix-daemon in
-// testdata/workerproto.
+// testdata/workerproto (see the README there).
 func TestReplayRecordings(t *testing.T) {
 	files, _ := filepath.Glob("testdata/workerproto/*.c2d")
 	if len(files) == 0 {
-		t.Skip("no recordings yet")
+		t.Fatal("no recordings in testdata/workerproto")
 	}
 	for _, f := range files {
 		name := strings.TrimSuffix(filepath.Base(f), ".c2d")
@@ -463,12 +536,19 @@ func TestReplayRecordings(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			start := time.Now()
-			n, skipped := replay(t, c2d, d2c)
-			t.Logf("%d exchanges replayed, %d skipped (%v)", n, skipped, time.Since(start))
-			if n == 0 {
+			r := replay(t, c2d, d2c)
+			t.Logf("%d exchanges replayed, %d skipped", r.n, r.skipped)
+			if r.n == 0 {
 				t.Error("nothing replayed")
 			}
+			if check := recordingChecks[name]; check != nil {
+				check(t, r)
+			}
 		})
+	}
+	for name := range recordingChecks {
+		if _, err := os.Stat(filepath.Join("testdata/workerproto", name+".c2d")); err != nil {
+			t.Errorf("recording %s is missing", name)
+		}
 	}
 }
