@@ -55,8 +55,16 @@ type DaemonError struct {
 	Status  int
 }
 
+// Error is the message on one line: the daemon's can span several (an unauthorized
+// key's s-expression does).
 func (e *DaemonError) Error() string {
-	msg := strings.ReplaceAll(strings.TrimSpace(e.Message), "\n", "; ")
+	var lines []string
+	for l := range strings.Lines(e.Message) {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	msg := strings.Join(lines, " ")
 	if e.Status != 1 {
 		return fmt.Sprintf("%s (status %d)", msg, e.Status)
 	}

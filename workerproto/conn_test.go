@@ -78,8 +78,12 @@ func resetAfterInput() act {
 		if err != nil {
 			return err
 		}
-		waited := false
-		if err := raw.Read(func(uintptr) bool { w := waited; waited = true; return w }); err != nil {
+		// Peek rather than trust a wake-up: one that came before Read began is dropped.
+		var b [1]byte
+		if err := raw.Read(func(fd uintptr) bool {
+			n, _, _ := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			return n > 0
+		}); err != nil {
 			return err
 		}
 		return c.Close()

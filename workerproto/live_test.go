@@ -94,3 +94,24 @@ func TestLiveDaemon(t *testing.T) {
 		t.Errorf("after the daemon closed: %v", err)
 	}
 }
+
+// TestLiveRefusedForward dials WORKERPROTO_REFUSED_SOCKET, an OpenSSH forward that the
+// server refuses (e.g. sshd with DisableForwarding yes): the handshake must end in
+// ErrNoDaemon.
+func TestLiveRefusedForward(t *testing.T) {
+	socket := os.Getenv("WORKERPROTO_REFUSED_SOCKET")
+	if socket == "" {
+		t.Skip("WORKERPROTO_REFUSED_SOCKET is not set")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	c, err := Dial(ctx, socket)
+	if err == nil {
+		c.Close()
+	}
+	t.Logf("%v after %v", err, time.Since(start))
+	if !errors.Is(err, ErrNoDaemon) {
+		t.Errorf("err = %v, want ErrNoDaemon", err)
+	}
+}

@@ -10,8 +10,12 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
+	"testing/iotest"
 	"time"
+
+	"offload/storeio"
 )
 
 // Replaying recorded connections: testdata/workerproto/NAME.c2d holds what a client sent
@@ -53,9 +57,10 @@ type walker struct {
 func (w *walker) cpos() int { return w.cLen - w.c.Len() }
 func (w *walker) dpos() int { return w.dLen - w.d.Len() }
 
-// splitRecording returns the exchanges it could follow, and why it stopped early
-// ("" when it reached the end).
-func splitRecording(c2d, d2c []byte) ([]exchange, string) {
+// splitRecording returns the exchanges it could follow, why it stopped early ("" when
+// it reached the end), and the bytes the client wrote that the daemon, having closed
+// after an error, never answered.
+func splitRecording(c2d, d2c []byte) (exs []exchange, stop string, unanswered []byte) {
 	w := &walker{c: bytes.NewReader(c2d), d: bytes.NewReader(d2c), cLen: len(c2d), dLen: len(d2c)}
 	var out []exchange
 	for {
@@ -66,17 +71,17 @@ func splitRecording(c2d, d2c []byte) ([]exchange, string) {
 			err = w.handshake()
 		} else {
 			if w.c.Len() == 0 {
-				return out, ""
+				return out, "", nil
 			}
 			err = w.request()
 		}
 		w.ex.c2d, w.ex.d2c = c2d[cStart:w.cpos()], d2c[dStart:w.dpos()]
 		if err != nil {
-			return out, fmt.Sprintf("exchange %d (op %d): %v", len(out), w.ex.op, err)
+			return out, fmt.Sprintf("exchange %d (op %d): %v", len(out), w.ex.op, err), nil
 		}
 		out = append(out, *w.ex)
-		if w.ex.err != nil && w.d.Len() == 0 {
-			return out, "" // the daemon closed after its error
+		if w.ex.err != nil && w.d.Len() == 0 { // the daemon closed after its error
+			return out, "", c2d[w.cpos():]
 		}
 	}
 }
@@ -159,7 +164,7 @@ func (w *walker) request() error {
 	case opIsValidPath, opQueryReferences, opAddTempRoot, opQueryDeriver, opQueryPathInfo,
 		3, 6, 10, 22, 28, 33: // other single-path queries a Guile client makes
 		ex.path, err = w.str(w.c)
-	case opQueryValidPaths, 32:
+	case opQueryValidPaths, 30, 32:
 		ex.paths, err = ReadStrs(w.c)
 	case opAddTextToStore:
 		ex.name, e1 = w.str(w.c)
@@ -257,6 +262,21 @@ func (w *walker) reply() error {
 		ex.reply, err = ReadStrs(w.d)
 	case opAddTextToStore, opQueryDeriver, 7:
 		ex.reply, err = w.str(w.d)
+	case 30: // QuerySubstitutablePathInfos: path, deriver, references, two sizes each
+		var n int
+		if n, err = readCount(w.d); err != nil {
+			return err
+		}
+		for range n {
+			_, e1 := w.str(w.d)
+			_, e2 := w.str(w.d)
+			_, e3 := ReadStrs(w.d)
+			_, e4 := ReadLong(w.d)
+			_, e5 := ReadLong(w.d)
+			if err = first(e1, e2, e3, e4, e5); err != nil {
+				return err
+			}
+		}
 	case opQueryPathInfo:
 		var info PathInfo
 		var e [4]error
@@ -293,7 +313,7 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 }
 
 // run makes ex's request on c and checks what was decoded against the recording.
-func (ex *exchange) run(t *testing.T, c *Conn) {
+func (ex *exchange) run(t *testing.T, c *Conn) error {
 	t.Helper()
 	ctx := context.Background()
 	var log strings.Builder
@@ -343,38 +363,83 @@ func (ex *exchange) run(t *testing.T, c *Conn) {
 	if !bytes.Equal(data.Bytes(), ex.data) {
 		t.Errorf("op %d: exported %d bytes, want %d", ex.op, data.Len(), len(ex.data))
 	}
+	if err != nil {
+		return err
+	}
+	switch ex.op {
+	case opAddTextToStore: // the daemon's own path for the text
+		if want := TextPath("/gnu/store", ex.name, ex.content, ex.paths); got != want {
+			t.Errorf("AddTextToStore gave %s, TextPath %s", got, want)
+		}
+	case opExportPath: // an item storeio reads
+		bundle := append(append(w().ints(1).Bytes(), data.Bytes()...), w().ints(0).Bytes()...)
+		items, err := storeio.ListBundle(bytes.NewReader(bundle))
+		if err != nil || len(items) != 1 || items[0].Path != ex.path {
+			t.Errorf("the exported item: %v, %v", items, err)
+		}
+	}
+	return nil
+}
+
+// replayed is what a replay did: the exchanges replayed and skipped, each replayed
+// request's error, and, when the whole connection was replayed on one Conn, that Conn.
+type replayed struct {
+	n, skipped int
+	conn       *Conn
+	errs       []error
 }
 
 // replay feeds a recording to our Conn: one Conn for the whole connection when every
 // request is one we make, else one per request we make (each fed its own part).
-func replay(t *testing.T, c2d, d2c []byte) (replayed, skipped int) {
+func replay(t *testing.T, c2d, d2c []byte) replayed {
 	t.Helper()
-	exs, stop := splitRecording(c2d, d2c)
+	var sent bytes.Buffer
+	if len(d2c) == 0 {
+		// The daemon never answered: a refused forward, which resets the connection (or
+		// closes it) after our magic.
+		for _, daemon := range []io.Reader{iotest.ErrReader(syscall.ECONNRESET), bytes.NewReader(nil)} {
+			sent.Reset()
+			if _, err := NewConn(context.Background(), script{daemon, &sent}); !errors.Is(err, ErrNoDaemon) {
+				t.Errorf("handshake: %v, want ErrNoDaemon", err)
+			}
+			if !bytes.Equal(sent.Bytes(), c2d) {
+				t.Errorf("handshake: %s", diff(sent.Bytes(), c2d))
+			}
+		}
+		return replayed{n: 1}
+	}
+	exs, stop, unanswered := splitRecording(c2d, d2c)
 	if stop != "" {
 		t.Logf("stopped following the recording at %s", stop)
+	}
+	if len(unanswered) > 0 {
+		// A client that wrote while the daemon worked (§1); ours never does.
+		t.Logf("the client wrote %d bytes the daemon never answered", len(unanswered))
+		c2d = c2d[:len(c2d)-len(unanswered)]
 	}
 	whole := stop == ""
 	for _, ex := range exs {
 		whole = whole && replayable[ex.op]
 	}
-	var sent bytes.Buffer
+	var r replayed
 	if whole {
 		c, err := NewConn(context.Background(), script{bytes.NewReader(d2c), &sent})
 		if err != nil {
 			t.Fatalf("handshake: %v", err)
 		}
 		for _, ex := range exs[1:] {
-			ex.run(t, c)
+			r.errs = append(r.errs, ex.run(t, c))
 		}
 		if !bytes.Equal(sent.Bytes(), c2d) {
 			t.Errorf("the connection: %s", diff(sent.Bytes(), c2d))
 		}
-		return len(exs), 0
+		r.n, r.conn = len(exs), c
+		return r
 	}
 	var version int
 	for i, ex := range exs {
 		if !replayable[ex.op] {
-			skipped++
+			r.skipped++
 			continue
 		}
 		sent.Reset()
@@ -387,14 +452,14 @@ func replay(t *testing.T, c2d, d2c []byte) (replayed, skipped int) {
 		} else {
 			c := newConn(script{bytes.NewReader(ex.d2c), &sent})
 			c.version, c.minor = version, min(version, ProtocolVersion)&0xff
-			ex.run(t, c)
+			r.errs = append(r.errs, ex.run(t, c))
 		}
 		if !bytes.Equal(sent.Bytes(), ex.c2d) {
 			t.Errorf("exchange %d (op %d): %s", i, ex.op, diff(sent.Bytes(), ex.c2d))
 		}
-		replayed++
+		r.n++
 	}
-	return replayed, skipped
+	return r
 }
 
 // diff shows where what we sent departs from what the recorded client sent.
@@ -422,7 +487,10 @@ func TestReplaySpecTranscript(t *testing.T) {
 	c2d.ints(opQueryPathInfo).str(p)
 	d2c.last().str("", strings.Repeat("0f", 32)).strs().ints(1796572419, 136)
 	c2d.ints(opExportPath).str(p).ints(1)
-	d2c.next("exporting path `" + p + "'\n").write("nar").write("rest").last().ints(1)
+	f := filepath.Join(t.TempDir(), "plain")
+	os.WriteFile(f, []byte("Hello, test vectors!\n"), 0o444)
+	item := string(exportItem(t, f, storeio.ItemInfo{Path: p}))
+	d2c.next("exporting path `" + p + "'\n").write(item[:8]).write(item[8:]).last().ints(1)
 	c2d.ints(opImportPaths)
 	d2c.ints(stderrRead, 32768)
 	c2d.str("bund")
@@ -433,24 +501,74 @@ func TestReplaySpecTranscript(t *testing.T) {
 	d2c.next("building\n").fail("build of `/gnu/store/x.drv' failed", 100)
 	c2d.ints(opQueryPathInfo).str("/tmp/foo")
 	d2c.fail("path `/tmp/foo' is not in the store", 1)
-	if n, skipped := replay(t, c2d.Bytes(), d2c.Bytes()); n != 8 || skipped != 0 {
-		t.Errorf("replayed %d exchanges, skipped %d", n, skipped)
+	if r := replay(t, c2d.Bytes(), d2c.Bytes()); r.n != 8 || r.skipped != 0 {
+		t.Errorf("replayed %d exchanges, skipped %d", r.n, r.skipped)
 	}
 	// With an operation we do not make in the middle, the others are replayed alone.
 	var c2, d2 tx
 	c2.ints(magic1, 0x163, 0, 1).ints(80).ints(opIsValidPath).str(p)
 	d2.ints(magic2, 0x163).last().last().strs("download").last().ints(0)
-	if n, skipped := replay(t, c2.Bytes(), d2.Bytes()); n != 2 || skipped != 1 {
-		t.Errorf("replayed %d exchanges, skipped %d", n, skipped)
+	if r := replay(t, c2.Bytes(), d2.Bytes()); r.n != 2 || r.skipped != 1 {
+		t.Errorf("replayed %d exchanges, skipped %d", r.n, r.skipped)
+	}
+}
+
+// What some recordings must show beyond a faithful replay.
+var recordingChecks = map[string]func(t *testing.T, r replayed){
+	"buildpaths-fail-100":       lastStatus(100),
+	"buildpaths-max-silent-101": lastStatus(101),
+	"buildpaths-timeout-101":    lastStatus(101),
+	"buildpaths-missing-drv":    lastStatus(1),
+	"querypathinfo-nonstore":    closedAfterError,
+	"setoptions-bad-value":      closedAfterError,
+	"write-during-work":         closedAfterError,
+	"guix-build-fail-100":       lastStatus(100),
+	"guix-build-max-silent-101": lastStatus(101),
+	"guix-build-timeout-101":    lastStatus(101),
+	"buildpaths-invalid-nonderivation": func(t *testing.T, r replayed) {
+		if err := r.errs[len(r.errs)-1]; err != nil {
+			t.Errorf("BuildPaths of an invalid plain path: %v, want success (the daemon's quirk)", err)
+		}
+	},
+	"importpaths-unauthorized": func(t *testing.T, r replayed) {
+		lastStatus(1)(t, r)
+		if msg := r.errs[len(r.errs)-1].Error(); !strings.HasSuffix(msg, "unauthorized public key: (public-key (ecc (curve Ed25519) (q #773B13DF64F958CD9A636B809A54FA899D719F5BA73EF54A419BC0059FD7F8DC#) ) )") {
+			t.Errorf("error %q: want one line naming the unauthorized key", msg)
+		}
+	},
+}
+
+func lastStatus(status int) func(t *testing.T, r replayed) {
+	return func(t *testing.T, r replayed) {
+		if len(r.errs) == 0 {
+			t.Fatal("no request replayed")
+		}
+		var de *DaemonError
+		if err := r.errs[len(r.errs)-1]; !errors.As(err, &de) || de.Status != status {
+			t.Errorf("last request: %v, want status %d", err, status)
+		}
+	}
+}
+
+// closedAfterError: the recording ends with the daemon closing after an error; the next
+// call on our Conn must say so at once.
+func closedAfterError(t *testing.T, r replayed) {
+	if r.conn == nil {
+		t.Fatal("no request replayed on one connection")
+	}
+	_, err := r.conn.IsValidPath(context.Background(), "/gnu/store/.links")
+	var de *DaemonError
+	if !errors.As(r.errs[len(r.errs)-1], &de) || !errors.Is(err, ErrDaemonClosed) || !strings.Contains(err.Error(), de.Message) {
+		t.Errorf("after %v: %v, want ErrDaemonClosed naming it", r.errs[len(r.errs)-1], err)
 	}
 }
 
 // TestReplayRecordings replays every recording from a real guix-daemon in
-// testdata/workerproto.
+// testdata/workerproto (see the README there).
 func TestReplayRecordings(t *testing.T) {
 	files, _ := filepath.Glob("testdata/workerproto/*.c2d")
 	if len(files) == 0 {
-		t.Skip("no recordings yet")
+		t.Fatal("no recordings in testdata/workerproto")
 	}
 	for _, f := range files {
 		name := strings.TrimSuffix(filepath.Base(f), ".c2d")
@@ -463,12 +581,19 @@ func TestReplayRecordings(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			start := time.Now()
-			n, skipped := replay(t, c2d, d2c)
-			t.Logf("%d exchanges replayed, %d skipped (%v)", n, skipped, time.Since(start))
-			if n == 0 {
+			r := replay(t, c2d, d2c)
+			t.Logf("%d exchanges replayed, %d skipped", r.n, r.skipped)
+			if r.n == 0 {
 				t.Error("nothing replayed")
 			}
+			if check := recordingChecks[name]; check != nil {
+				check(t, r)
+			}
 		})
+	}
+	for name := range recordingChecks {
+		if _, err := os.Stat(filepath.Join("testdata/workerproto", name+".c2d")); err != nil {
+			t.Errorf("recording %s is missing", name)
+		}
 	}
 }
