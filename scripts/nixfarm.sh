@@ -7,7 +7,7 @@
 #   nixfarm.sh local DIR CMD...         run CMD as the local side (nix-instantiate,
 #                                       nix-store --realise ...)
 #   nixfarm.sh remote DIR CMD...        run CMD as the build machine (its GC, ...)
-#   nixfarm.sh stop DIR                 kill sshd and what still runs in its namespace,
+#   nixfarm.sh stop DIR                 kill sshd and what still runs in either namespace,
 #                                       remove DIR
 #
 # What it builds, all under DIR:
@@ -29,7 +29,8 @@
 #     namespace, found by the namespace itself, so nothing the builds started survives.
 #   - ssh_config + known_hosts: the local ssh (NIX_SSHOPTS=-F ssh_config) uses our key
 #     and pins the host key we generated (StrictHostKeyChecking yes, BatchMode: never a
-#     prompt), reading no ~/.ssh or /etc/ssh config.
+#     prompt; ConnectTimeout: a dead sshd fails a build instead of hanging it), reading
+#     no ~/.ssh or /etc/ssh config.
 #   - remote/etc/nix.conf and local/etc/nix.conf (NIX_CONF_DIR, so /etc/nix is not read):
 #       build-users-group =   builds run as root: no nixbld users or group needed
 #       sandbox = false       no sandbox (needs those users and more); builders see /bin/sh
@@ -39,7 +40,6 @@
 #       builders = @machines  the one machine, 2 slots (max-jobs 2 in its line, as our
 #                             benchmarks' parallel-builds 2), speed factor 1
 #       builders-use-substitutes = false   the machine fetches nothing itself either
-#       connect-timeout = 10  a dead sshd fails a build instead of hanging it
 #
 # /nix is created (empty) on the host when missing, as the mount point; it stays, since
 # removing it would unmount it in any other nixfarm's namespaces. No mount is made
@@ -100,7 +100,7 @@ sandbox = false
 substituters =
 '
 	printf '%s' "$common" >"$dir/remote/etc/nix.conf"
-	printf '%smax-jobs = 0\nbuilders = @%s\nbuilders-use-substitutes = false\nconnect-timeout = 10\n' \
+	printf '%smax-jobs = 0\nbuilders = @%s\nbuilders-use-substitutes = false\n' \
 		"$common" "$dir/local/etc/machines" >"$dir/local/etc/nix.conf"
 	# The machine builds for this host's own system (builtins.currentSystem), 2 at once.
 	echo "ssh://root@127.0.0.1 $(uname -m)-linux $dir/client_key 2 1 - - -" >"$dir/local/etc/machines"
@@ -179,6 +179,7 @@ Host *
 	GlobalKnownHostsFile /dev/null
 	StrictHostKeyChecking yes
 	BatchMode yes
+	ConnectTimeout 10
 EOF
 	# The local namespace: its store on /nix, kept by a process that only sleeps (its
 	# stdio away from ours, or whoever reads our output would wait for it to end).
