@@ -250,10 +250,19 @@ var nixExprs = map[string]string{
 // BenchmarkNixTiny: Nix's remote build of `echo hello > $out` (the machine lacks its
 // .drv: Nix sends the derivation itself), the shape of our TinyOffload: the machine's
 // shell start-up sleeps 100 ms more for every ssh session, as there. Median wall time
-// of `nix-store --realise` (a new derivation each run) and ssh sessions per build.
+// of `nix-store --realise` (a new derivation each run) and ssh sessions per build; for
+// scale, the median `ssh machine true` on a new connection each, as Nix's hook makes.
 func BenchmarkNixTiny(b *testing.B) {
 	runs := pick(7, 3)
 	n := startNixFarm(b, 100*time.Millisecond)
+	var trues []time.Duration
+	for range 3 {
+		t0 := time.Now()
+		if out, err := exec.Command("ssh", "-F", filepath.Join(n.dir, "ssh_config"), "root@127.0.0.1", "true").CombinedOutput(); err != nil {
+			b.Fatalf("ssh machine true: %v: %s", err, out)
+		}
+		trues = append(trues, time.Since(t0))
+	}
 	var walls []time.Duration
 	s0 := n.sessions()
 	for i := range runs {
@@ -267,7 +276,8 @@ func BenchmarkNixTiny(b *testing.B) {
 	sessions := n.sessions() - s0
 	reportSpread(b, walls, "wall-ms", ms)
 	b.ReportMetric(float64(sessions)/float64(runs), "ssh-sessions/build")
-	b.Logf("nix tiny builds: %v; %d ssh sessions", walls, sessions)
+	b.ReportMetric(ms(median(trues)), "ssh-true-ms")
+	b.Logf("nix tiny builds: %v; %d ssh sessions; ssh true: %v", walls, sessions, trues)
 }
 
 // BenchmarkNixSixBuilds: six independent 3 s builds asked of Nix in one
