@@ -75,6 +75,7 @@ func startNixFarm(b *testing.B, shellDelay time.Duration) *nixFarm {
 	if err != nil {
 		b.Fatalf("nixfarm start: %v: %s", err, out)
 	}
+	b.Logf("nix version: %s", strings.TrimSpace(n.run("local", "nix-store", "--version")))
 	for name, text := range nixExprs {
 		if err := os.WriteFile(filepath.Join(n.exprs, name), []byte(text), 0o644); err != nil {
 			b.Fatal(err)

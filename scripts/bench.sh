@@ -33,8 +33,10 @@ fi
 {
 	echo "## Against Nix's remote builds"
 	echo
-	nixver=$(nix-store --version 2>/dev/null | awk '{ print $NF }')
-	echo "Ours ÷ Nix's, both measured in this run (Nix: Debian's nix-bin, ${nixver:-not installed})."
+	# The version the benchmarks logged from inside their farm: `nix-store --version` here
+	# would open (and make) a store on the host's /nix.
+	nixver=$(sed -n 's/.*nix version: .* \([0-9][^ ]*\)$/\1/p' "$raw" | head -n 1)
+	echo "Ours ÷ Nix's, both measured in this run (Nix: Debian's nix-bin${nixver:+ $nixver})."
 	echo
 	echo "| case | ours ÷ Nix | figure | ours | Nix (median) | Nix min–max |"
 	echo "|---|---:|---|---:|---:|---:|"
