@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 out=BENCHMARKS.md
 raw=$(mktemp)
 status=$(mktemp)
-trap 'rm -f "$raw" "$status"' EXIT INT TERM
+nix=$(mktemp)
+trap 'rm -f "$raw" "$status" "$nix"' EXIT INT TERM
 
 cmd="go test -count=1 -run '^\$' -bench . -benchtime 1x -timeout 60m ./integration"
 mode=full
@@ -26,6 +27,73 @@ if [ "$(cat "$status")" != 0 ] || ! grep -q '^Benchmark' "$raw"; then
 	echo "bench: go test failed; BENCHMARKS.md not written" >&2
 	exit 1
 fi
+
+# The Nix section: each of our figures over Nix's own remote builds of the same shape
+# (integration/bench_nix_test.go, scripts/nixfarm.sh), both from this run's output.
+{
+	echo "## Against Nix's remote builds"
+	echo
+	# The version the benchmarks logged from inside their farm: `nix-store --version` here
+	# would open (and make) a store on the host's /nix.
+	nixver=$(sed -n 's/.*nix version: .* \([0-9][^ ]*\)$/\1/p' "$raw" | head -n 1)
+	echo "Ours ÷ Nix's, both measured in this run (Nix: Debian's nix-bin${nixver:+ $nixver})."
+	echo
+	echo "| case | ours ÷ Nix | figure | ours | Nix (median) | Nix min–max |"
+	echo "|---|---:|---|---:|---:|---:|"
+	awk '
+	/^Benchmark/ {
+		name = $1; sub(/-[0-9]+$/, "", name); sub(/^Benchmark/, "", name)
+		for (i = 5; i + 1 <= NF; i += 2) v[name " " $(i + 1)] = $i
+		if (name ~ /^Nix/) nix = 1
+	}
+	# row prints one case: figure unit of benchmark ours over figure nunit of benchmark nix.
+	function row(what, ours, unit, nix, nunit,    o, n, spread) {
+		o = (ours " " unit) in v ? v[ours " " unit] : ""
+		n = (nix " " nunit) in v ? v[nix " " nunit] : ""
+		spread = ((nix " min-" nunit) in v) ? v[nix " min-" nunit] "–" v[nix " max-" nunit] : ""
+		printf "| %s (%s ÷ %s) | %s | %s | %s | %s | %s |\n", what, ours, nix,
+			(o != "" && n != "" && n + 0 != 0) ? sprintf("%.3g", o / n) : "n/a",
+			unit == nunit ? unit : unit " ÷ " nunit,
+			o == "" ? "not measured" : o, n == "" ? "not measured" : n, spread
+	}
+	END {
+		row("tiny build, 100 ms shell start-up", "TinyOffload/gcroots-writable", "wall-ms", "NixTiny", "wall-ms")
+		row("tiny build, 100 ms shell start-up", "TinyOffload/gcroots-not-writable", "wall-ms", "NixTiny", "wall-ms")
+		row("six 3 s builds, 2 slots", "SixBuilds", "all-done-s", "NixSixBuilds", "all-done-s")
+		row("Go src/ tree sent", "SourceTree", "up-s", "NixSourceTree", "send-s")
+		row("Go src/ tree brought back", "SourceTree", "down-s", "NixSourceTree", "fetch-s")
+		if (!nix) print "\nNo Nix figures in this run: its benchmarks skip unless run as root with nix-bin (outside CI; under CI they fail)."
+	}' "$raw"
+	cat <<'EOF'
+
+How Nix is set up (scripts/nixfarm.sh, whose head says why each setting is there): a
+build machine whose store is a temporary directory bind-mounted on /nix in a private
+mount namespace, behind its own sshd on 127.0.0.1 (key-only, root, host key pinned in
+a known_hosts file), where Nix's `ssh://` store runs `nix-store --serve --write`; the
+local side is a second store on /nix in its own namespace, with `max-jobs = 0`, the
+machine's line `ssh://root@127.0.0.1 SYSTEM KEY 2 1`, `builders-use-substitutes =
+false`, no substituters, no sandbox and no build users (builds run as root on both
+sides). Each case runs several times with new derivations (a nonce), median reported;
+each figure is the wall time of `nix-store --realise` of derivations instantiated
+beforehand, unless said otherwise.
+
+- Tiny build: `echo hello > $out`, the machine's ssh sessions slowed by 100 ms as in
+  TinyOffload (sshd's ForceCommand sleeps, then runs the command). Nix sends the
+  derivation itself (no .drv on the machine) over one ssh session per build.
+- Six builds: six derivations in one `nix-store --realise` call; Nix's local scheduler
+  and its build hook decide what runs when. The hook opens its ssh connection to the
+  machine before it answers, and Nix asks it about one build at a time, so builds
+  start no faster than one ssh connection each; where a connection takes longer than a
+  build they never overlap (max-concurrent-on-machine in the table above).
+- Source tree: Go's `src/` (as SourceTree) added with `nix-store --add`. Sent: a build
+  whose input is the tree and whose output is one line; brought back: a build that
+  copies the tree (which the machine then has) to its output. The figure is the build
+  hook's own copy phase ("copying dependencies to" / "copying outputs from", timed
+  from its log lines as they arrive, `--log-format internal-json`);
+  send-build-s / fetch-build-s above are the whole builds. The machine's store is
+  garbage-collected before each run so the tree is sent each time.
+EOF
+} >"$nix"
 
 mem=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 {
@@ -116,5 +184,8 @@ What the figures are (integration/bench_test.go):
   without its sandbox's set-up), against the same builds offloaded with
   OFFLOAD_PLACEMENT=off. Built here: how many were declined.
 EOF
+	echo
+	cat "$nix"
 } >"$out"
+sed -n '/^| case/,/^$/p' "$nix" >&2
 echo "bench: wrote $out" >&2
