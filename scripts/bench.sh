@@ -57,8 +57,8 @@ fi
 			o == "" ? "not measured" : o, n == "" ? "not measured" : n, spread
 	}
 	END {
-		row("tiny build, 100 ms shell start-up", "TinyOffload/gcroots-writable", "wall-ms", "NixTiny", "wall-ms")
-		row("tiny build, 100 ms shell start-up", "TinyOffload/gcroots-not-writable", "wall-ms", "NixTiny", "wall-ms")
+		row("tiny build, 100 ms shell start-up, daemon path", "TinyOffload/daemon-path", "wall-ms", "NixTiny", "wall-ms")
+		row("tiny build, 100 ms shell start-up, shell path", "TinyOffload/shell-path", "wall-ms", "NixTiny", "wall-ms")
 		row("six 3 s builds, 2 slots", "SixBuilds", "all-done-s", "NixSixBuilds", "all-done-s")
 		row("Go src/ tree sent", "SourceTree", "up-s", "NixSourceTree", "send-s")
 		row("Go src/ tree brought back", "SourceTree", "down-s", "NixSourceTree", "fetch-s")
@@ -146,14 +146,15 @@ What the figures are (integration/bench_test.go):
   polling every 20 ms, against the same reading of a hook that only declined.
 - Tiny offload: `echo hello > $out` (the machine lacks its .drv) offloaded end to end,
   probe included (the probe cache is emptied before each), to a machine whose shell
-  start-up sleeps 100 ms more (sshd's ForceCommand sleeps, then runs the command with
-  the user's shell, after the user's own ~/.bashrc); median wall time against the
-  median `ssh machine true` through sshexec over a warm shared connection to the same
-  machine. ssh sessions per offload are counted in sshd's log ("Starting session"),
-  against the target of 2; remote guix processes in the stand-in's invocation log.
-  gcroots-writable: the machine's user may write in the daemon's gcroots (root on a
-  Guix machine), so the .drv's GC root is a symlink; gcroots-not-writable: it is made
-  by `guix build -d -r`.
+  start-up sleeps 100 ms (sshd's ForceCommand sleeps, then runs the command with the
+  user's shell), with stand-ins that cost what Guix costs (each `guix` command its
+  Guile start as measured on a real Guix, the stand-in daemon's signing helper once per
+  connection); median wall time against the median `ssh machine true` through sshexec
+  over a warm shared connection to the same machine. daemon-path: the hook speaks the
+  machine's daemon protocol through ssh's socket forwarding; shell-path: the same with
+  OFFLOAD_PATH=shell (one remote shell driving `guix archive` and `guix build`). ssh
+  sessions per offload are counted in sshd's log ("Starting session"); guix processes
+  run there and here in the stand-ins' logs (each a Guile start on a real machine).
 - Shared machine: three hosts (hooks with their own state directories) each list one
   machine with parallel-builds 2 and ask for four sleeping builds at once; the machine's
   own build slots keep it at two builds at once (checked, from the builders' lines),

@@ -18,7 +18,9 @@
 #     /bin/sh and the rest are the host's, which is what the builders use.
 #   - sshd on 127.0.0.1, a random free port, key-only: root logs in (Nix runs
 #     `nix-store --serve --write` there over ssh://, as root on a real build machine) with
-#     DIR/client_key alone. SetEnv gives the sessions NIX_CONF_DIR=remote/etc. LogLevel
+#     DIR/client_key alone. SetEnv gives the sessions NIX_CONF_DIR=remote/etc, and SHLVL=1
+#     so that bash does not read root's ~/.bashrc for ssh commands (a plain shell, as
+#     for our own farm: scripts/test-sshd.sh says why). LogLevel
 #     VERBOSE: its log (DIR/sshd.log) counts the sessions ("Starting session"). With
 #     SHELL_DELAY (seconds), ForceCommand sleeps that long before running the command
 #     with root's shell: the slow shell start-up our tiny-offload benchmark gives its
@@ -138,7 +140,7 @@ PidFile $dir/sshd.pid
 LogLevel VERBOSE
 MaxStartups 100:30:200
 MaxSessions 100
-SetEnv "NIX_CONF_DIR=$dir/remote/etc"
+SetEnv "NIX_CONF_DIR=$dir/remote/etc" "SHLVL=1"
 $force
 EOF
 		rm -f "$dir/sshd.pid"
