@@ -20,7 +20,7 @@ import (
 func BenchmarkSixBuilds(b *testing.B) {
 	const n, parallel, secs = 6, 2, 3
 	poll := 5 * time.Second
-	f := farm.New(b, farm.Options{ParallelBuilds: parallel})
+	f := farm.New(b, farm.Options{ParallelBuilds: parallel, GuixCosts: true})
 	writeMachines(f, nil)
 	var drvs []*drv.Derivation
 	for i := range n {

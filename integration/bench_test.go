@@ -102,8 +102,8 @@ func machineEntry(m *farm.Machine, port, parallel int, extra string) string {
 	if port == 0 {
 		port = m.Port
 	}
-	return fmt.Sprintf("\n (build-machine (name %q) (port %d) (user %q) (private-key %q) (host-key %q)\n  (systems (list \"x86_64-linux\")) (parallel-builds %d) (overload-threshold #f)%s)",
-		tg.Name, port, tg.User, tg.PrivateKey, tg.HostKey, parallel, extra)
+	return fmt.Sprintf("\n (build-machine (name %q) (port %d) (user %q) (private-key %q) (host-key %q)\n  (systems (list \"x86_64-linux\")) (parallel-builds %d) (overload-threshold #f) (daemon-socket %q)%s)",
+		tg.Name, port, tg.User, tg.PrivateKey, tg.HostKey, parallel, m.DaemonSocket(), extra)
 }
 
 func writeMachinesText(b testing.TB, f *farm.Farm, entries []string) {

@@ -32,7 +32,7 @@ func BenchmarkSourceTree(b *testing.B) {
 	if benchQuick() {
 		src = filepath.Join(src, "net")
 	}
-	f := farm.New(b, farm.Options{Machines: 2})
+	f := farm.New(b, farm.Options{Machines: 2, GuixCosts: true})
 	tree := addTreeItem(b, f, "go-src", src)
 	ctx := context.Background()
 
