@@ -3,11 +3,11 @@ package hook
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"crypto/rand"
 	"offload/machines"
 	"offload/sshexec"
 	"os"
