@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path"
 	"time"
 
 	"offload/machines"
@@ -37,10 +36,9 @@ func (h *Hook) fetchOutputs(ctx context.Context, m *machines.Machine, conn *work
 		}
 		defer lock.Release()
 	}
-	h.cleanStaleTemps()
-	acl, err := storeio.LoadACL(path.Join(h.Conf.ConfDir, "acl"))
+	acl, err := h.prepareRestore()
 	if err != nil {
-		return fmt.Errorf("cannot check what it returns: %w", err)
+		return err
 	}
 	ordered := topoOrder(outputs, func(p string) []string { return infos[p].References })
 	h.say("retrieving %d store item%s from '%s'...", len(outputs), plural(len(outputs)), m.Display())
@@ -55,13 +53,7 @@ func (h *Hook) fetchOutputs(ctx context.Context, m *machines.Machine, conn *work
 	}()
 	stop := make(chan struct{})
 	go h.reportProgress("retrieving from '"+m.Display()+"'", &cr.n, stop)
-	items, impErr := storeio.ImportBundle(cr, storeio.ImportOptions{
-		StoreDir: h.Conf.StoreDir,
-		Allowed:  outputs,
-		ACL:      acl,
-		Log:      h.Out,
-		Replace:  true, // the daemon asked for them: whatever is there is not valid
-	})
+	items, impErr := h.restoreOutputs(cr, acl, outputs)
 	close(stop)
 	if impErr != nil {
 		conn.Close() // stop the export: we refuse what it sends

@@ -23,10 +23,9 @@ func (s *session) download(ctx context.Context) error {
 	}
 	defer lock.Release()
 
-	h.cleanStaleTemps()
-	acl, err := storeio.LoadACL(path.Join(h.Conf.ConfDir, "acl"))
+	acl, err := h.prepareRestore()
 	if err != nil {
-		return fmt.Errorf("cannot check what it returns: %w", err)
+		return err
 	}
 	comp := s.comp
 	h.say("retrieving %d store item%s from '%s' (%s)...", len(outputs), plural(len(outputs)), m.Display(), comp)
@@ -44,13 +43,7 @@ func (s *session) download(ctx context.Context) error {
 		bundle = dec
 	}
 	raw := &countingReader{r: bundle}
-	items, impErr := storeio.ImportBundle(raw, storeio.ImportOptions{
-		StoreDir: h.Conf.StoreDir,
-		Allowed:  outputs,
-		ACL:      acl,
-		Log:      h.Out,
-		Replace:  true, // the daemon asked for them: whatever is there is not valid
-	})
+	items, impErr := h.restoreOutputs(raw, acl, outputs)
 	close(stop)
 	machineFirst := s.ended() // the machine's export ended before the import failed
 	if impErr != nil {
@@ -120,4 +113,27 @@ func (h *Hook) cleanStaleTemps() {
 	if removed, err := storeio.CleanStaleTemps(h.Conf.StoreDir); err == nil && len(removed) > 0 {
 		h.note("removed %d stale temporary director%s from %s", len(removed), map[bool]string{true: "y", false: "ies"}[len(removed) == 1], h.Conf.StoreDir)
 	}
+}
+
+// prepareRestore removes what killed hooks left in the store and reads the ACL that
+// what a machine returns is checked against.
+func (h *Hook) prepareRestore() (*storeio.ACL, error) {
+	h.cleanStaleTemps()
+	acl, err := storeio.LoadACL(path.Join(h.Conf.ConfDir, "acl"))
+	if err != nil {
+		return nil, fmt.Errorf("cannot check what it returns: %w", err)
+	}
+	return acl, nil
+}
+
+// restoreOutputs restores the bundle in r into the store, all or nothing: only the
+// outputs asked for, each signed by a key of acl over the right hash (both paths).
+func (h *Hook) restoreOutputs(r io.Reader, acl *storeio.ACL, outputs []string) ([]storeio.ItemInfo, error) {
+	return storeio.ImportBundle(r, storeio.ImportOptions{
+		StoreDir: h.Conf.StoreDir,
+		Allowed:  outputs,
+		ACL:      acl,
+		Log:      h.Out,
+		Replace:  true, // the daemon asked for them: whatever is there is not valid
+	})
 }
