@@ -154,7 +154,7 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 	t := c.target(m)
 	if err := c.remote(ctx, t, []string{"true"}, nil, nil); err != nil {
 		add(CheckSSH, CheckFailed, err.Error(), sshFix(m, err))
-		skipRest("cannot connect", CheckGuix, CheckDaemon, CheckCompression, CheckImport, CheckExport)
+		skipRest("cannot connect", CheckGuix, CheckDaemon, CheckCompression, CheckPath, CheckImport, CheckExport)
 		out = append(out, c.checkSlots(m))
 		return out
 	}
@@ -169,7 +169,7 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 	if err := c.remote(ctx, t, []string{"guix", "--version"}, nil, &version); err != nil {
 		add(CheckGuix, CheckFailed, "`guix --version` failed there: "+err.Error(),
 			fmt.Sprintf("install Guix on %s, or make `guix` found on the PATH that ssh gives %s (non-interactive shells)", m.Name, m.User))
-		skipRest("guix does not run there", CheckDaemon, CheckCompression, CheckImport, CheckExport)
+		skipRest("guix does not run there", CheckDaemon, CheckCompression, CheckPath, CheckImport, CheckExport)
 		out = append(out, c.checkSlots(m))
 		return out
 	}
@@ -189,13 +189,13 @@ func (c *Checker) CheckMachine(ctx context.Context, m *machines.Machine) []Check
 	case err != nil:
 		add(CheckDaemon, CheckFailed, "`guix archive --missing` failed there: "+err.Error(),
 			fmt.Sprintf("start guix-daemon on %s and check that %s can use its socket %s", m.Name, m.User, m.DaemonSocket))
-		skipRest("its daemon does not answer", CheckCompression, CheckImport, CheckExport)
+		skipRest("its daemon does not answer", CheckCompression, CheckPath, CheckImport, CheckExport)
 		out = append(out, c.checkSlots(m))
 		return out
 	case len(answer) > 1 || len(answer) == 1 && answer[0] != probe:
 		add(CheckDaemon, CheckFailed, fmt.Sprintf("`guix archive --missing` answered %q, asked about %s only", raw, probe),
 			fmt.Sprintf("check the guix and guix-daemon installed on %s", m.Name))
-		skipRest("its daemon answers wrongly", CheckCompression, CheckImport, CheckExport)
+		skipRest("its daemon answers wrongly", CheckCompression, CheckPath, CheckImport, CheckExport)
 		out = append(out, c.checkSlots(m))
 		return out
 	}

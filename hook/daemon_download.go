@@ -55,8 +55,11 @@ func (h *Hook) fetchOutputs(ctx context.Context, m *machines.Machine, conn *work
 	go h.reportProgress("retrieving from '"+m.Display()+"'", &cr.n, stop)
 	items, impErr := h.restoreOutputs(cr, acl, outputs)
 	close(stop)
+	// Unblock the export if the restore stopped reading (it refused the stream), and
+	// stop the daemon's side of it.
+	pr.CloseWithError(io.ErrClosedPipe)
 	if impErr != nil {
-		conn.Close() // stop the export: we refuse what it sends
+		conn.Close()
 	}
 	expErr := <-exportErr
 	switch {

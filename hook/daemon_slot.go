@@ -95,4 +95,15 @@ func (s *remoteSlot) release() {
 		for range s.lines {
 		}
 	}()
+	// The slot is free once the remote shell is gone: wait for it (briefly; a session
+	// that does not end frees it when our ssh dies with us), so that the next build,
+	// ours or another host's, finds it free.
+	select {
+	case err := <-s.done:
+		s.done <- err
+	case <-time.After(slotReleaseWait):
+	}
 }
+
+// slotReleaseWait bounds the wait for the slot's session to end.
+const slotReleaseWait = 10 * time.Second

@@ -233,7 +233,7 @@ func TestPrefersFasterMachine(t *testing.T) {
 		return "(speed 0.01)"
 	})
 	d := okDrv(f, "fast")
-	r := offload(t, f, d, buildOpts{})
+	r := offload(t, f, d, buildOpts{shell: true})
 	if r.status != 0 {
 		t.Fatalf("status %d %q", r.status, r.messages)
 	}

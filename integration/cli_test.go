@@ -75,7 +75,7 @@ func TestVerboseTracesCommands(t *testing.T) {
 	f := farm.New(t, farm.Options{})
 	writeMachines(f, nil)
 	d := okDrv(f, "verbose")
-	r := offload(t, f, d, buildOpts{env: []string{"OFFLOAD_VERBOSE=1"}})
+	r := offload(t, f, d, buildOpts{shell: true, env: []string{"OFFLOAD_VERBOSE=1"}})
 	if r.status != 0 {
 		t.Fatalf("status %d %q", r.status, r.messages)
 	}

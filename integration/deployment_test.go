@@ -61,10 +61,16 @@ func TestGuixSystemEnvironment(t *testing.T) {
 	h := hookWith(t, f.DaemonHookArgv("x86_64-linux", 0, true, 0), f.GuixSystemEnv(), daemon.Options{})
 	r := build(t, f, h, d, false)
 	assertBuilt(t, d, "gsys", r)
-	// The input was exported by the guix beside the daemon: nothing else is on PATH.
-	if !contains(f.LocalInvocations(), "archive --export") {
-		t.Errorf("no local export ran: %q", f.LocalInvocations())
+	// The input went up without a guix process here (the local daemon and this host's
+	// key), and nothing else is on PATH.
+	if inv := f.LocalInvocations(); len(inv) != 0 {
+		t.Errorf("guix ran here: %q", inv)
 	}
+	// The shell path works in the same environment (its remote guix found by the
+	// machine's own PATH, its local export through the same exporter).
+	d = okDrv(f, "gsys-shell")
+	h = hookWith(t, f.DaemonHookArgv("x86_64-linux", 0, true, 0), append(f.GuixSystemEnv(), "OFFLOAD_PATH=shell"), daemon.Options{})
+	assertBuilt(t, d, "gsys-shell", build(t, f, h, d, false))
 }
 
 // TestNoSSHAnywhere: on a host that has no ssh at all, the hook says so in one line

@@ -37,6 +37,10 @@ type buildOpts struct {
 	// guixSystem starts the hook as Guix System's daemon does: with its environment
 	// (farm.GuixSystemEnv) and as the child of a guix-daemon with guix beside it.
 	guixSystem bool
+	// shell puts every machine on the shell path (OFFLOAD_PATH=shell): for tests of
+	// what the remote shell script and the guix stand-in do (its hostile modes, its
+	// compression, its invocations), which the daemon path never runs.
+	shell bool
 }
 
 func startHook(t *testing.T, f *farm.Farm, o buildOpts) *daemon.Hook {
@@ -47,7 +51,11 @@ func startHook(t *testing.T, f *farm.Farm, o buildOpts) *daemon.Hook {
 	if o.guixSystem {
 		argv, env = f.DaemonHookArgv("x86_64-linux", o.maxSilent, true, o.timeout), f.GuixSystemEnv()
 	}
-	h, err := daemon.StartWith(ctx, argv, append(env, o.env...), daemon.Options{})
+	env = append(env, o.env...)
+	if o.shell {
+		env = append(env, "OFFLOAD_PATH=shell")
+	}
+	h, err := daemon.StartWith(ctx, argv, env, daemon.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

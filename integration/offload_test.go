@@ -176,7 +176,7 @@ func assertHostileRefused(t *testing.T, mode, want string) {
 	f.Machines[0].SetHostile(t, mode)
 	d := okDrv(f, "h-"+mode)
 	before := storeEntries(t, f)
-	r := offload(t, f, d, buildOpts{})
+	r := offload(t, f, d, buildOpts{shell: true})
 	if r.answer != "accept" || r.status == 0 || r.status == 100 || r.status == 101 {
 		t.Fatalf("status %d, want a transient failure:\n%s", r.status, r.messages)
 	}

@@ -36,7 +36,7 @@ func TestRemoteRootsRemoved(t *testing.T) {
 		t.Cleanup(func() { os.Remove(p) })
 	}
 	d := okDrv(f, "roots")
-	r := offload(t, f, d, buildOpts{})
+	r := offload(t, f, d, buildOpts{shell: true})
 	if r.status != 0 {
 		t.Fatalf("status %d %q", r.status, r.messages)
 	}

@@ -13,12 +13,17 @@ import (
 	"offload/storeio"
 )
 
+// noLocalDaemon sends the hook's local exports through the local guix (whose log says
+// what was exported), as on a host whose daemon socket it cannot reach.
+const noLocalDaemon = "GUIX_DAEMON_SOCKET=/nonexistent/daemon-socket"
+
 // TestSubstitutesOnMachine: with OFFLOAD_SUBSTITUTES naming the machine (NAME:PORT),
 // the machine fetches the inputs it has substitutes for, and only the rest is uploaded:
 // the inputs without a substitute, the .drv, and the one whose substitute fails to
 // download (truncated), so the build still runs with its exact inputs. The note says
 // what was substituted, with the local nar sizes. Without the variable, everything is
 // uploaded as before and the machine is never asked to substitute.
+
 func TestSubstitutesOnMachine(t *testing.T) {
 	f := farm.New(t, farm.Options{Machines: 2})
 	subA := f.AddLocalItem("sub-a", map[string]string{"data": strings.Repeat("a", 50_000)})
@@ -84,7 +89,7 @@ func TestSubstitutesOnMachine(t *testing.T) {
 		writeMachinesText(t, f, []string{machineEntry(m, 0, 1, "")})
 		d := mkDrv("subst-on")
 		before := len(f.LocalInvocations())
-		r := offload(t, f, d, buildOpts{env: []string{fmt.Sprintf("OFFLOAD_SUBSTITUTES=elsewhere, %s:%d", m.Name, m.Port)}})
+		r := offload(t, f, d, buildOpts{shell: true, env: []string{fmt.Sprintf("OFFLOAD_SUBSTITUTES=elsewhere, %s:%d", m.Name, m.Port), noLocalDaemon}})
 		check(t, m, d, r)
 		if got, want := exported(before), sortedCopy(d.Path, broken, plain1, plain2); !slices.Equal(got, want) {
 			t.Errorf("uploaded %q, want only %q", got, want)
@@ -125,7 +130,7 @@ func TestSubstitutesOnMachine(t *testing.T) {
 		writeMachinesText(t, f, []string{machineEntry(m, 0, 1, "")})
 		d := mkDrv("subst-off")
 		before := len(f.LocalInvocations())
-		r := offload(t, f, d, buildOpts{})
+		r := offload(t, f, d, buildOpts{shell: true, env: []string{noLocalDaemon}})
 		check(t, m, d, r)
 		if got, want := exported(before), sortedCopy(append([]string{d.Path}, inputs...)...); !slices.Equal(got, want) {
 			t.Errorf("uploaded %q, want everything, %q", got, want)
