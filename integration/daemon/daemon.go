@@ -186,7 +186,12 @@ func (h *Hook) Request(wantsLocal bool, system, drvPath string, features []strin
 	}
 	line := fmt.Sprintf("%s %s %s %s\n", local, system, drvPath, strings.Join(features, ","))
 	if _, err := io.WriteString(h.stdin, line); err != nil {
-		return "", fmt.Errorf("write request to hook: %w", err)
+		// The hook is gone (EPIPE): collect what it said, then it is the EOF the
+		// daemon would read.
+		for l := range h.lines {
+			h.message(l)
+		}
+		return "", fmt.Errorf("%w (writing the request to the hook: %v)", ErrEOF, err)
 	}
 	for l := range h.lines {
 		if reply, ok := strings.CutPrefix(l, "# "); ok {
