@@ -62,11 +62,16 @@ func (h *Hook) fetchOutputs(ctx context.Context, m *machines.Machine, conn *work
 		conn.Close()
 	}
 	expErr := <-exportErr
+	// The export failed first when the restore saw its error through the pipe; when the
+	// restore failed first (a refusal, or this host's disk), we closed the connection.
+	exportFirst := expErr != nil && (impErr == nil || errors.Is(impErr, expErr))
 	switch {
 	case impErr != nil && storeio.IsRefusal(impErr):
 		return fmt.Errorf("refusing what it returned: %w", impErr)
-	case expErr != nil && !errors.Is(expErr, io.ErrClosedPipe):
+	case exportFirst && !errors.Is(expErr, io.ErrClosedPipe):
 		return &machineError{Err: fmt.Errorf("retrieving outputs: %w", expErr)}
+	case impErr != nil && !exportFirst:
+		return &localError{Err: fmt.Errorf("restoring the outputs into %s: %w", h.Conf.StoreDir, impErr)}
 	case impErr != nil:
 		return fmt.Errorf("restoring the outputs into %s: %w", h.Conf.StoreDir, impErr)
 	}
