@@ -12,6 +12,7 @@ import (
 
 	"offload/machines"
 	"offload/sshexec"
+	"offload/statedir"
 	"offload/workerproto"
 )
 
@@ -83,10 +84,7 @@ func (h *Hook) rememberPath(m *machines.Machine, rec PathRecord) {
 	if b, err := json.Marshal(rec); err == nil {
 		file := h.pathFile(m)
 		if err := os.MkdirAll(filepath.Dir(file), 0o755); err == nil {
-			tmp := file + ".tmp" + fmt.Sprint(os.Getpid())
-			if os.WriteFile(tmp, b, 0o644) == nil {
-				os.Rename(tmp, file)
-			}
+			statedir.WriteAtomic(file, b) // best effort: without it, the path is found again
 		}
 	}
 	if old.Path == rec.Path && old.Why == rec.Why {

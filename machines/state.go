@@ -179,20 +179,8 @@ func (s State) update(id string, change func(*Health)) error {
 	if err != nil {
 		return fmt.Errorf("write machine state %s: %w", path, err)
 	}
-	tmp, err := os.CreateTemp(s.Dir, ".state-*")
-	if err != nil {
-		return fmt.Errorf("write machine state: %w", err)
-	}
-	_, err = tmp.Write(append(b, '\n'))
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("write machine state %s: %w", path, err)
+	if err := statedir.WriteAtomic(path, append(b, '\n')); err != nil {
+		return fmt.Errorf("machine state: %w", err)
 	}
 	return nil
 }

@@ -95,3 +95,24 @@ func (l Layout) ControlDir() string {
 	}
 	return dir
 }
+
+// WriteAtomic replaces file with data by a rename from a temporary file beside it, so
+// that a reader (another hook) never sees half of it. Every state file is written so.
+func WriteAtomic(file string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+"-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", file, err)
+	}
+	_, err = tmp.Write(data)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), file)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write %s: %w", file, err)
+	}
+	return nil
+}
