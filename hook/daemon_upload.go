@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -87,6 +88,20 @@ func (h *Hook) sendItems(ctx context.Context, m *machines.Machine, t sshexec.Tar
 	return nil
 }
 
+// BulkThresholdEnv sets, in bytes, the bundle size above which inputs go by the streamed
+// path; unset, it follows the measured round trip (bulkThreshold).
+const BulkThresholdEnv = "OFFLOAD_BULK_THRESHOLD"
+
+// parseBulkThreshold reads $OFFLOAD_BULK_THRESHOLD: a positive number of bytes, else 0
+// (decide from the round trip).
+func parseBulkThreshold(v string) int64 {
+	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	if err != nil || n <= 0 {
+		return 0
+	}
+	return n
+}
+
 // bulkThreshold is the bundle size above which the streamed upload is faster than
 // ImportPaths: the round trips ImportPaths pays (one per 32 KiB) cost more than the
 // remote Guile start of `guix archive --import` (about 300 ms). The round trip is the
@@ -122,9 +137,18 @@ func (h *Hook) bulkUpload(ctx context.Context, m *machines.Machine, t sshexec.Ta
 		inR.CloseWithError(io.ErrClosedPipe)
 		done <- err
 	}()
+	// ended waits for the session once, however many paths ask.
+	var runErr error
+	ran := false
+	ended := func() error {
+		if !ran {
+			runErr, ran = <-done, true
+		}
+		return runErr
+	}
 	failed := func(err error) error {
 		inW.CloseWithError(io.ErrClosedPipe)
-		if runErr := <-done; runErr != nil {
+		if runErr := ended(); runErr != nil {
 			err = runErr
 		}
 		if t := sshexec.LastLines(tail.String(), 3); t != "" {
@@ -174,7 +198,7 @@ func (h *Hook) bulkUpload(ctx context.Context, m *machines.Machine, t sshexec.Ta
 	stop := make(chan struct{})
 	go h.reportProgress("sending to '"+m.Display()+"'", &sent.n, stop)
 	go io.Copy(io.Discard, outR)
-	runErr := <-done
+	ended()
 	close(stop)
 	<-werr
 	if exp.failed() != nil {

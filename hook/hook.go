@@ -51,8 +51,9 @@ type Config struct {
 	// file name, else $GUIX_STATE_DIRECTORY/daemon-socket/socket), for local exports
 	// without a guix process.
 	LocalDaemon string
-	// BulkThreshold, when positive, is the bundle size in bytes above which transfers go
-	// by the streamed path instead of the daemon connection (else from the round trip).
+	// BulkThreshold ($OFFLOAD_BULK_THRESHOLD), when positive, is the bundle size in bytes
+	// above which transfers go by the streamed path instead of the daemon connection
+	// (else it follows the round trip: daemon_upload.go).
 	BulkThreshold int64
 	// Attempts ($OFFLOAD_ATTEMPTS) bounds how often an accepted build is tried (retry.go).
 	Attempts int
@@ -79,20 +80,21 @@ func ConfigFromEnv(getenv func(string) string) Config {
 		store = "/gnu/store"
 	}
 	return Config{
-		MachinesFile: filepath.Join(conf, "machines.scm"),
-		ConfDir:      conf,
-		StateDir:     filepath.Join(state, "offload"),
-		StoreDir:     strings.TrimRight(store, "/"),
-		Fallback:     getenv("OFFLOAD_FALLBACK"),
-		Compression:  getenv(CompressionEnv),
-		ProbeMaxAge:  5 * time.Second,
-		LockWait:     30 * time.Minute,
-		Substitutes:  ParseSubstitutes(getenv(SubstitutesEnv)),
-		Path:         parsePath(getenv(PathEnv)),
-		Attempts:     parseAttempts(getenv(AttemptsEnv)),
-		LocalDaemon:  localDaemonSocket(getenv("GUIX_DAEMON_SOCKET"), state),
-		LocalSpeed:   getenv(placement.LocalSpeedEnv),
-		Placement:    getenv(placement.Env),
+		MachinesFile:  filepath.Join(conf, "machines.scm"),
+		ConfDir:       conf,
+		StateDir:      filepath.Join(state, "offload"),
+		StoreDir:      strings.TrimRight(store, "/"),
+		Fallback:      getenv("OFFLOAD_FALLBACK"),
+		Compression:   getenv(CompressionEnv),
+		ProbeMaxAge:   5 * time.Second,
+		LockWait:      30 * time.Minute,
+		Substitutes:   ParseSubstitutes(getenv(SubstitutesEnv)),
+		Path:          parsePath(getenv(PathEnv)),
+		Attempts:      parseAttempts(getenv(AttemptsEnv)),
+		BulkThreshold: parseBulkThreshold(getenv(BulkThresholdEnv)),
+		LocalDaemon:   localDaemonSocket(getenv("GUIX_DAEMON_SOCKET"), state),
+		LocalSpeed:    getenv(placement.LocalSpeedEnv),
+		Placement:     getenv(placement.Env),
 	}
 }
 

@@ -202,9 +202,7 @@ func TestChaosSSHDKilled(t *testing.T) {
 			d := ph.make(f)
 			before := storeEntries(t, f)
 			// One attempt: what a failure leaves when no retry follows.
-			// The upload phase runs on the shell path: on the daemon path a bulk upload
-			// cut by a killed sshd does not end yet (open in issue 22's note).
-			h := startHook(t, f, buildOpts{shell: ph.name == "upload", env: []string{"OFFLOAD_ATTEMPTS=1"}})
+			h := startHook(t, f, buildOpts{env: []string{"OFFLOAD_ATTEMPTS=1"}})
 			if ans, err := h.Request(false, d.System, d.Path, nil); err != nil || ans != "accept" {
 				t.Fatalf("%q %v %q", ans, err, h.Messages())
 			}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"offload/integration/drv"
 	"offload/integration/farm"
 )
 
@@ -87,5 +88,30 @@ func TestLocalExportFailureBlamesNoMachine(t *testing.T) {
 	h := startHook(t, f, buildOpts{shell: true})
 	if ans, err := h.Request(true, d.System, d.Path, nil); err != nil || ans != "accept" {
 		t.Fatalf("next request: %q %v %q", ans, err, h.Messages())
+	}
+}
+
+// TestBulkUploadRefusedEndsTheAttempt: a bulk upload the machine refuses (its ACL
+// trusts nobody, so its `guix archive --import` fails after the stream began) ends the
+// attempt with one line naming the machine, instead of waiting for the session twice.
+func TestBulkUploadRefusedEndsTheAttempt(t *testing.T) {
+	f := farm.New(t, farm.Options{})
+	writeMachines(f, nil)
+	m := f.Machines[0]
+	if err := os.WriteFile(filepath.Join(m.Store.Conf, "acl"), []byte("(acl)\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in := addRandomItem(t, f, "bulk-refused", 3, 0, 200_000)
+	d := f.MakeDrv(drv.Spec{Name: "t-bulk", Args: []string{"-c", `echo "$IN" > "$out"`},
+		Env: map[string]string{"IN": in}, InputSrcs: []string{in}, Nonce: "bulk"})
+	r := offload(t, f, d, buildOpts{env: []string{"OFFLOAD_ATTEMPTS=1", "OFFLOAD_BULK_THRESHOLD=1"}})
+	if r.answer != "accept" || r.status != 1 {
+		t.Fatalf("answer %s status %d:\n%s", r.answer, r.status, r.messages)
+	}
+	if !strings.Contains(r.messages, "sending 1 store item") || !strings.Contains(r.messages, "(zstd)") {
+		t.Errorf("the inputs did not go by the streamed path:\n%s", r.messages)
+	}
+	if !strings.Contains(r.messages, "machine '"+machineName(m)+"'") {
+		t.Errorf("the failure does not name the machine:\n%s", r.messages)
 	}
 }
