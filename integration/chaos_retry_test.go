@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -76,11 +75,10 @@ func TestChaosRetry(t *testing.T) {
 				}
 				switch fault {
 				case "killed":
-					m.Server.Stop()
-					exec.Command("pkill", "-KILL", "-f", m.Server.Dir).Run()
+					m.Die(t)
 				case "frozen":
-					exec.Command("pkill", "-STOP", "-f", m.Server.Dir).Run()
-					t.Cleanup(func() { exec.Command("pkill", "-CONT", "-f", m.Server.Dir).Run() })
+					m.Freeze()
+					t.Cleanup(m.Thaw)
 				}
 				drill(t, "machine %s %s during the %s", machineName(m), fault, ph.name)
 				start := time.Now()
@@ -102,7 +100,7 @@ func TestChaosRetry(t *testing.T) {
 					drill(t, "nothing half-written in the local store")
 				}
 				if fault == "frozen" {
-					exec.Command("pkill", "-CONT", "-f", m.Server.Dir).Run()
+					m.Thaw()
 				}
 				if !waitFor(30*time.Second, func() bool { return slotFree(t, f, m, 1) }) {
 					t.Errorf("the failed machine's slot is still held")

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -136,10 +135,9 @@ func TestSSHDKilledMidBuild(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	m.Server.Stop()
-	// Stopping the listener leaves established sessions; kill them too, as a crash would.
-	exec.Command("pkill", "-KILL", "-f", "sshd: .*"+m.Server.Dir).Run()
-	exec.Command("pkill", "-KILL", "-f", m.Server.Dir).Run()
+	// The machine dies: its sshd with every session, its daemon with the build. Our
+	// own ssh clients live on until they notice.
+	m.Die(t)
 	st, sig, err := h.Wait()
 	if err != nil || sig || st == 0 || st == 100 || st == 101 {
 		t.Fatalf("status %d signaled %v err %v, want a transient failure: %q", st, sig, err, h.Messages())
@@ -186,8 +184,7 @@ func TestMachineKilledMidBuildRetriesElsewhere(t *testing.T) {
 	if first == nil {
 		t.Fatalf("no line says where the build went: %q", h.Messages())
 	}
-	first.Server.Stop()
-	exec.Command("pkill", "-KILL", "-f", first.Server.Dir).Run()
+	first.Die(t)
 	st, sig, err := h.Wait()
 	msgs := strings.Join(h.Messages(), "\n")
 	if err != nil || sig || st != 0 {

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"offload/sshexec/sshtest"
 )
 
 // A farm runs one stand-in guix-daemon (integration/cmd/workerd) per machine, on the
@@ -78,6 +80,34 @@ func (m *Machine) StopDaemon(t testing.TB) {
 		t.Errorf("farm: daemon of %s:%d: %v", m.Name, m.Port, err)
 	}
 	m.daemon = nil
+}
+
+// Freeze stops the machine (SIGSTOP to its sshd, sessions, daemon and builds), as a
+// hung host or a black-holed network looks from here: connections stay open, nothing
+// answers. Our own ssh clients are not the machine's and keep running. Thaw undoes it.
+func (m *Machine) Freeze() { m.signal(syscall.SIGSTOP) }
+
+// Thaw continues a frozen machine.
+func (m *Machine) Thaw() { m.signal(syscall.SIGCONT) }
+
+func (m *Machine) signal(sig syscall.Signal) {
+	m.Server.Signal(sig)
+	if m.daemon != nil && m.daemon.cmd.Process != nil {
+		pid := m.daemon.cmd.Process.Pid
+		for _, p := range append([]int{pid}, sshtest.Descendants(pid)...) {
+			syscall.Kill(p, sig)
+		}
+	}
+}
+
+// Die kills the machine: its sshd with every session, and its daemon with its builds.
+func (m *Machine) Die(t testing.TB) {
+	t.Helper()
+	m.Server.Stop()
+	if m.daemon != nil {
+		m.daemon.kill()
+		m.daemon = nil
+	}
 }
 
 // SetDaemonHostile makes the machine's daemon misbehave in the given way (a mode of

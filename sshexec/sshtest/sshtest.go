@@ -196,6 +196,18 @@ func (s *Server) Stop() {
 	}
 }
 
+// Signal sends sig to sshd's listener and every session process under it (SIGSTOP: the
+// machine froze; SIGCONT: it thaws), not to the clients talking to it.
+func (s *Server) Signal(sig syscall.Signal) {
+	pid := s.pid()
+	if pid == 0 {
+		return
+	}
+	for _, p := range append([]int{pid}, Descendants(pid)...) {
+		syscall.Kill(p, sig)
+	}
+}
+
 // Restart starts sshd again on the same port with the same keys.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
