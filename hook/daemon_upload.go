@@ -4,22 +4,20 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"path"
 	"strconv"
 	"strings"
 	"time"
 
 	"offload/machines"
 	"offload/sshexec"
-	"offload/storeio"
 	"offload/workerproto"
 )
 
-// sendInputs puts what the machine lacks into its store: first the plain items (store
-// items need a signed bundle: the daemon checks every import against its ACL), then the
-// .drv files, each with AddTextToStore, which needs no signature and no Guile, in an
-// order where every reference is valid before it is used.
+// sendInputs puts what the machine lacks into its store: first the items that need a
+// signed bundle (the daemon checks every import against its ACL), then the text items
+// (text_items.go: the .drv files and the files Guix wrote as text, such as builder
+// scripts), each with AddTextToStore, which needs no signature and no Guile on either
+// side, in an order where every reference is valid before it is used.
 //
 // Small bundles go through the daemon connection (ImportPaths pulls 32 KiB per round
 // trip); bulk ones through the machine's own `guix archive --import`, fed by one
@@ -27,20 +25,16 @@ import (
 // Only bulk transfers take the machine's upload lock: tiny uploads do not queue behind
 // each other.
 func (h *Hook) sendInputs(ctx context.Context, m *machines.Machine, t sshexec.Target, conn *workerproto.Conn, req Request, missing []string) error {
-	var items, drvs []string
-	for _, p := range missing {
-		if strings.HasSuffix(p, ".drv") {
-			drvs = append(drvs, p)
-		} else {
-			items = append(items, p)
-		}
+	texts, items, err := h.splitTextItems(ctx, missing)
+	if err != nil {
+		return err
 	}
 	if len(items) > 0 {
 		if err := h.sendItems(ctx, m, t, conn, req, items); err != nil {
 			return err
 		}
 	}
-	return h.addDrvs(ctx, conn, drvs)
+	return h.addTexts(ctx, conn, texts)
 }
 
 // sendItems sends the plain store items, as one signed bundle.
@@ -227,42 +221,4 @@ func readShortLine(r io.Reader) (string, error) {
 		b = append(b, one[0])
 	}
 	return "", fmt.Errorf("a line of more than 256 bytes where the import script says which decompressors it has")
-}
-
-// addDrvs adds the .drv files with AddTextToStore, inputs before the derivations that
-// use them, and checks that each lands at its own path.
-func (h *Hook) addDrvs(ctx context.Context, conn *workerproto.Conn, drvs []string) error {
-	type parsed struct {
-		name string
-		text []byte
-		refs []string
-	}
-	ds := map[string]parsed{}
-	for _, p := range drvs {
-		text, err := os.ReadFile(p)
-		if err != nil {
-			return &localError{Err: fmt.Errorf("reading %s: %w", p, err)}
-		}
-		d, err := storeio.ParseDerivation(p, text)
-		if err != nil {
-			return &localError{Err: err}
-		}
-		refs := append([]string(nil), d.InputSrcs...)
-		for _, in := range d.InputDrvs {
-			refs = append(refs, in.Path)
-		}
-		_, name, _ := strings.Cut(path.Base(p), "-")
-		ds[p] = parsed{name: name, text: text, refs: uniqueSorted(refs)}
-	}
-	for _, p := range topoOrder(drvs, func(p string) []string { return ds[p].refs }) {
-		d := ds[p]
-		got, err := conn.AddTextToStore(ctx, d.name, d.text, d.refs)
-		if err != nil {
-			return fmt.Errorf("adding %s: %w", p, err)
-		}
-		if got != p {
-			return fmt.Errorf("adding %s: the machine's daemon stored it as %s", p, got)
-		}
-	}
-	return nil
 }

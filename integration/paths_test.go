@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"offload/hook"
+	"offload/integration/drv"
 	"offload/integration/farm"
 	"offload/machines"
 )
@@ -77,5 +78,52 @@ func TestDaemonElsewhereFallsBackToShell(t *testing.T) {
 	}
 	if !contains(m.Invocations(), "build") {
 		t.Errorf("the shell path did not build: %q", m.Invocations())
+	}
+}
+
+// TestTextInputsNeedNoSignature: a derivation whose builder script is a text item (as
+// every gexp's is in Guix) goes up by AddTextToStore alone, script and .drv: nothing
+// needs a signature, so the machine checks none (on a real machine that check starts a
+// Guile helper). A plain item beside it still goes in the signed bundle.
+func TestTextInputsNeedNoSignature(t *testing.T) {
+	f := farm.New(t, farm.Options{})
+	writeMachines(f, nil)
+	m := f.Machines[0]
+	st := f.Local.Drv()
+	script, err := st.AddText("t-text-builder", "echo built from a text script > \"$out\"\n", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := f.MakeDrv(drv.Spec{Name: "t-text", Args: []string{"-e", script}, InputSrcs: []string{script}, Nonce: "text"})
+	r := offload(t, f, d, buildOpts{env: []string{"OFFLOAD_VERBOSE=1"}})
+	if r.answer != "accept" || r.status != 0 {
+		t.Fatalf("answer %s status %d:\n%s", r.answer, r.status, r.messages)
+	}
+	if n := strings.Count(r.messages, ": add-text-to-store paths="); n != 2 {
+		t.Errorf("%d items added as text, want the script and the .drv:\n%s", n, r.messages)
+	}
+	if strings.Contains(r.messages, ": import-paths ") {
+		t.Errorf("a signed bundle went up although every input is text:\n%s", r.messages)
+	}
+	out, err := os.ReadFile(d.OutputPaths()[0])
+	if err != nil || string(out) != "built from a text script\n" {
+		t.Errorf("output %q %v", out, err)
+	}
+
+	// The same script beside a plain item: the item goes signed, the texts as text.
+	item, err := st.AddItem("t-plain-input", map[string]string{"": "plain\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2 := f.MakeDrv(drv.Spec{Name: "t-text2", Args: []string{"-e", script}, InputSrcs: []string{script, item}, Nonce: "text2"})
+	r = offload(t, f, d2, buildOpts{env: []string{"OFFLOAD_VERBOSE=1"}})
+	if r.answer != "accept" || r.status != 0 {
+		t.Fatalf("answer %s status %d:\n%s", r.answer, r.status, r.messages)
+	}
+	if !strings.Contains(r.messages, ": import-paths paths=1 ") || strings.Count(r.messages, ": add-text-to-store paths=") != 1 {
+		t.Errorf("want the plain item signed and the .drv as text (the script is there already):\n%s", r.messages)
+	}
+	if !m.Store.Drv().Valid(item) {
+		t.Errorf("the plain item is not on the machine")
 	}
 }

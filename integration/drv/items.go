@@ -2,6 +2,7 @@ package drv
 
 import (
 	"fmt"
+	"offload/workerproto"
 	"os"
 	"path/filepath"
 	"sort"
@@ -128,4 +129,30 @@ func (s Store) MissingOutputs(d *Derivation) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// AddText adds text as a text item called name with the given references (which must
+// be valid), at the path the daemon's AddTextToStore gives it, as Guix's
+// add-text-to-store makes a gexp's builder script or a plain-file; it returns the path.
+func (s Store) AddText(name, text string, refs []string) (string, error) {
+	p := workerproto.TextPath(s.Logical, name, []byte(text), refs)
+	if s.Valid(p) {
+		return p, nil
+	}
+	for _, r := range refs {
+		if !s.Valid(r) {
+			return "", fmt.Errorf("add text %s: reference %s is not valid", name, r)
+		}
+	}
+	real, err := s.Real(p)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(s.Physical, 0o755); err != nil {
+		return "", err
+	}
+	if err := WriteFileAtomic(real, []byte(text), 0o444); err != nil {
+		return "", fmt.Errorf("add text %s: %w", name, err)
+	}
+	return p, s.Register(Info{Path: p, References: refs})
 }
