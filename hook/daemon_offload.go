@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"offload/machines"
@@ -37,16 +38,20 @@ func (h *Hook) offloadDaemon(ctx context.Context, m *machines.Machine, t sshexec
 	if err != nil {
 		return &beforeBuildError{Err: err}
 	}
+	// The machine's signing helper (a Guile start, longer than a tiny build) starts on
+	// a second connection as soon as the machine has something small to sign: an item
+	// it already has, or else the .drv once it is sent. It then starts while the inputs
+	// go up, the slot is taken and the build runs, so that the outputs' export does not
+	// wait for it.
+	exporter := h.warmExporter(ctx, m, t, notIn(append([]string{req.Drv}, inputs...), missing), req.Drv)
+	defer exporter.close()
 	if err := h.sendInputs(ctx, m, t, conn, req, missing); err != nil {
 		return &beforeBuildError{Err: err}
 	}
+	exporter.drvSent()
 	if err := slot.wait(ctx, h, m, req.Drv); err != nil {
 		return &beforeBuildError{Err: err}
 	}
-	// The machine's signing helper (a Guile start) starts on a second connection while
-	// the build runs, so that the outputs' export does not wait for it.
-	exporter := h.warmExporter(ctx, m, t, req.Drv)
-	defer exporter.close()
 
 	if err := h.buildOnDaemon(ctx, m, conn, req); err != nil {
 		return err
@@ -193,17 +198,41 @@ func (h *Hook) buildOnDaemon(ctx context.Context, m *machines.Machine, conn *wor
 	return &machineError{Err: fmt.Errorf("building '%s': %w", req.Drv, err)}
 }
 
-// exporter is the second connection to the machine's daemon, opened while the build
-// runs so that its signing helper has started by the time the outputs are exported.
+// notIn returns the members of paths that are not in missing.
+func notIn(paths, missing []string) []string {
+	var out []string
+	for _, p := range paths {
+		if !slices.Contains(missing, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// exporter is the second connection to the machine's daemon, whose signing helper is
+// started early (warmExporter) so that it runs by the time the outputs are exported.
 type exporter struct {
 	done chan struct{}
+	sent chan struct{} // closed once the .drv is on the machine
+	stop chan struct{} // closed by close
+	once sync.Once
 	c    *workerproto.Conn
 }
 
-// warmExporter opens the exporter and signs the export of drv (a few hundred bytes,
-// thrown away): the helper starts once per connection, on its first signature.
-func (h *Hook) warmExporter(ctx context.Context, m *machines.Machine, t sshexec.Target, drv string) *exporter {
-	e := &exporter{done: make(chan struct{})}
+// warmSizeLimit bounds the item exported (and thrown away) to start the helper: the
+// signature follows the whole nar.
+const warmSizeLimit = 256 << 10
+
+// maxWarmCandidates bounds the items the machine has that are looked at for one small
+// enough to warm with (one round trip each, on the exporter's connection).
+const maxWarmCandidates = 8
+
+// warmExporter opens the exporter and signs the export of a small item the machine
+// has, thrown away: the helper starts once per connection, on its first signature. It
+// takes the smallest of has (items the machine has) under warmSizeLimit, or else drv
+// once drvSent says it is there.
+func (h *Hook) warmExporter(ctx context.Context, m *machines.Machine, t sshexec.Target, has []string, drv string) *exporter {
+	e := &exporter{done: make(chan struct{}), sent: make(chan struct{}), stop: make(chan struct{})}
 	go func() {
 		defer close(e.done)
 		c, _, err := DialMachineDaemon(ctx, h.Runner, t, daemonSocket(m))
@@ -211,7 +240,34 @@ func (h *Hook) warmExporter(ctx context.Context, m *machines.Machine, t sshexec.
 			return
 		}
 		c.Trace = h.traceOp(m)
-		if c.SetOptions(ctx, h.daemonOptions(false)) != nil || c.ExportPath(ctx, drv, true, io.Discard) != nil {
+		if c.SetOptions(ctx, h.daemonOptions(false)) != nil {
+			c.Close()
+			return
+		}
+		p := ""
+		if slices.Contains(has, drv) {
+			p = drv
+		} else {
+			best := int64(warmSizeLimit)
+			for _, q := range has[:min(len(has), maxWarmCandidates)] {
+				if info, err := c.QueryPathInfo(ctx, q); err == nil && int64(info.NarSize) <= best {
+					p, best = q, int64(info.NarSize)
+				}
+			}
+		}
+		if p == "" {
+			select {
+			case <-e.sent:
+				p = drv
+			case <-e.stop:
+				c.Close()
+				return
+			case <-ctx.Done():
+				c.Close()
+				return
+			}
+		}
+		if c.ExportPath(ctx, p, true, io.Discard) != nil {
 			c.Close()
 			return
 		}
@@ -219,6 +275,9 @@ func (h *Hook) warmExporter(ctx context.Context, m *machines.Machine, t sshexec.
 	}()
 	return e
 }
+
+// drvSent says that the .drv is on the machine.
+func (e *exporter) drvSent() { e.once.Do(func() { close(e.sent) }) }
 
 // conn returns the warmed connection, or fallback when warming failed.
 func (e *exporter) conn(fallback *workerproto.Conn) *workerproto.Conn {
@@ -229,7 +288,9 @@ func (e *exporter) conn(fallback *workerproto.Conn) *workerproto.Conn {
 	return fallback
 }
 
+// close closes the exporter; it does not wait for a .drv that was never sent.
 func (e *exporter) close() {
+	close(e.stop)
 	<-e.done
 	if e.c != nil {
 		e.c.Close()
