@@ -271,6 +271,9 @@ func (c *Conn) ExportItems(ctx context.Context, paths []string, sign bool, w io.
 
 // ImportPaths feeds bundle, a `guix archive --export` stream whose items are signed by
 // a key the daemon's ACL authorizes, to the daemon, which pulls it in 32 KiB requests.
+// Each piece waits for its request: after each one the daemon checks that the client is
+// quiet, and data sent ahead fails the import with "EOF expected (protocol error?)"
+// (tried against the real daemon), so an import costs one round trip per 32 KiB.
 // It returns the imported paths in stream order, including already valid ones. The
 // daemon stops reading at the stream's end marker, so bundle must end there. Not
 // atomic: items before a failing one stay imported. If bundle fails or ends early, the

@@ -61,6 +61,12 @@ func (p *pullReader) Read(b []byte) (int, error) {
 				return 0, &opError{msg: "non-zero padding", status: 1, close: true}
 			}
 		}
+		// After each piece the real daemon goes back to work and checks that the
+		// client is quiet (startWork's isFarSideClosed): data sent before it was asked
+		// for fails the import, so a client cannot stream ahead of the requests.
+		if p.w.in.r.Buffered() > 0 {
+			return 0, &opError{msg: "EOF expected (protocol error?)", status: 1, close: true}
+		}
 		p.buf = data[:n]
 	}
 	n := copy(b, p.buf)

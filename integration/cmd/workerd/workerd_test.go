@@ -652,6 +652,29 @@ func TestImport(t *testing.T) {
 		t.Fatalf("long reply: %+v", r)
 	}
 	c.expectEOF()
+
+	// Data sent ahead of the requests: the real daemon finds the client not quiet when
+	// it goes back to work after the first piece, and fails.
+	c = f.connect()
+	c.int(27).send()
+	if c.readInt() != stderrRead {
+		t.Fatal("no STDERR_READ")
+	}
+	n = c.readInt()
+	// One write, so that the second piece is there when the first is read.
+	var ahead bytes.Buffer
+	for _, piece := range []string{strings.Repeat("x", int(n)), "y"} {
+		binary.Write(&ahead, binary.LittleEndian, uint64(len(piece)))
+		ahead.WriteString(piece)
+		ahead.Write(make([]byte, (8-len(piece)%8)%8))
+	}
+	if _, err := c.c.Write(ahead.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if r := c.loop(nil); r.err != "EOF expected (protocol error?)" {
+		t.Fatalf("data sent ahead: %+v", r)
+	}
+	c.expectEOF()
 }
 
 // writeDrv makes a derivation in f's store whose builder runs script.
