@@ -948,7 +948,13 @@ func BenchmarkTinyOffload(b *testing.B) {
 			var walls []time.Duration
 			sessions, guixes, localGuixes := 0, 0, 0
 			for i := range n {
-				d := f.MakeDrv(drv.Spec{Name: "t-tiny", Args: []string{"-c", `echo hello > "$out"`}, Nonce: fmt.Sprintf("tiny%d", i)})
+				// As in Guix, the builder is a script the derivation takes as input, a text
+				// item made fresh for each build (gexp->derivation's NAME-builder).
+				script, err := f.Local.Drv().AddText(fmt.Sprintf("t-tiny-%d-builder", i), "echo hello > \"$out\"\n", nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				d := f.MakeDrv(drv.Spec{Name: "t-tiny", Args: []string{"-e", script}, InputSrcs: []string{script}, Nonce: fmt.Sprintf("tiny%d", i)})
 				// No cached probe: every offload probes, as one every 5 s would.
 				if err := os.Remove(stateFile); err != nil && !os.IsNotExist(err) {
 					b.Fatal(err)

@@ -144,7 +144,8 @@ What the figures are (integration/bench_test.go):
   the ideal (waves of 6 builds x build time). Max concurrency from the builders' own
   start/end lines (checked: never above 2). Hook peak RSS: the largest VmHWM seen while
   polling every 20 ms, against the same reading of a hook that only declined.
-- Tiny offload: `echo hello > $out` (the machine lacks its .drv) offloaded end to end,
+- Tiny offload: `echo hello > $out` from a builder script that is a text item, as a
+  gexp's is in Guix (the machine lacks both the script and the .drv), offloaded end to end,
   probe included (the probe cache is emptied before each), to a machine whose shell
   start-up sleeps 100 ms (sshd's ForceCommand sleeps, then runs the command with the
   user's shell), with stand-ins that cost what Guix costs (each `guix` command its
