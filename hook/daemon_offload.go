@@ -57,6 +57,7 @@ func (h *Hook) offloadDaemon(ctx context.Context, m *machines.Machine, t sshexec
 		return err
 	}
 	slot.release()
+	h.learned.peakBytes = slot.peakBytes()
 	if len(outputs) > 0 {
 		if err := h.fetchOutputs(ctx, m, exporter.conn(conn), outputs); err != nil {
 			return err

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"offload/machines"
@@ -23,6 +24,37 @@ type remoteSlot struct {
 	lines  chan string
 	done   chan error
 	closed bool
+	// mem follows the machine's available memory while the slot is held (its
+	// MemAvailable samples, in kB): what it fell by is what the build took at most.
+	mem     memSamples
+	sampled chan struct{} // closed when the samples are all read
+}
+
+// memSamples are the first and the lowest MemAvailable samples, in kB.
+type memSamples struct {
+	first, low int64
+	n          int
+}
+
+func (m *memSamples) add(kb int64) {
+	if m.n == 0 || kb < m.low {
+		m.low = kb
+	}
+	if m.n == 0 {
+		m.first = kb
+	}
+	m.n++
+}
+
+// peakBytes is how much the available memory fell below its first sample (0: not
+// known, fewer than two samples). Anything else that ran on the machine then counts
+// too: an upper bound of the build's peak, never below it (unless the build's peak
+// fell between two samples a second apart).
+func (m memSamples) peakBytes() int64 {
+	if m.n < 2 || m.low >= m.first {
+		return 0
+	}
+	return (m.first - m.low) * 1024
 }
 
 // holdRemoteSlot starts taking a slot; wait says when it is held.
@@ -69,7 +101,11 @@ func (s *remoteSlot) wait(ctx context.Context, h *Hook, m *machines.Machine, drv
 					err = fmt.Errorf("the session ended")
 				}
 				return fmt.Errorf("taking one of its build slots: %w", err)
-			case l == lineBuilding || l == lineNoFlock:
+			case l == lineBuilding:
+				s.sampled = make(chan struct{})
+				go s.sample()
+				return nil
+			case l == lineNoFlock:
 				return nil
 			case l != lineWaiting:
 				return fmt.Errorf("said %q where the slot script says %q (does the remote user's shell start-up print on stdout?)", l, lineBuilding)
@@ -84,6 +120,33 @@ func (s *remoteSlot) wait(ctx context.Context, h *Hook, m *machines.Machine, drv
 	}
 }
 
+// sample reads the memory samples until the session ends.
+func (s *remoteSlot) sample() {
+	defer close(s.sampled)
+	for l := range s.lines {
+		if v, ok := strings.CutPrefix(l, lineMem+" "); ok {
+			if kb, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && kb > 0 {
+				s.mem.add(kb)
+			}
+		}
+	}
+}
+
+// peakBytes is the most memory the build took at most, learned while the slot was
+// held (0: unknown); call it after release.
+func (s *remoteSlot) peakBytes() int64 {
+	if s.sampled == nil {
+		return 0
+	}
+	// The last samples are read just after the session ended.
+	select {
+	case <-s.sampled:
+		return s.mem.peakBytes()
+	case <-time.After(time.Second):
+		return 0
+	}
+}
+
 // release gives the slot back (closing the session); a no-op after the first call.
 func (s *remoteSlot) release() {
 	if s.closed {
@@ -91,10 +154,12 @@ func (s *remoteSlot) release() {
 	}
 	s.closed = true
 	s.stdin.Close()
-	go func() {
-		for range s.lines {
-		}
-	}()
+	if s.sampled == nil {
+		go func() {
+			for range s.lines {
+			}
+		}()
+	}
 	// The slot is free once the remote shell is gone: wait for it (briefly; a session
 	// that does not end frees it when our ssh dies with us), so that the next build,
 	// ours or another host's, finds it free.

@@ -277,6 +277,7 @@ func (h *Hook) params() placement.Params {
 // uncompressed bytes and time, and the build's time from its start on the machine.
 type learned struct {
 	sentRaw             int64
+	peakBytes           int64 // the most memory the build took at most; 0 unknown
 	sendTime, buildTime time.Duration
 }
 
@@ -285,7 +286,7 @@ func (h *Hook) learn(m *machines.Machine, req Request, l learned, total time.Dur
 		return
 	}
 	o := placement.Offload{Name: placement.DrvName(req.Drv), Speed: m.Speed, SentBytes: l.sentRaw,
-		Send: l.sendTime, Build: l.buildTime, Total: total}
+		Send: l.sendTime, Build: l.buildTime, Total: total, PeakBytes: l.peakBytes}
 	if err := (placement.Store{Dir: h.Conf.StateDir, Now: h.Now}).Record(m.ID(), o); err != nil {
 		h.note("%v", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -257,5 +258,110 @@ func TestOffloadSessionWaitsForSlot(t *testing.T) {
 	}
 	if b, err := os.ReadFile(f.output); err != nil || string(b) != f.outputContent {
 		t.Errorf("output %q, %v", b, err)
+	}
+}
+
+// TestSlotHoldScript: the daemon path's slot holder takes the slot, says so, samples the
+// machine's available memory while it holds it, and frees it when its stdin ends; the
+// sampler does not keep the slot's descriptor.
+func TestSlotHoldScript(t *testing.T) {
+	if _, err := exec.LookPath("flock"); err != nil {
+		t.Skip("no flock(1)")
+	}
+	if _, err := os.Stat("/proc/meminfo"); err != nil {
+		t.Skip("no /proc/meminfo")
+	}
+	d := t.TempDir()
+	cmd := exec.Command("sh", "-c", slotHoldScript, "sh", d, "1", "host 1", "/gnu/store/x.drv")
+	cmd.Env = append(os.Environ(), slotsDirEnv+"="+filepath.Join(d, "slots"))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 100)
+	go func() {
+		defer close(lines)
+		buf := make([]byte, 4096)
+		var rest string
+		for {
+			n, err := stdout.Read(buf)
+			rest += string(buf[:n])
+			for {
+				l, r, ok := strings.Cut(rest, "\n")
+				if !ok {
+					break
+				}
+				lines <- l
+				rest = r
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	next := func() string {
+		select {
+		case l := <-lines:
+			return l
+		case <-time.After(30 * time.Second): // generous: a loaded machine
+			t.Fatal("the script said nothing more")
+			return ""
+		}
+	}
+	if l := next(); l != lineBuilding {
+		t.Fatalf("first line %q, want %q", l, lineBuilding)
+	}
+	slot := filepath.Join(d, "slots", "0")
+	if !flockHeld(t, slot) {
+		t.Fatal("slot not held while building")
+	}
+	var samples memSamples
+	for samples.n < 2 {
+		l := next()
+		v, ok := strings.CutPrefix(l, lineMem+" ")
+		kb, err := strconv.ParseInt(v, 10, 64)
+		if !ok || err != nil || kb <= 0 {
+			t.Fatalf("line %q, want %q and a number of kB", l, lineMem)
+		}
+		samples.add(kb)
+	}
+	stdin.Close()
+	for range lines {
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("script: %v", err)
+	}
+	if flockHeld(t, slot) {
+		t.Error("slot still held after the script ended (the sampler kept it?)")
+	}
+}
+
+func TestMemSamplesPeak(t *testing.T) {
+	var m memSamples
+	if m.peakBytes() != 0 {
+		t.Error("peak without samples")
+	}
+	m.add(1000)
+	if m.peakBytes() != 0 {
+		t.Error("peak from one sample")
+	}
+	for _, kb := range []int64{900, 400, 700, 1200} {
+		m.add(kb)
+	}
+	if got := m.peakBytes(); got != 600*1024 {
+		t.Errorf("peak %d, want 600 KiB: the fall from the first sample to the lowest", got)
+	}
+	var up memSamples
+	up.add(1000)
+	up.add(2000)
+	if up.peakBytes() != 0 {
+		t.Error("memory that only grew gives a peak")
 	}
 }
