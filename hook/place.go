@@ -5,6 +5,7 @@ import (
 	"context"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -73,7 +74,7 @@ func (h *Hook) place(ctx context.Context, req Request, vs []machines.Verdict, ca
 	}
 	if choice && job.Name != "" {
 		if paths, err := placement.DrvInputs(req.Drv); err == nil {
-			job.Inputs = placement.Sized(paths, h.sizer())
+			job.Inputs = h.inputClosure(ctx, paths)
 		} else if h.dryRun {
 			h.note("inputs: unknown (%v)", err)
 		}
@@ -246,6 +247,52 @@ func (h *Hook) localLoad() float64 {
 
 // sizer gives an input's nar size: from the local daemon when it answers (its
 // database knows), else by walking the item.
+// maxClosure bounds the store items placement weighs for one build (one local query
+// each, well under a millisecond).
+const maxClosure = 20_000
+
+// inputClosure weighs what the build needs on the machine: its inputs (the .drv, its
+// input derivations' outputs and its sources) and everything they refer to, as the
+// local daemon records it, since a machine that lacks an input lacks what it refers to
+// as well and gets it with it (the references of .drv files are not followed). Without a local daemon (or in tests that give sizes),
+// the direct inputs alone.
+func (h *Hook) inputClosure(ctx context.Context, paths []string) []placement.Input {
+	local := h.localDaemon(ctx)
+	if h.Sizes != nil || local == nil {
+		return placement.Sized(paths, h.sizer())
+	}
+	seen := map[string]bool{}
+	var out []placement.Input
+	queue := append([]string(nil), paths...)
+	for len(queue) > 0 && len(out) < maxClosure {
+		p := queue[0]
+		queue = queue[1:]
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		info, err := local.QueryPathInfo(ctx, p)
+		if err != nil {
+			n, _ := storeio.NarSize(p)
+			out = append(out, placement.Input{Path: p, Size: max(n, 0)})
+			continue
+		}
+		out = append(out, placement.Input{Path: p, Size: int64(info.NarSize)})
+		if strings.HasSuffix(p, ".drv") {
+			// A .drv refers to its input derivations, whose outputs are inputs already:
+			// following them would weigh the whole build graph.
+			continue
+		}
+		for _, r := range info.References {
+			if !seen[r] {
+				queue = append(queue, r)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b placement.Input) int { return cmp.Compare(a.Path, b.Path) })
+	return out
+}
+
 func (h *Hook) sizer() placement.Sizer {
 	if h.Sizes != nil {
 		return h.Sizes

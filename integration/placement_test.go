@@ -89,6 +89,37 @@ func TestPlacementDeclinesShortBuildWithBigInputs(t *testing.T) {
 	assertBuilt(t, d, "big", r)
 }
 
+// TestPlacementWeighsTheInputsClosure: each build's one input is small and new, but it
+// refers to a 64 MiB item that one of two equal machines holds: every build goes to
+// that one, which lacks only the small input, not to the other, which would need both.
+// (Weighing the direct inputs alone makes them equal, and equal machines come in a
+// random order.)
+func TestPlacementWeighsTheInputsClosure(t *testing.T) {
+	f := farm.New(t, farm.Options{Machines: 2})
+	writeMachines(f, nil)
+	a, b := f.Machines[0], f.Machines[1]
+	big := addRandomItem(t, f, "big-input", 8, 0, 64<<20)
+	if err := f.CopyToMachine(a, big); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		nonce := "closure" + itoa(i)
+		wrapper, err := f.Local.Drv().AddItem("wrapper", map[string]string{"": nonce + " uses " + big + "\n"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := inputDrv(f, "t-closure", nonce, wrapper)
+		r := offload(t, f, d, buildOpts{})
+		assertBuilt(t, d, nonce, r)
+		if !builtOn(r, a) {
+			t.Fatalf("build %d went to the machine lacking what its input refers to:\n%s", i, r.messages)
+		}
+	}
+	if m := b.Store.Drv(); m.Valid(big) {
+		t.Errorf("the big item was sent to the other machine")
+	}
+}
+
 // TestPlacementLearnsBuildTimes: a short build with a 16 MiB input is offloaded while
 // its time is unknown (the default leans that way); once the hook learned from that
 // offload how short it is, the next one (new input, same name) stays here.
