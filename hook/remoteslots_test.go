@@ -272,8 +272,18 @@ func TestSlotHoldScript(t *testing.T) {
 		t.Skip("no /proc/meminfo")
 	}
 	d := t.TempDir()
+	// A sampler's sleep that never ends by itself: the session must end without it.
+	bin := filepath.Join(d, "bin")
+	os.MkdirAll(bin, 0o755)
+	writeScript(t, bin, "sleep", `case $1 in 1) exec /bin/sleep 1000 ;; *) exec /bin/sleep "$@" ;; esac`)
 	cmd := exec.Command("sh", "-c", slotHoldScript, "sh", d, "1", "host 1", "/gnu/store/x.drv")
-	cmd.Env = append(os.Environ(), slotsDirEnv+"="+filepath.Join(d, "slots"))
+	cmd.Env = append(os.Environ(), slotsDirEnv+"="+filepath.Join(d, "slots"), "PATH="+bin+":"+os.Getenv("PATH"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	t.Cleanup(func() {
+		if cmd.Process != nil {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		}
+	})
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -323,7 +333,7 @@ func TestSlotHoldScript(t *testing.T) {
 		t.Fatal("slot not held while building")
 	}
 	var samples memSamples
-	for samples.n < 2 {
+	for samples.n < 1 {
 		l := next()
 		v, ok := strings.CutPrefix(l, lineMem+" ")
 		kb, err := strconv.ParseInt(v, 10, 64)
@@ -333,7 +343,17 @@ func TestSlotHoldScript(t *testing.T) {
 		samples.add(kb)
 	}
 	stdin.Close()
-	for range lines {
+	// The session ends when the script and whatever holds its stdout are gone.
+	ended := make(chan struct{})
+	go func() {
+		for range lines {
+		}
+		close(ended)
+	}()
+	select {
+	case <-ended:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the script's stdout is still open after its stdin ended (the sampler's sleep holds it?)")
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("script: %v", err)

@@ -238,13 +238,14 @@ var bulkImportScript = transferFuncs + `; printf "` + toolPrefix + `"; for c in 
 // lineWaiting while every slot is taken), then it says lineBuilding and holds the slot
 // (fd 9) until its stdin ends. Meanwhile a sampler without the slot's descriptor says
 // the machine's MemAvailable (kB) every second as lineMem lines, from which the hook
-// learns what the build took at most. A machine without flock says lineNoFlock instead
-// and ends.
+// learns what the build took at most; its sleep holds neither the slot nor stdout, so
+// that the session ends as soon as the sampler is killed. A machine without flock says
+// lineNoFlock instead and ends.
 var slotHoldScript = `d=$1 ns=$2 who=$3 drv=$4; ` +
 	`command -v flock >/dev/null 2>&1 || { echo ` + lineNoFlock + `; exit 0; }; ` +
 	remoteSlotScript + `; echo ` + lineBuilding + ` || exit; ` +
 	`mem() { while read -r k v u; do if [ "$k" = MemAvailable: ]; then echo "` + lineMem + ` $v"; return 0; fi; done; return 1; }; ` +
-	`(while mem </proc/meminfo && sleep 1; do :; done) 9>&- 2>/dev/null & cat >/dev/null; kill $! 2>/dev/null`
+	`(while mem </proc/meminfo && sleep 1 >/dev/null; do :; done) 9>&- 2>/dev/null & cat >/dev/null; kill $! 2>/dev/null`
 
 // lineMem is slotHoldScript's sample of the machine's available memory, in kB.
 const lineMem = "offload-mem"
