@@ -980,3 +980,56 @@ func BenchmarkTinyOffload(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLocalSigning: how the local export of inputs is signed, with the stand-ins'
+// Guix costs. Each offload sends a fresh 1 MiB item (a signed bundle). wall-ms: the
+// local daemon signs (the hook cannot read the host's key: its configuration directory
+// lacks it, as for a hook not run as the daemon's user), which starts the daemon's
+// signing helper once per connection; baseline: the hook signs with the key it read
+// (the default when it runs as the daemon's user). The two alternate run by run.
+func BenchmarkLocalSigning(b *testing.B) {
+	n := pick(9, 3)
+	f := farm.New(b, farm.Options{GuixCosts: true})
+	writeMachines(f, nil)
+	// The hook's configuration without the key: the same ACL and machines file.
+	noKey := filepath.Join(f.Dir, "conf-without-key")
+	if err := os.MkdirAll(noKey, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	for _, name := range []string{"acl", "machines.scm"} {
+		data, err := os.ReadFile(filepath.Join(f.Local.Conf, name))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(noKey, name), data, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var hook, daemonSigned []time.Duration
+	for i := range n {
+		for _, byDaemon := range []bool{false, true} {
+			nonce := fmt.Sprintf("sign%d-%v", i, byDaemon)
+			in := addRandomItem(b, f, "sign-input", uint64(100+2*i+len(nonce)), 0, 1<<20)
+			d := f.MakeDrv(drv.Spec{Name: "t-sign", Args: []string{"-c", `test -e "$IN" && echo ok > "$out"`},
+				Env: map[string]string{"IN": in}, InputSrcs: []string{in}, Nonce: nonce})
+			var env []string
+			if byDaemon {
+				env = append(env, "GUIX_CONFIGURATION_DIRECTORY="+noKey)
+			}
+			t0 := time.Now()
+			r := offloadTB(b, f, d, env...)
+			wall := time.Since(t0)
+			if r.answer != "accept" || r.status != 0 {
+				b.Fatalf("offload: %s %d:\n%s", r.answer, r.status, r.messages)
+			}
+			if byDaemon {
+				daemonSigned = append(daemonSigned, wall)
+			} else {
+				hook = append(hook, wall)
+			}
+		}
+	}
+	b.ReportMetric(ms(median(daemonSigned)), "wall-ms")
+	b.ReportMetric(ms(median(hook)), "base-wall-ms")
+	b.Logf("signed by the local daemon: %v; by the hook: %v", daemonSigned, hook)
+}

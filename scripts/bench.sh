@@ -156,6 +156,10 @@ What the figures are (integration/bench_test.go):
   OFFLOAD_PATH=shell (one remote shell driving `guix archive` and `guix build`). ssh
   sessions per offload are counted in sshd's log ("Starting session"); guix processes
   run there and here in the stand-ins' logs (each a Guile start on a real machine).
+- Local signing: an offload whose input is a fresh 1 MiB item, so that every run sends a
+  signed bundle, with the stand-ins' Guix costs. Figure: the local daemon signs the
+  export (the hook cannot read the host's key), which starts its signing helper;
+  baseline: the hook signs with the key it read. The two alternate run by run.
 - Shared machine: three hosts (hooks with their own state directories) each list one
   machine with parallel-builds 2 and ask for four sleeping builds at once; the machine's
   own build slots keep it at two builds at once (checked, from the builders' lines),
