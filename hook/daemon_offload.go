@@ -56,13 +56,16 @@ func (h *Hook) offloadDaemon(ctx context.Context, m *machines.Machine, t sshexec
 	if err := h.buildOnDaemon(ctx, m, conn, req); err != nil {
 		return err
 	}
-	slot.release()
-	h.learned.peakBytes = slot.peakBytes()
+	// The slot is free for others while the outputs come back; its session ends
+	// meanwhile.
+	slot.letGo()
 	if len(outputs) > 0 {
 		if err := h.fetchOutputs(ctx, m, exporter.conn(conn), outputs); err != nil {
 			return err
 		}
 	}
+	slot.release()
+	h.learned.peakBytes = slot.peakBytes()
 	h.learn(m, req, h.learned, time.Since(began))
 	if len(outputs) == 0 {
 		return nil

@@ -20,10 +20,11 @@ import (
 // until the build ends, or until this hook dies, since its ssh dies with it and sshd
 // then closes the session. A machine without flock(1) has no shared slots.
 type remoteSlot struct {
-	stdin  io.WriteCloser
-	lines  chan string
-	done   chan error
-	closed bool
+	stdin    io.WriteCloser
+	lines    chan string
+	done     chan error
+	closed   bool // stdin closed: the slot is let go
+	released bool // and the session's end waited for
 	// mem follows the machine's available memory while the slot is held (its
 	// MemAvailable samples, in kB): what it fell by is what the build took at most.
 	mem     memSamples
@@ -147,8 +148,27 @@ func (s *remoteSlot) peakBytes() int64 {
 	}
 }
 
-// release gives the slot back (closing the session); a no-op after the first call.
+// release gives the slot back (closing the session) and waits for the session to end;
+// a no-op after the first call.
 func (s *remoteSlot) release() {
+	s.letGo()
+	if s.released {
+		return
+	}
+	s.released = true
+	// The slot is free once the remote shell is gone: wait for it (briefly; a session
+	// that does not end frees it when our ssh dies with us), so that the next build,
+	// ours or another host's, finds it free.
+	select {
+	case err := <-s.done:
+		s.done <- err
+	case <-time.After(slotReleaseWait):
+	}
+}
+
+// letGo gives the slot back without waiting for the session to end (release waits);
+// a no-op after the first call.
+func (s *remoteSlot) letGo() {
 	if s.closed {
 		return
 	}
@@ -159,14 +179,6 @@ func (s *remoteSlot) release() {
 			for range s.lines {
 			}
 		}()
-	}
-	// The slot is free once the remote shell is gone: wait for it (briefly; a session
-	// that does not end frees it when our ssh dies with us), so that the next build,
-	// ours or another host's, finds it free.
-	select {
-	case err := <-s.done:
-		s.done <- err
-	case <-time.After(slotReleaseWait):
 	}
 }
 
