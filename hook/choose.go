@@ -30,12 +30,19 @@ type decision struct {
 	// waits for one of the machine's build slots after the accept (waitForSlot).
 	queued bool
 	local  bool // declined because building here is cheapest (placement)
+	// held is the machine's own build slot, taken on the daemon path while it was
+	// probed (speculate): the offload uses it instead of taking one.
+	held *remoteSlot
 }
 
 func (d *decision) release() {
 	if d.slot != nil {
 		d.slot.Release()
 		d.slot = nil
+	}
+	if d.held != nil {
+		d.held.letGo()
+		d.held = nil
 	}
 }
 
@@ -77,6 +84,10 @@ type candidate struct {
 	// queued: every build slot is taken and slot is a place in the machine's queue.
 	queued bool
 	err    error
+	// speculate: take the machine's own build slot in the probe's shell (speculate);
+	// held is that slot.
+	speculate bool
+	held      *remoteSlot
 }
 
 // decideExcluding applies the choice rules (docs/hook.md): decline when nothing
@@ -103,20 +114,26 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 	}
 	now := h.Now()
 	cands, down, busy := h.takeSlots(req, matching, now, queue)
-	h.probeAll(ctx, cands, now)
+	h.speculate(req, cands)
+	h.probeAll(ctx, req, cands, now)
 	for _, c := range cands {
 		if c.probe == nil {
 			down = append(down, c.m)
 		}
 	}
 	best, nbusy, ndown, local := h.pick(ctx, req, cands)
+	for _, c := range cands {
+		if c.held != nil && c != best {
+			c.held.letGo()
+		}
+	}
 	if local {
 		return decision{answer: "decline", local: true} // the daemon builds it: cheapest here
 	}
 	busy += nbusy
 	down = append(down, ndown...)
 	if best != nil {
-		return decision{answer: "accept", machine: best.m, target: best.target, slot: best.slot, queued: best.queued}
+		return decision{answer: "accept", machine: best.m, target: best.target, slot: best.slot, queued: best.queued, held: best.held}
 	}
 	if busy == 0 && len(down) > 0 {
 		return h.allDown(req, down)
@@ -358,7 +375,7 @@ func (h *Hook) allDown(req Request, down []*machines.Machine) decision {
 
 // probeAll fills in each candidate's load, in parallel, from the state cache when it
 // is fresh enough, else with one ssh round trip each.
-func (h *Hook) probeAll(ctx context.Context, cands []*candidate, now time.Time) {
+func (h *Hook) probeAll(ctx context.Context, req Request, cands []*candidate, now time.Time) {
 	var wg sync.WaitGroup
 	for _, c := range cands {
 		if health, err := h.state.Health(c.m.StateKey()); err == nil {
@@ -366,13 +383,25 @@ func (h *Hook) probeAll(ctx context.Context, cands []*candidate, now time.Time) 
 			// than postponed until the cache expires.
 			if p := health.FreshProbe(now, h.Conf.ProbeMaxAge); p != nil && (c.queued || !p.RemoteFull(c.m.ParallelBuilds)) {
 				c.probe = p
+				if c.speculate {
+					c.held = h.holdRemoteSlot(ctx, c.m, c.target, req)
+				}
 				continue
 			}
 		}
 		wg.Add(1)
 		go func(c *candidate) {
 			defer wg.Done()
-			p, err := h.probe(ctx, c)
+			var p *machines.Probe
+			var err error
+			if c.speculate {
+				p, c.held, err = h.probeHold(ctx, c.m, c.target, req, h.Conf.StoreDir, 2*h.connectTimeout())
+				if p != nil {
+					p.Time = h.Now()
+				}
+			} else {
+				p, err = h.probe(ctx, c)
+			}
 			if err != nil {
 				c.err = err
 				// A machine that refused, could not be reached or would not let us in goes
@@ -395,6 +424,23 @@ func (h *Hook) probeAll(ctx context.Context, cands []*candidate, now time.Time) 
 	wg.Wait()
 }
 
+// speculate takes, on the daemon path, the machine's own build slot while the machine
+// is probed, when there is one candidate and this host has a build slot for it (not a
+// queue place): the two remote shells then start together instead of one after the
+// other around the accept, which saves a whole shell start when the probe is not
+// cached (on a real machine whose user's shell start-up is slow, most of a tiny
+// offload). A slot taken for a machine that is not chosen is let go at once.
+func (h *Hook) speculate(req Request, cands []*candidate) {
+	if h.dryRun || len(cands) != 1 {
+		return
+	}
+	c := cands[0]
+	if c.slot == nil || c.queued || !h.daemonPathLikely(c.m) {
+		return
+	}
+	c.speculate = true
+}
+
 // probe asks a machine for its load; a machine that does not answer in time counts as
 // unreachable (never as idle).
 func (h *Hook) probe(ctx context.Context, c *candidate) (*machines.Probe, error) {
@@ -406,18 +452,10 @@ func (h *Hook) probe(ctx context.Context, c *candidate) (*machines.Probe, error)
 	return p, err
 }
 
-// ProbeMachine reads a machine's load, cores, free store space, clock and how many of
-// its own build slots 0 .. slots-1 are taken, in one ssh round trip (AskMachine),
-// giving up after timeout. Its errors do not name the machine: the caller does.
-func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, storeDir string, slots int, timeout time.Duration) (*machines.Probe, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	f, err := askFacts(ctx, r, t, storeDir, slots, false)
+// probeOf makes a probe of a factsScript answer.
+func probeOf(out string) (*machines.Probe, error) {
+	f, err := ParseFacts(out)
 	if err != nil {
-		if ctx.Err() != nil {
-			// err is the killed ssh's command line: it says nothing more.
-			return nil, &SlowError{Within: timeout}
-		}
 		return nil, err
 	}
 	if f.Cores < 1 {
@@ -428,6 +466,27 @@ func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, stor
 		held = f.Slots.Held
 	}
 	return &machines.Probe{Load1: f.Load1, Cores: f.Cores, FreeBytes: f.FreeBytes, MemAvailable: f.MemAvailable, Time: time.Now(), RemoteSlotsHeld: held}, nil
+}
+
+// ProbeMachine reads a machine's load, cores, free store space, clock and how many of
+// its own build slots 0 .. slots-1 are taken, in one ssh round trip (AskMachine),
+// giving up after timeout. Its errors do not name the machine: the caller does.
+func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, storeDir string, slots int, timeout time.Duration) (*machines.Probe, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	n := ""
+	if slots > 0 {
+		n = strconv.Itoa(slots)
+	}
+	out, err := r.OutputRemote(ctx, t, []string{"sh", "-c", factsScript, "sh", storeDir, "basic", n}, nil)
+	if err != nil {
+		if ctx.Err() != nil {
+			// err is the killed ssh's command line: it says nothing more.
+			return nil, &SlowError{Within: timeout}
+		}
+		return nil, err
+	}
+	return probeOf(string(out))
 }
 
 func (h *Hook) connectTimeout() time.Duration {

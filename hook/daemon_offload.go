@@ -30,8 +30,11 @@ func (h *Hook) offloadDaemon(ctx context.Context, m *machines.Machine, t sshexec
 		return &beforeBuildError{Err: fmt.Errorf("setting the build options: %w", err)}
 	}
 	// The machine's shared build slot, taken by one small remote shell while the inputs
-	// go up; held until the build ends.
-	slot := h.holdRemoteSlot(ctx, m, t, req)
+	// go up (or already while the machine was probed); held until the build ends.
+	slot := h.takeSpare(m)
+	if slot == nil {
+		slot = h.holdRemoteSlot(ctx, m, t, req)
+	}
 	defer slot.release()
 
 	missing, err := h.lacking(ctx, m, conn, req, inputs)

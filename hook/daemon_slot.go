@@ -3,6 +3,7 @@ package hook
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -25,6 +26,9 @@ type remoteSlot struct {
 	done     chan error
 	closed   bool // stdin closed: the slot is let go
 	released bool // and the session's end waited for
+	// cancel stops the session's ssh: a slot let go before it was known to be held
+	// (its script may still be waiting for one) ends at once.
+	cancel context.CancelFunc
 	// mem follows the machine's available memory while the slot is held (its
 	// MemAvailable samples, in kB): what it fell by is what the build took at most.
 	mem     memSamples
@@ -58,13 +62,87 @@ func (m memSamples) peakBytes() int64 {
 	return (m.first - m.low) * 1024
 }
 
+// spareSlot is a slot of machine id taken before the accept (speculate), waiting for
+// the offload to that machine.
+type spareSlot struct {
+	id   string
+	slot *remoteSlot
+}
+
+// takeSpare returns the slot taken for m before the accept, if any (once).
+func (h *Hook) takeSpare(m *machines.Machine) *remoteSlot {
+	s := h.spare.slot
+	if s == nil || h.spare.id != m.ID() {
+		return nil
+	}
+	h.spare = spareSlot{}
+	return s
+}
+
+// dropSpare lets go of a slot taken before the accept that no offload used (the
+// machine took the shell path, whose session takes its own, or another machine got
+// the build).
+func (h *Hook) dropSpare() {
+	if h.spare.slot != nil {
+		h.spare.slot.letGo()
+	}
+	h.spare = spareSlot{}
+}
+
 // holdRemoteSlot starts taking a slot; wait says when it is held.
 func (h *Hook) holdRemoteSlot(ctx context.Context, m *machines.Machine, t sshexec.Target, req Request) *remoteSlot {
+	return h.slotSession(ctx, t, append([]string{"sh", "-c", slotHoldScript, "sh"}, slotHoldArgs(m, req)...))
+}
+
+// slotHoldArgs are slotHoldScript's arguments for req on m.
+func slotHoldArgs(m *machines.Machine, req Request) []string {
+	holder := rootHost() + " " + strconv.Itoa(os.Getpid())
+	return []string{rootsDir, strconv.Itoa(max(m.ParallelBuilds, 1)), holder, req.Drv}
+}
+
+// probeHold asks m for the facts of a probe and then takes one of its build slots, in
+// one remote shell (probeHoldScript): the facts, slots counted before this one is
+// taken, come within timeout, and the slot follows as holdRemoteSlot's does.
+func (h *Hook) probeHold(ctx context.Context, m *machines.Machine, t sshexec.Target, req Request, storeDir string, timeout time.Duration) (*machines.Probe, *remoteSlot, error) {
+	args := append([]string{"sh", "-c", probeHoldScript, "sh", storeDir}, slotHoldArgs(m, req)...)
+	s := h.slotSession(ctx, t, args)
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	var facts strings.Builder
+	for {
+		select {
+		case l, ok := <-s.lines:
+			switch {
+			case !ok:
+				err := <-s.done
+				s.done <- err
+				if err == nil {
+					err = errors.New("the session ended before the machine said how it is")
+				}
+				return nil, nil, err
+			case l != lineFactsEnd:
+				facts.WriteString(l + "\n")
+				continue
+			}
+			p, err := probeOf(facts.String())
+			if err != nil {
+				s.letGo()
+				return nil, nil, err
+			}
+			return p, s, nil
+		case <-timer.C:
+			s.letGo()
+			return nil, nil, &SlowError{Within: timeout}
+		}
+	}
+}
+
+// slotSession runs argv, a slot script, with its stdout lines on the slot's channel.
+func (h *Hook) slotSession(ctx context.Context, t sshexec.Target, argv []string) *remoteSlot {
+	ctx, cancel := context.WithCancel(ctx)
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
-	s := &remoteSlot{stdin: inW, lines: make(chan string, 16), done: make(chan error, 1)}
-	holder := rootHost() + " " + strconv.Itoa(os.Getpid())
-	argv := []string{"sh", "-c", slotHoldScript, "sh", rootsDir, strconv.Itoa(max(m.ParallelBuilds, 1)), holder, req.Drv}
+	s := &remoteSlot{stdin: inW, lines: make(chan string, 16), done: make(chan error, 1), cancel: cancel}
 	go func() {
 		err := h.Runner.RunRemote(ctx, t, argv, sshexec.Stdio{Stdin: inR, Stdout: outW, Stderr: io.Discard})
 		outW.Close()
@@ -175,6 +253,7 @@ func (s *remoteSlot) letGo() {
 	s.closed = true
 	s.stdin.Close()
 	if s.sampled == nil {
+		s.cancel()
 		go func() {
 			for range s.lines {
 			}

@@ -106,6 +106,18 @@ func daemonSocket(m *machines.Machine) string {
 	return sshexec.DefaultDaemonSocket
 }
 
+// daemonPathLikely tells whether an offload to m will take the daemon path: forced, or
+// remembered (and not forced to the shell).
+func (h *Hook) daemonPathLikely(m *machines.Machine) bool {
+	switch h.Conf.Path {
+	case pathShell:
+		return false
+	case pathDaemon:
+		return true
+	}
+	return h.readPath(m).Path == pathDaemon
+}
+
 // openDaemon connects to m's daemon through the shared ssh connection when m is to use
 // the daemon path. conn is nil when the shell path must be used (the reason is
 // remembered and said once); err is a failure of the machine itself (ssh cannot reach

@@ -157,6 +157,7 @@ type Hook struct {
 	key       *storeio.SecretKey // this host's signing key, once read (nil: not readable)
 	rtt       time.Duration      // the round trip to the chosen machine's daemon, measured
 	learned   learned            // what the daemon path's current attempt teaches placement
+	spare     spareSlot          // a remote slot taken before the accept (speculate)
 }
 
 func (h *Hook) init() {

@@ -31,6 +31,7 @@ func (h *Hook) offload(ctx context.Context, m *machines.Machine, t sshexec.Targe
 
 // offloadShell performs an accepted build on m through one remote shell script.
 func (h *Hook) offloadShell(ctx context.Context, m *machines.Machine, t sshexec.Target, req Request, inputs, outputs []string) error {
+	h.dropSpare() // the session takes the machine's slot itself
 	mode, err := ParseCompressionMode(h.Conf.Compression)
 	if err != nil {
 		h.note("%v; using %s", err, mode)

@@ -1,6 +1,7 @@
 package hook
 
 import (
+	"bufio"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -383,5 +384,54 @@ func TestMemSamplesPeak(t *testing.T) {
 	up.add(2000)
 	if up.peakBytes() != 0 {
 		t.Error("memory that only grew gives a peak")
+	}
+}
+
+// TestProbeHoldScript: one shell gives a probe's facts, its slots counted before one is
+// taken for us, then takes and holds that slot like slotHoldScript.
+func TestProbeHoldScript(t *testing.T) {
+	if _, err := exec.LookPath("flock"); err != nil {
+		t.Skip("no flock(1)")
+	}
+	d := t.TempDir()
+	slots := filepath.Join(d, "slots")
+	holdFlock(t, filepath.Join(slots, "0"), "other 1 /gnu/store/y.drv\n") // another host's build
+	cmd := exec.Command("sh", "-c", probeHoldScript, "sh", d, d, "2", "host 1", "/gnu/store/x.drv")
+	cmd.Env = append(os.Environ(), slotsDirEnv+"="+slots)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	t.Cleanup(func() {
+		if cmd.Process != nil {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		}
+	})
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	var facts strings.Builder
+	for sc.Scan() && sc.Text() != lineFactsEnd {
+		facts.WriteString(sc.Text() + "\n")
+	}
+	p, err := probeOf(facts.String())
+	if err != nil {
+		t.Fatalf("facts %q: %v", facts.String(), err)
+	}
+	if p.RemoteSlotsHeld != 1 {
+		t.Errorf("%d slots held in the facts, want 1 (the other host's, counted before ours is taken)", p.RemoteSlotsHeld)
+	}
+	if !sc.Scan() || sc.Text() != lineBuilding {
+		t.Fatalf("after the facts: %q, want %q", sc.Text(), lineBuilding)
+	}
+	if !flockHeld(t, filepath.Join(slots, "1")) {
+		t.Error("the free slot is not held")
+	}
+	stdin.Close()
+	for sc.Scan() {
+	}
+	cmd.Wait()
+	if flockHeld(t, filepath.Join(slots, "1")) {
+		t.Error("the slot is still held after the script ended")
 	}
 }

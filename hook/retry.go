@@ -72,7 +72,10 @@ func (h *Hook) attempts(ctx context.Context, req Request, d decision, inputs, ou
 	for attempt := 1; ; attempt++ {
 		m := d.machine
 		tried[m.ID()] = true
+		// The remote slot taken while the machine was probed goes to its offload.
+		h.spare, d.held = spareSlot{id: m.ID(), slot: d.held}, nil
 		err := h.offload(ctx, m, d.target, req, inputs, outputs)
+		h.dropSpare()
 		if !retryable(err) {
 			var local *localError
 			if err != nil && !errors.As(err, &local) {

@@ -250,5 +250,15 @@ var slotHoldScript = `d=$1 ns=$2 who=$3 drv=$4; ` +
 // lineMem is slotHoldScript's sample of the machine's available memory, in kB.
 const lineMem = "offload-mem"
 
+// probeHoldScript is factsScript then slotHoldScript in one remote shell, run as
+// `sh -c SCRIPT sh STORE ROOTS SLOTS HOLDER DRV`: the facts of a probe (the machine's
+// slots counted before one is taken for us), lineFactsEnd, then the slot as
+// slotHoldScript takes and holds it. The hook's choice reads the facts while the slot
+// is being taken, so that a probe and the slot cost one shell start, not two in a row.
+var probeHoldScript = `(set -- "$1" basic "$3"; ` + factsScript + `); echo ` + lineFactsEnd + ` || exit; shift; ` + slotHoldScript
+
+// lineFactsEnd ends the facts in probeHoldScript's answer.
+const lineFactsEnd = "offload-facts-end"
+
 // lineNoFlock is slotHoldScript's answer on a machine without flock(1).
 const lineNoFlock = "offload-no-flock"

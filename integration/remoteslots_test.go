@@ -268,3 +268,64 @@ func waitUntil(tb testing.TB, what string, cond func() bool) {
 		tb.Fatalf("gave up waiting for %s", what)
 	}
 }
+
+// TestSlotTakenWhileProbing: on the daemon path, with one machine, the hook takes the
+// machine's own build slot while it probes the machine, before its accept, rather than
+// after the daemon sent the inputs: the slot is held before the hook has read them.
+// A machine that is not chosen after all (here: overloaded) gets its slot back, and the
+// shell that probed it and took the slot ends.
+func TestSlotTakenWhileProbing(t *testing.T) {
+	sshtest.NeedTool(t, "flock")
+	f := farm.New(t, farm.Options{})
+	writeMachines(f, nil)
+	m := f.Machines[0]
+	// A first offload finds that the machine takes the daemon path, and remembers it.
+	if r := offload(t, f, okDrv(f, "first"), buildOpts{}); r.status != 0 {
+		t.Fatalf("first offload: %d\n%s", r.status, r.messages)
+	}
+	d := okDrv(f, "second")
+	h := startHook(t, f, buildOpts{})
+	if ans, err := h.Request(false, d.System, d.Path, nil); err != nil || ans != "accept" {
+		t.Fatalf("%q %v %q", ans, err, h.Messages())
+	}
+	// The inputs and outputs lines are not sent yet: the hook cannot have started the
+	// offload.
+	waitUntil(t, "the machine's slot to be held before the inputs were sent", func() bool { return remoteSlotsHeld(t, m, 1) == 1 })
+	if err := f.SendPaths(h, d); err != nil {
+		t.Fatal(err)
+	}
+	if st, sig, err := h.Wait(); err != nil || sig || st != 0 {
+		t.Fatalf("status %d %v %v:\n%s", st, sig, err, strings.Join(h.Messages(), "\n"))
+	}
+	if held := remoteSlotsHeld(t, m, 1); held != 0 {
+		t.Errorf("the machine's slot is still held after the build")
+	}
+	// Overloaded whatever its load: the request is postponed, and the slot taken while
+	// probing is given back: while the hook lives on, waiting for the daemon's next
+	// request, every session it opened ends (sshd logs each start and close).
+	f.WriteMachinesFile(func(*farm.Machine) string { return "(overload-threshold 0.0)" })
+	// No cached probe: the probe and the slot share a session, which must end.
+	if err := os.Remove(filepath.Join(f.State, "offload", m.StateKey()+".state")); err != nil {
+		t.Fatal(err)
+	}
+	d3 := okDrv(f, "third")
+	before := strings.Count(m.Server.Log(), "Starting session:")
+	h3 := startHook(t, f, buildOpts{})
+	if ans, err := h3.Request(false, d3.System, d3.Path, nil); err != nil || ans != "postpone" {
+		t.Fatalf("%q %v, want postpone for an overloaded machine: %q", ans, err, h3.Messages())
+	}
+	// Within a bound shorter than the test hook's own life (2 minutes), whose end
+	// would close them anyway.
+	if !waitFor(time.Minute, func() bool {
+		log := m.Server.Log()
+		started := strings.Count(log, "Starting session:")
+		return started > before && strings.Count(log, "Close session:") == started
+	}) {
+		t.Fatalf("a session of the postponed request is still open while the hook lives")
+	}
+	if held := remoteSlotsHeld(t, m, 1); held != 0 {
+		t.Errorf("the slot taken for a postponed build is still held")
+	}
+	h3.CloseStdin()
+	h3.Wait()
+}
