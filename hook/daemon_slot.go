@@ -114,12 +114,7 @@ func (h *Hook) probeHold(ctx context.Context, m *machines.Machine, t sshexec.Tar
 		case l, ok := <-s.lines:
 			switch {
 			case !ok:
-				err := <-s.done
-				s.done <- err
-				if err == nil {
-					err = errors.New("the session ended before the machine said how it is")
-				}
-				return nil, nil, err
+				return nil, nil, s.ended("the session ended before the machine said how it is")
 			case l != lineFactsEnd:
 				facts.WriteString(l + "\n")
 				continue
@@ -159,6 +154,17 @@ func (h *Hook) slotSession(ctx context.Context, t sshexec.Target, argv []string)
 	return s
 }
 
+// ended is why the session ended, once its output has: its error, else why (it ended
+// where the script says more). The error stays for whoever asks next.
+func (s *remoteSlot) ended(why string) error {
+	err := <-s.done
+	s.done <- err
+	if err == nil {
+		err = errors.New(why)
+	}
+	return err
+}
+
 // wait returns once the slot is held (or the machine has no flock), saying while it
 // waits that every slot of the machine is taken, by other hosts too.
 func (s *remoteSlot) wait(ctx context.Context, h *Hook, m *machines.Machine, drv string) error {
@@ -174,12 +180,7 @@ func (s *remoteSlot) wait(ctx context.Context, h *Hook, m *machines.Machine, drv
 		case l, ok := <-s.lines:
 			switch {
 			case !ok:
-				err := <-s.done
-				s.done <- err
-				if err == nil {
-					err = fmt.Errorf("the session ended")
-				}
-				return fmt.Errorf("taking one of its build slots: %w", err)
+				return fmt.Errorf("taking one of its build slots: %w", s.ended("the session ended"))
 			case l == lineBuilding:
 				s.sampled = make(chan struct{})
 				go s.sample()
