@@ -34,15 +34,16 @@ type textItem struct {
 // non-executable regular file whose path is the text path of its content and of the
 // references the local daemon records. Without a local daemon only .drv files are
 // text. A text item that a bundled item refers to goes in the bundle, so that the
-// bundle imports whole before the texts are added.
-func (h *Hook) splitTextItems(ctx context.Context, missing []string) (texts []textItem, bundled []string, err error) {
+// bundle imports whole before the texts are added. Source items (sourceItem) are told
+// apart too; having no references, they can go first.
+func (h *Hook) splitTextItems(ctx context.Context, missing []string) (texts []textItem, sources []sourceItem, bundled []string, err error) {
 	daemon := h.localDaemon(ctx)
 	refsOf := map[string][]string{}
 	for _, p := range missing {
 		if strings.HasSuffix(p, ".drv") {
 			t, err := readDrvText(p)
 			if err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 			texts = append(texts, t)
 			continue
@@ -50,11 +51,15 @@ func (h *Hook) splitTextItems(ctx context.Context, missing []string) (texts []te
 		if daemon != nil {
 			info, err := daemon.QueryPathInfo(ctx, p)
 			if err != nil {
-				return nil, nil, &localError{Err: fmt.Errorf("local guix-daemon: %w", err)}
+				return nil, nil, nil, &localError{Err: fmt.Errorf("local guix-daemon: %w", err)}
 			}
 			refsOf[p] = info.References
 			if t, ok := h.asTextItem(p, info); ok {
 				texts = append(texts, t)
+				continue
+			}
+			if src, ok := h.asSourceItem(p, info); ok {
+				sources = append(sources, src)
 				continue
 			}
 		}
@@ -74,7 +79,34 @@ func (h *Hook) splitTextItems(ctx context.Context, missing []string) (texts []te
 		}
 		kept = append(kept, t)
 	}
-	return kept, bundled, nil
+	return kept, sources, bundled, nil
+}
+
+// maxSourceItem bounds a source item sent by AddToStore: the machine's daemon holds
+// the whole nar in memory before it writes it.
+const maxSourceItem = 512 << 20
+
+// sourceItem is a store item the machine's daemon can make itself from its nar: one
+// added with add-to-store, recursive sha256 (a local-file, a source tree, a
+// recursive-hash origin), whose path is the source path of its nar's hash and which has
+// no references. AddToStore re-creates it without a signature, reading the nar inline
+// at the speed of the link, where a bundle pays a round trip per 32 KiB (ImportPaths)
+// or the machine's Guile import.
+type sourceItem struct {
+	path, name string
+	size       int64
+}
+
+// asSourceItem tells whether p is a source item (see sourceItem).
+func (h *Hook) asSourceItem(p string, info workerproto.PathInfo) (sourceItem, bool) {
+	if len(info.References) > 0 || info.Deriver != "" || info.NarSize > maxSourceItem {
+		return sourceItem{}, false
+	}
+	_, name, _ := strings.Cut(path.Base(p), "-")
+	if workerproto.SourcePath(h.Conf.StoreDir, name, info.NarHash) != p {
+		return sourceItem{}, false
+	}
+	return sourceItem{path: p, name: name, size: int64(info.NarSize)}, true
 }
 
 // asTextItem reads p as a text item when it is one (see textItem).

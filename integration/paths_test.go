@@ -127,3 +127,33 @@ func TestTextInputsNeedNoSignature(t *testing.T) {
 		t.Errorf("the plain item is not on the machine")
 	}
 }
+
+// TestSourceInputsGoByAddToStore: a source item (a local-file or a source tree: added
+// with a recursive sha256, no references) goes up by AddToStore, its nar read by the
+// machine's daemon inline, without a signature and without the round trip per 32 KiB of
+// a bundle; the machine gets it at the same path.
+func TestSourceInputsGoByAddToStore(t *testing.T) {
+	f := farm.New(t, farm.Options{})
+	writeMachines(f, nil)
+	m := f.Machines[0]
+	src, err := f.Local.Drv().AddSource("t-src", map[string]string{"README": "a source tree\n", "src/main.c": "int main(void) { return 0; }\n", "run*": "#!/bin/sh\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := f.MakeDrv(drv.Spec{Name: "t-uses-src", Args: []string{"-c", `cat "$SRC/README" > "$out"`},
+		Env: map[string]string{"SRC": src}, InputSrcs: []string{src}, Nonce: "src"})
+	r := offload(t, f, d, buildOpts{env: []string{"OFFLOAD_VERBOSE=1"}})
+	if r.answer != "accept" || r.status != 0 {
+		t.Fatalf("answer %s status %d:\n%s", r.answer, r.status, r.messages)
+	}
+	if !strings.Contains(r.messages, ": add-to-store paths=1 ") || strings.Contains(r.messages, ": import-paths ") {
+		t.Errorf("want the source sent by AddToStore and no bundle:\n%s", r.messages)
+	}
+	if !m.Store.Drv().Valid(src) {
+		t.Errorf("the source is not on the machine at its path")
+	}
+	out, err := os.ReadFile(d.OutputPaths()[0])
+	if err != nil || string(out) != "a source tree\n" {
+		t.Errorf("output %q %v", out, err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 const (
 	opIsValidPath     = 1
 	opQueryReferences = 5
+	opAddToStore      = 7
 	opAddTextToStore  = 8
 	opBuildPaths      = 9
 	opAddTempRoot     = 11
@@ -181,6 +182,53 @@ func (c *Conn) AddTextToStore(ctx context.Context, name string, content []byte, 
 		return noEOF(err)
 	})
 	return p, err
+}
+
+// AddToStore adds the nar read from nar (all of it, written inline) as a recursive
+// sha256 item named name and returns its path, SourcePath of the nar's hash (§4.5b):
+// no signature and no references. The daemon reads the whole nar before it answers,
+// holding it in memory, without a round trip per piece. The daemon also adds a temp
+// root for the result. A failure to read nar leaves the connection out of step: it is
+// closed.
+func (c *Conn) AddToStore(ctx context.Context, name string, nar io.Reader) (p string, err error) {
+	err = c.call(ctx, "add-to-store", 1, func(s *stats) error {
+		var readErr error
+		err := c.request(nil, opAddToStore, func() error {
+			for _, err := range []error{WriteStr(c.w, []byte(name)), WriteInt(c.w, 1), WriteInt(c.w, 1), WriteStr(c.w, []byte("sha256"))} {
+				if err != nil {
+					return err
+				}
+			}
+			n, err := io.Copy(c.w, readerOnly{nar, &readErr})
+			s.bytes = n
+			return err
+		})
+		if readErr != nil {
+			c.shut(fmt.Errorf("reading the nar: %w", readErr))
+			return &localError{fmt.Errorf("reading the nar: %w", readErr)}
+		}
+		if err != nil {
+			return err
+		}
+		b, err := ReadStr(c.r)
+		p = string(b)
+		return noEOF(err)
+	})
+	return p, err
+}
+
+// readerOnly tells a read error from a write error in io.Copy.
+type readerOnly struct {
+	r   io.Reader
+	err *error
+}
+
+func (r readerOnly) Read(b []byte) (int, error) {
+	n, err := r.r.Read(b)
+	if err != nil && err != io.EOF {
+		*r.err = err
+	}
+	return n, err
 }
 
 // AddTempRoot protects p from the daemon's garbage collector for as long as the Conn

@@ -388,3 +388,27 @@ func TestExportItemsIntoImportBundle(t *testing.T) {
 		t.Errorf("a failed export left %v in the store", left)
 	}
 }
+
+// AddToStore writes name, the fixed and recursive flags, "sha256", then the nar inline
+// (not as a string), and reads the path.
+func TestAddToStore(t *testing.T) {
+	nar := "nix-archive-1 stands for a nar here"
+	c := dial(t,
+		expect(w().ints(opAddToStore).str("src").ints(1, 1).str("sha256").raw(nar)),
+		send(w().last().str("/gnu/store/x-src")),
+	)
+	p, err := c.AddToStore(bg, "src", strings.NewReader(nar))
+	if err != nil || p != "/gnu/store/x-src" {
+		t.Errorf("AddToStore = %q, %v", p, err)
+	}
+}
+
+// The source path is the daemon's for recursive sha256 (§4.5b): a Go source tree added
+// to a real Guix store with add-to-store, its path and nar hash as that store's
+// database recorded them.
+func TestSourcePath(t *testing.T) {
+	const hash = "e5cf6206653cb692c5d9c584d1e98f0c23ea777821fb28b3cf230c5cf122a2ba"
+	if got, want := SourcePath("/gnu/store", "go-src", hash), "/gnu/store/rbzylwwylrczlq8s8h1nhwlf0987fjfx-go-src"; got != want {
+		t.Errorf("SourcePath = %q, want %q", got, want)
+	}
+}

@@ -23,3 +23,11 @@ func TextPath(storeDir, name string, content []byte, refs []string) string {
 	fp.WriteString(":sha256:" + hex.EncodeToString(sum[:]) + ":" + storeDir + ":" + name)
 	return storeio.MakeStorePath(storeDir, fp.String(), name)
 }
+
+// SourcePath returns the store path AddToStore gives a nar whose SHA-256 is narHash
+// (64 hex digits), recursive, named name: makeStorePath("source", ...) with no
+// references (§4.5b). An item whose path is this can be re-created on another store
+// without a signature.
+func SourcePath(storeDir, name, narHash string) string {
+	return storeio.MakeStorePath(storeDir, "source:sha256:"+narHash+":"+storeDir+":"+name, name)
+}

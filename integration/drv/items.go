@@ -1,7 +1,10 @@
 package drv
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"offload/storeio"
 	"offload/workerproto"
 	"os"
 	"path/filepath"
@@ -155,4 +158,34 @@ func (s Store) AddText(name, text string, refs []string) (string, error) {
 		return "", fmt.Errorf("add text %s: %w", name, err)
 	}
 	return p, s.Register(Info{Path: p, References: refs})
+}
+
+// AddSource adds files (as AddItem takes them) as a source item, the way add-to-store
+// does with a recursive sha256: its path is the source path of its nar's hash, and it
+// has no references. It returns the path.
+func (s Store) AddSource(name string, files map[string]string) (string, error) {
+	tmpStore := Store{Logical: s.Logical, Physical: filepath.Join(s.Physical, ".offload-tmp-source-"+name), DB: filepath.Join(s.Physical, ".offload-tmp-source-db-"+name)}
+	defer os.RemoveAll(tmpStore.Physical)
+	defer os.RemoveAll(tmpStore.DB)
+	p, err := tmpStore.AddItem(name, files)
+	if err != nil {
+		return "", err
+	}
+	tmpReal, _ := tmpStore.Real(p)
+	h := sha256.New()
+	if err := storeio.Dump(h, tmpReal); err != nil {
+		return "", err
+	}
+	src := workerproto.SourcePath(s.Logical, name, hex.EncodeToString(h.Sum(nil)))
+	if s.Valid(src) {
+		return src, nil
+	}
+	real, err := s.Real(src)
+	if err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmpReal, real); err != nil {
+		return "", fmt.Errorf("add source %s: %w", name, err)
+	}
+	return src, s.Register(Info{Path: src})
 }

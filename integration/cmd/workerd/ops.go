@@ -21,11 +21,12 @@ type handler func(w *worker, ctx context.Context) (reply func(writer), err error
 
 // ops are the requests served (WORKER-PROTOCOL.md §4); any other opcode gets "invalid
 // operation N" and the connection closes, as an unknown one does with the real daemon.
-// Not served, though the real daemon has them: QueryReferrers, AddToStore, EnsurePath,
+// Not served, though the real daemon has them: QueryReferrers, EnsurePath,
 // AddIndirectRoot, FindRoots, the derivation queries, substitutes, GC.
 var ops = map[uint64]handler{
 	1:  opIsValidPath,
 	5:  opQueryReferences,
+	7:  opAddToStore,
 	8:  opAddTextToStore,
 	9:  opBuildPaths,
 	11: opAddTempRoot,
