@@ -458,6 +458,11 @@ func probeOf(out string) (*machines.Probe, error) {
 	if err != nil {
 		return nil, err
 	}
+	return probeFromFacts(f)
+}
+
+// probeFromFacts is the probe the hook's choice reads from a machine's facts.
+func probeFromFacts(f Facts) (*machines.Probe, error) {
 	if f.Cores < 1 {
 		return nil, errors.New("no core count in its answer")
 	}
@@ -474,11 +479,7 @@ func probeOf(out string) (*machines.Probe, error) {
 func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, storeDir string, slots int, timeout time.Duration) (*machines.Probe, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	n := ""
-	if slots > 0 {
-		n = strconv.Itoa(slots)
-	}
-	out, err := r.OutputRemote(ctx, t, []string{"sh", "-c", factsScript, "sh", storeDir, "basic", n}, nil)
+	f, err := askFacts(ctx, r, t, storeDir, slots, false)
 	if err != nil {
 		if ctx.Err() != nil {
 			// err is the killed ssh's command line: it says nothing more.
@@ -486,7 +487,7 @@ func ProbeMachine(ctx context.Context, r *sshexec.Runner, t sshexec.Target, stor
 		}
 		return nil, err
 	}
-	return probeOf(string(out))
+	return probeFromFacts(f)
 }
 
 func (h *Hook) connectTimeout() time.Duration {
