@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"offload/integration/drv"
-	"offload/storeio"
 )
 
 // opAddToStore is §4.5b for recursive sha256 (what a client re-creating a source item
@@ -62,25 +60,8 @@ func opAddToStore(w *worker, _ context.Context) (func(writer), error) {
 	if s.Valid(p) {
 		return func(wr writer) { wr.str(p) }, nil
 	}
-	if _, err := spool.Seek(0, io.SeekStart); err != nil {
-		return nil, errorf("%v", err)
-	}
-	real, _ := s.Real(p)
-	tmp := filepath.Join(s.Physical, fmt.Sprintf(".workerd-tmp-add-%d-%d", os.Getpid(), w.id))
-	removeAll(tmp)
-	if err := storeio.Restore(spool, tmp); err != nil {
-		return nil, errorf("%v", err)
-	}
-	if err := removeAll(real); err != nil {
-		removeAll(tmp)
-		return nil, errorf("%v", err)
-	}
-	if err := os.Rename(tmp, real); err != nil {
-		removeAll(tmp)
-		return nil, errorf("%v", err)
-	}
-	if err := s.Register(drv.Info{Path: p}); err != nil {
-		return nil, errorf("%v", err)
+	if err := w.install(spool, drv.Info{Path: p}); err != nil {
+		return nil, err
 	}
 	return func(wr writer) { wr.str(p) }, nil
 }

@@ -324,31 +324,40 @@ func (w *worker) importItem(src io.Reader) (string, error) {
 			return "", errorf("path ‘%s’ is not valid", r)
 		}
 	}
-	if _, err := spool.Seek(0, io.SeekStart); err != nil {
-		return "", errorf("%v", err)
+	if deriver != "" && !s.Valid(deriver) {
+		deriver = "" // recorded only when that .drv is valid here
 	}
-	real, _ := s.Real(p)
+	if err := w.install(spool, drv.Info{Path: p, References: refs, Deriver: deriver}); err != nil {
+		return "", err
+	}
+	return p, nil
+}
+
+// install unpacks the nar spooled in spool at info.Path and registers it with info.
+func (w *worker) install(spool *os.File, info drv.Info) error {
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return errorf("%v", err)
+	}
+	s := w.d.store
+	real, _ := s.Real(info.Path)
 	tmp := filepath.Join(s.Physical, fmt.Sprintf(".workerd-tmp-%d-%d", os.Getpid(), w.id))
-	os.RemoveAll(tmp)
+	removeAll(tmp)
 	if err := storeio.Restore(spool, tmp); err != nil {
-		return "", errorf("%v", err)
+		return errorf("%v", err)
 	}
 	// Bytes left at the path by an earlier, unregistered import are replaced.
 	if err := removeAll(real); err != nil {
 		removeAll(tmp)
-		return "", errorf("%v", err)
+		return errorf("%v", err)
 	}
 	if err := os.Rename(tmp, real); err != nil {
 		removeAll(tmp)
-		return "", errorf("%v", err)
+		return errorf("%v", err)
 	}
-	if deriver != "" && !s.Valid(deriver) {
-		deriver = "" // recorded only when that .drv is valid here
+	if err := s.Register(info); err != nil {
+		return errorf("%v", err)
 	}
-	if err := s.Register(drv.Info{Path: p, References: refs, Deriver: deriver}); err != nil {
-		return "", errorf("%v", err)
-	}
-	return p, nil
+	return nil
 }
 
 // verifyMessage checks sig over hash against acl and words a refusal as the daemon and
