@@ -153,6 +153,8 @@ type Hook struct {
 	localOnce sync.Once
 	local     *workerproto.Conn // the local daemon, once dialled (nil: none answered)
 	localWhy  error
+	infoMu    sync.Mutex
+	infos     map[string]workerproto.PathInfo // the local daemon's records, once asked (localInfo)
 	keyOnce   sync.Once
 	key       *storeio.SecretKey // this host's signing key, once read (nil: not readable)
 	rtt       time.Duration      // the round trip to the chosen machine's daemon, measured

@@ -42,7 +42,7 @@ func (h *Hook) localExporter(ctx context.Context, items []string) (*localExport,
 	if daemon != nil {
 		e.infos = map[string]workerproto.PathInfo{}
 		for _, p := range items {
-			info, err := daemon.QueryPathInfo(ctx, p)
+			info, err := h.localInfo(ctx, daemon, p)
 			if err != nil {
 				return nil, &localError{Err: fmt.Errorf("local guix-daemon: %w", err)}
 			}
@@ -135,6 +135,25 @@ func (h *Hook) localDaemon(ctx context.Context) *workerproto.Conn {
 		h.local = c
 	})
 	return h.local
+}
+
+// localInfo is p's record in the local daemon, asked once per hook: placement, the
+// split of the inputs and their export all read it.
+func (h *Hook) localInfo(ctx context.Context, daemon *workerproto.Conn, p string) (workerproto.PathInfo, error) {
+	h.infoMu.Lock()
+	defer h.infoMu.Unlock()
+	if info, ok := h.infos[p]; ok {
+		return info, nil
+	}
+	info, err := daemon.QueryPathInfo(ctx, p)
+	if err != nil {
+		return info, err
+	}
+	if h.infos == nil {
+		h.infos = map[string]workerproto.PathInfo{}
+	}
+	h.infos[p] = info
+	return info, nil
 }
 
 // hostKey returns this host's signing key, read once; nil when this process may not

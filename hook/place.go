@@ -271,7 +271,7 @@ func (h *Hook) inputClosure(ctx context.Context, paths []string) []placement.Inp
 			continue
 		}
 		seen[p] = true
-		info, err := local.QueryPathInfo(ctx, p)
+		info, err := h.localInfo(ctx, local, p)
 		if err != nil {
 			n, _ := storeio.NarSize(p)
 			out = append(out, placement.Input{Path: p, Size: max(n, 0)})
@@ -299,7 +299,7 @@ func (h *Hook) sizer() placement.Sizer {
 	}
 	if local := h.localDaemon(context.Background()); local != nil {
 		return func(p string) (int64, error) {
-			info, err := local.QueryPathInfo(context.Background(), p)
+			info, err := h.localInfo(context.Background(), local, p)
 			if err != nil {
 				return storeio.NarSize(p)
 			}

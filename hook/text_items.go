@@ -49,7 +49,7 @@ func (h *Hook) splitTextItems(ctx context.Context, missing []string) (texts []te
 			continue
 		}
 		if daemon != nil {
-			info, err := daemon.QueryPathInfo(ctx, p)
+			info, err := h.localInfo(ctx, daemon, p)
 			if err != nil {
 				return nil, nil, nil, &localError{Err: fmt.Errorf("local guix-daemon: %w", err)}
 			}
