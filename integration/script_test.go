@@ -18,6 +18,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"offload/integration/daemon"
+	"offload/integration/drv"
 	"offload/integration/farm"
 	"offload/locking"
 	"offload/sshexec/sshtest"
@@ -46,8 +47,9 @@ var update = flag.Bool("update", false, "rewrite the golden output of testdata/s
 //	                    purpose); `machines broken` writes a broken file
 //	offload ARGS...     run the offload binary with the farm's environment; its
 //	                    normalized stdout and stderr go to the files out and err
-//	hook [local]        one request for a fresh derivation, through the real hook, as
-//	                    the daemon makes it (local: the daemon could build it itself);
+//	hook [local|source] one request for a fresh derivation, through the real hook, as
+//	                    the daemon makes it (local: the daemon could build it itself;
+//	                    source: its input is a new source item);
 //	                    the answer, the hook's lines and its exit status go to out
 func TestScripts(t *testing.T) {
 	for _, tool := range []string{"sshd", "ssh", "ssh-keygen"} {
@@ -202,6 +204,13 @@ func cmdHook(ts *testscript.TestScript, neg bool, args []string) {
 	wantsLocal := len(args) > 0 && args[0] == "local"
 	f.requests++
 	d := okDrv(f.Farm, "script-"+strconv.Itoa(f.requests))
+	if len(args) > 0 && args[0] == "source" {
+		// A derivation whose input is a source item (a local-file), new to the machines.
+		src, err := f.Local.Drv().AddSource("script-src", map[string]string{"README": "request " + strconv.Itoa(f.requests) + "\n"})
+		ts.Check(err)
+		d = f.MakeDrv(drv.Spec{Name: "t-src", Args: []string{"-c", `cat "$SRC/README" > "$out"`},
+			Env: map[string]string{"SRC": src}, InputSrcs: []string{src}, Nonce: "script-" + strconv.Itoa(f.requests)})
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	h, err := daemon.StartWith(ctx, f.HookArgv("x86_64-linux", 0, true, 0), scriptEnv(f.Farm), daemon.Options{})
