@@ -85,8 +85,9 @@ type candidate struct {
 	queued bool
 	err    error
 	// speculate: take the machine's own build slot in the probe's shell (speculate);
-	// held is that slot.
+	// held is that slot. gated: only once the machine is chosen (held.goAhead).
 	speculate bool
+	gated     bool
 	held      *remoteSlot
 }
 
@@ -125,7 +126,11 @@ func (h *Hook) decideExcluding(ctx context.Context, req Request, exclude map[str
 	for _, c := range cands {
 		if c.held != nil && c != best {
 			c.held.letGo()
+			c.held = nil
 		}
+	}
+	if best != nil && best.held != nil && best.gated && !best.held.goAhead() {
+		best.held = nil // its session is gone: the offload takes the slot itself
 	}
 	if local {
 		return decision{answer: "decline", local: true} // the daemon builds it: cheapest here
@@ -383,7 +388,7 @@ func (h *Hook) probeAll(ctx context.Context, req Request, cands []*candidate, no
 			// than postponed until the cache expires.
 			if p := health.FreshProbe(now, h.Conf.ProbeMaxAge); p != nil && (c.queued || !p.RemoteFull(c.m.ParallelBuilds)) {
 				c.probe = p
-				if c.speculate {
+				if c.speculate && !c.gated {
 					c.held = h.holdRemoteSlot(ctx, c.m, c.target, req)
 				}
 				continue
@@ -395,7 +400,7 @@ func (h *Hook) probeAll(ctx context.Context, req Request, cands []*candidate, no
 			var p *machines.Probe
 			var err error
 			if c.speculate {
-				p, c.held, err = h.probeHold(ctx, c.m, c.target, req, h.Conf.StoreDir, 2*h.connectTimeout())
+				p, c.held, err = h.probeHold(ctx, c.m, c.target, req, h.Conf.StoreDir, 2*h.connectTimeout(), c.gated)
 				if p != nil {
 					p.Time = h.Now()
 				}
@@ -424,21 +429,26 @@ func (h *Hook) probeAll(ctx context.Context, req Request, cands []*candidate, no
 	wg.Wait()
 }
 
-// speculate takes, on the daemon path, the machine's own build slot while the machine
-// is probed, when there is one candidate and this host has a build slot for it (not a
-// queue place): the two remote shells then start together instead of one after the
-// other around the accept, which saves a whole shell start when the probe is not
-// cached (on a real machine whose user's shell start-up is slow, most of a tiny
-// offload). A slot taken for a machine that is not chosen is let go at once.
+// speculate takes, on the daemon path, the machine's own build slot in the shell that
+// probes it, for a machine where this host has a build slot (not a queue place): the
+// probe and the slot then cost one shell start instead of two in a row around the
+// accept, which on a real machine whose user's shell start-up is slow is most of a
+// tiny offload. With one candidate the slot is taken at once (its facts still come
+// first), and let go if the machine is not chosen after all (busy, overloaded, or
+// cheaper here). With several, each probe's shell waits after its facts, and only the
+// chosen machine's takes its slot (gated): no machine holds a slot for a build that
+// goes elsewhere. A candidate whose probe is cached is not probed: with several, the
+// offload takes its slot after the accept.
 func (h *Hook) speculate(req Request, cands []*candidate) {
-	if h.dryRun || len(cands) != 1 {
+	if h.dryRun {
 		return
 	}
-	c := cands[0]
-	if c.slot == nil || c.queued || !h.daemonPathLikely(c.m) {
-		return
+	for _, c := range cands {
+		if c.slot == nil || c.queued || !h.daemonPathLikely(c.m) {
+			continue
+		}
+		c.speculate, c.gated = true, len(cands) > 1
 	}
-	c.speculate = true
 }
 
 // probe asks a machine for its load; a machine that does not answer in time counts as

@@ -102,9 +102,14 @@ func slotHoldArgs(m *machines.Machine, req Request) []string {
 
 // probeHold asks m for the facts of a probe and then takes one of its build slots, in
 // one remote shell (probeHoldScript): the facts, slots counted before this one is
-// taken, come within timeout, and the slot follows as holdRemoteSlot's does.
-func (h *Hook) probeHold(ctx context.Context, m *machines.Machine, t sshexec.Target, req Request, storeDir string, timeout time.Duration) (*machines.Probe, *remoteSlot, error) {
-	args := append([]string{"sh", "-c", probeHoldScript, "sh", storeDir}, slotHoldArgs(m, req)...)
+// taken, come within timeout, and the slot follows as holdRemoteSlot's does. gated:
+// the shell takes the slot only once told to (probeGateScript, goAhead).
+func (h *Hook) probeHold(ctx context.Context, m *machines.Machine, t sshexec.Target, req Request, storeDir string, timeout time.Duration, gated bool) (*machines.Probe, *remoteSlot, error) {
+	script := probeHoldScript
+	if gated {
+		script = probeGateScript
+	}
+	args := append([]string{"sh", "-c", script, "sh", storeDir}, slotHoldArgs(m, req)...)
 	s := h.slotSession(ctx, t, args)
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
@@ -243,6 +248,19 @@ func (s *remoteSlot) release() {
 		s.done <- err
 	case <-time.After(slotReleaseWait):
 	}
+}
+
+// goAhead tells a gated probe's shell (probeGateScript) to take the slot; false when
+// the session is gone.
+func (s *remoteSlot) goAhead() bool {
+	if s.closed {
+		return false
+	}
+	if _, err := io.WriteString(s.stdin, lineHold+"\n"); err != nil {
+		s.letGo()
+		return false
+	}
+	return true
 }
 
 // letGo gives the slot back without waiting for the session to end (release waits);

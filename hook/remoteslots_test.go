@@ -2,6 +2,7 @@ package hook
 
 import (
 	"bufio"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -434,4 +435,73 @@ func TestProbeHoldScript(t *testing.T) {
 	if flockHeld(t, filepath.Join(slots, "1")) {
 		t.Error("the slot is still held after the script ended")
 	}
+}
+
+// TestProbeGateScript: with several candidate machines, a probe's shell gives its facts
+// and then waits: it takes the slot only when told lineHold, and ends without taking
+// one when its stdin ends (another machine was chosen).
+func TestProbeGateScript(t *testing.T) {
+	if _, err := exec.LookPath("flock"); err != nil {
+		t.Skip("no flock(1)")
+	}
+	run := func(t *testing.T, slots string) (stdin io.WriteCloser, sc *bufio.Scanner, wait func()) {
+		d := t.TempDir()
+		cmd := exec.Command("sh", "-c", probeGateScript, "sh", d, d, "1", "host 1", "/gnu/store/x.drv")
+		cmd.Env = append(os.Environ(), slotsDirEnv+"="+slots)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		t.Cleanup(func() {
+			if cmd.Process != nil {
+				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			}
+		})
+		stdin, _ = cmd.StdinPipe()
+		stdout, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc = bufio.NewScanner(stdout)
+		var facts strings.Builder
+		for sc.Scan() && sc.Text() != lineFactsEnd {
+			facts.WriteString(sc.Text() + "\n")
+		}
+		if _, err := probeOf(facts.String()); err != nil {
+			t.Fatalf("facts %q: %v", facts.String(), err)
+		}
+		return stdin, sc, func() {
+			for sc.Scan() {
+			}
+			cmd.Wait()
+		}
+	}
+	t.Run("chosen", func(t *testing.T) {
+		slots := filepath.Join(t.TempDir(), "slots")
+		stdin, sc, wait := run(t, slots)
+		if _, err := os.Stat(filepath.Join(slots, "0")); err == nil && flockHeld(t, filepath.Join(slots, "0")) {
+			t.Fatal("the slot is held before the machine was chosen")
+		}
+		io.WriteString(stdin, lineHold+"\n")
+		if !sc.Scan() || sc.Text() != lineBuilding {
+			t.Fatalf("after %q: %q, want %q", lineHold, sc.Text(), lineBuilding)
+		}
+		if !flockHeld(t, filepath.Join(slots, "0")) {
+			t.Error("the slot is not held once the machine was chosen")
+		}
+		stdin.Close()
+		wait()
+		if flockHeld(t, filepath.Join(slots, "0")) {
+			t.Error("the slot is still held after the script ended")
+		}
+	})
+	t.Run("not chosen", func(t *testing.T) {
+		slots := filepath.Join(t.TempDir(), "slots")
+		stdin, sc, wait := run(t, slots)
+		stdin.Close()
+		wait()
+		if sc.Text() != "" {
+			t.Errorf("said %q after its stdin ended", sc.Text())
+		}
+		if _, err := os.Stat(filepath.Join(slots, "0")); err == nil {
+			t.Error("a machine that was not chosen had its slot taken")
+		}
+	})
 }

@@ -255,7 +255,21 @@ const lineMem = "offload-mem"
 // slots counted before one is taken for us), lineFactsEnd, then the slot as
 // slotHoldScript takes and holds it. The hook's choice reads the facts while the slot
 // is being taken, so that a probe and the slot cost one shell start, not two in a row.
-var probeHoldScript = `(set -- "$1" basic "$3"; ` + factsScript + `); echo ` + lineFactsEnd + ` || exit; shift; ` + slotHoldScript
+var probeHoldScript = probeFacts + `shift; ` + slotHoldScript
+
+// probeGateScript is probeHoldScript with a gate between the facts and the slot, for a
+// choice among several machines: after lineFactsEnd it reads one line, and takes and
+// holds the slot only if that line is lineHold (the hook chose this machine); anything
+// else, or the end of its stdin, ends it. The chosen machine's probe and slot then cost
+// one shell start, and no machine holds a slot for a build that goes elsewhere.
+var probeGateScript = probeFacts + `read -r go && [ "$go" = ` + lineHold + ` ] || exit 0; shift; ` + slotHoldScript
+
+// probeFacts is the facts part of probeHoldScript and probeGateScript (the slots counted
+// among the facts are the third argument's), ended by lineFactsEnd.
+const probeFacts = `(set -- "$1" basic "$3"; ` + factsScript + `); echo ` + lineFactsEnd + ` || exit; `
+
+// lineHold is what the hook tells probeGateScript when it chose the machine.
+const lineHold = "offload-hold"
 
 // lineFactsEnd ends the facts in probeHoldScript's answer.
 const lineFactsEnd = "offload-facts-end"

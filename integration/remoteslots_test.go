@@ -329,3 +329,35 @@ func TestSlotTakenWhileProbing(t *testing.T) {
 	h3.CloseStdin()
 	h3.Wait()
 }
+
+// TestOneShellOnTheChosenMachine: on the daemon path, with two candidate machines and no
+// cached probe, each is probed by one shell, and the chosen machine's probe shell also
+// takes its build slot (after the choice): the offload opens no second shell there,
+// and the machine not chosen gets no slot and its probe's session ends. Without the
+// gate, the chosen machine sees two sessions (probe, then slot).
+func TestOneShellOnTheChosenMachine(t *testing.T) {
+	sshtest.NeedTool(t, "flock")
+	f := farm.New(t, farm.Options{Machines: 2})
+	writeMachines(f, nil)
+	d := okDrv(f, "gated")
+	r := offload(t, f, d, buildOpts{env: []string{"OFFLOAD_PATH=daemon"}})
+	if r.status != 0 {
+		t.Fatalf("offload: %d\n%s", r.status, r.messages)
+	}
+	total := 0
+	for i, m := range f.Machines {
+		log := m.Server.Log()
+		started := strings.Count(log, "Starting session:")
+		total += started
+		// sshd logs a session's close just after our ssh has seen it end.
+		waitUntil(t, fmt.Sprintf("machine %d's sessions to end", i), func() bool {
+			return strings.Count(m.Server.Log(), "Close session:") == started
+		})
+		if held := remoteSlotsHeld(t, m, 1); held != 0 {
+			t.Errorf("machine %d: its slot is still held after the offload", i)
+		}
+	}
+	if total != 2 {
+		t.Errorf("%d ssh sessions on the two machines, want 2 (one probe each; the chosen one's also took the slot)", total)
+	}
+}
