@@ -2,6 +2,7 @@ package hook
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"offload/machines"
 	"offload/sshexec/sshtest"
 )
 
@@ -505,3 +507,33 @@ func TestProbeGateScript(t *testing.T) {
 		}
 	})
 }
+
+// TestSlotLearnsPeak: the samples the slot's shell says after lineBuilding are what the
+// slot's peakBytes gives once the session ended (what the offload learns as the build's
+// peak); the samples' fall, not their last value.
+func TestSlotLearnsPeak(t *testing.T) {
+	s := &remoteSlot{lines: make(chan string, 16), done: make(chan error, 1), stdin: nopWriteCloser{}, cancel: func() {}}
+	s.lines <- lineBuilding
+	for _, kb := range []string{"5000", "4000", "4500", "junk", "3000", "4800"} {
+		s.lines <- lineMem + " " + kb
+	}
+	close(s.lines)
+	h := &Hook{Out: io.Discard}
+	if err := s.wait(context.Background(), h, &machines.Machine{Name: "m"}, "/gnu/store/x.drv"); err != nil {
+		t.Fatal(err)
+	}
+	s.done <- nil
+	s.release()
+	if got := s.peakBytes(); got != 2000*1024 {
+		t.Errorf("peak %d bytes, want %d (5000 kB first, 3000 kB lowest)", got, 2000*1024)
+	}
+	none := &remoteSlot{}
+	if none.peakBytes() != 0 {
+		t.Error("a slot that never said lineBuilding has a peak")
+	}
+}
+
+type nopWriteCloser struct{}
+
+func (nopWriteCloser) Write(p []byte) (int, error) { return len(p), nil }
+func (nopWriteCloser) Close() error                { return nil }

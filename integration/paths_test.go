@@ -2,6 +2,7 @@ package integration
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -155,5 +156,52 @@ func TestSourceInputsGoByAddToStore(t *testing.T) {
 	out, err := os.ReadFile(d.OutputPaths()[0])
 	if err != nil || string(out) != "a source tree\n" {
 		t.Errorf("output %q %v", out, err)
+	}
+}
+
+// TestSigningHelperStartsDuringTheBuild: on the daemon path the machine's signing
+// helper (a Guile start on a real machine, longer than a tiny build) is started by an
+// export of the .drv on a second connection as soon as the .drv is there, so that it
+// runs while the build does: the -v trace shows that export while the build still
+// waits for the test's gate.
+func TestSigningHelperStartsDuringTheBuild(t *testing.T) {
+	f := farm.New(t, farm.Options{})
+	writeMachines(f, nil)
+	gate := filepath.Join(t.TempDir(), "go")
+	in := f.AddLocalItem("input-warm", map[string]string{"data": "warm\n"})
+	d := f.MakeDrv(drv.Spec{
+		Name:      "t-warm",
+		Args:      []string{"-c", `while [ ! -e "$GATE" ]; do sleep 0.05; done; cat "$IN/data" > "$out"`},
+		Env:       map[string]string{"GATE": gate, "IN": in},
+		InputSrcs: []string{in},
+	})
+	h := startHook(t, f, buildOpts{env: []string{"OFFLOAD_PATH=daemon", "OFFLOAD_VERBOSE=1"}})
+	if ans, err := h.Request(false, d.System, d.Path, nil); err != nil || ans != "accept" {
+		t.Fatalf("%q %v %q", ans, err, h.Messages())
+	}
+	if err := f.SendPaths(h, d); err != nil {
+		t.Fatal(err)
+	}
+	traced := func(op string) bool {
+		for _, l := range h.Messages() {
+			if strings.HasPrefix(l, "+ daemon ") && strings.Contains(l, ": "+op+" ") {
+				return true
+			}
+		}
+		return false
+	}
+	waitUntil(t, "the build to start", func() bool {
+		return traced("build-paths") || strings.Contains(strings.Join(h.Messages(), "\n"), "@ build-remote")
+	})
+	// The build waits for the gate: an export now is the early one.
+	waitUntil(t, "an export of the .drv while the build runs", func() bool { return traced("export-path") })
+	if traced("build-paths") {
+		t.Fatal("the build ended before the test opened its gate")
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if st, sig, err := h.Wait(); err != nil || sig || st != 0 {
+		t.Fatalf("status %d %v %v:\n%s", st, sig, err, strings.Join(h.Messages(), "\n"))
 	}
 }

@@ -361,3 +361,40 @@ func TestOneShellOnTheChosenMachine(t *testing.T) {
 		t.Errorf("%d ssh sessions on the two machines, want 2 (one probe each; the chosen one's also took the slot)", total)
 	}
 }
+
+// TestSlotFreeWhileOutputsComeBack: on the daemon path the machine's build slot is
+// given back when the build ends, not once its outputs are back here: while the
+// machine's daemon holds the output's export (its hold-export mode), the slot is
+// already free for the next build, ours or another host's.
+func TestSlotFreeWhileOutputsComeBack(t *testing.T) {
+	sshtest.NeedTool(t, "flock")
+	f := farm.New(t, farm.Options{})
+	writeMachines(f, nil)
+	m := f.Machines[0]
+	gate := filepath.Join(t.TempDir(), "go")
+	m.SetDaemonHostile(t, "hold-export "+gate)
+	d := okDrv(f, "free-slot")
+	h := startHook(t, f, buildOpts{env: []string{"OFFLOAD_PATH=daemon"}})
+	if ans, err := h.Request(false, d.System, d.Path, nil); err != nil || ans != "accept" {
+		t.Fatalf("%q %v %q", ans, err, h.Messages())
+	}
+	if err := f.SendPaths(h, d); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the output's export to start", func() bool {
+		_, err := os.Stat(gate + ".waiting")
+		return err == nil
+	})
+	// Held until the test opens the gate: a slot let go only after the fetch never
+	// frees here (within a bound shorter than the test hook's own life, whose end
+	// would free it).
+	if !waitFor(time.Minute, func() bool { return remoteSlotsHeld(t, m, 1) == 0 }) {
+		t.Fatal("the machine's slot is still held while the output comes back")
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if st, sig, err := h.Wait(); err != nil || sig || st != 0 {
+		t.Fatalf("status %d %v %v:\n%s", st, sig, err, strings.Join(h.Messages(), "\n"))
+	}
+}

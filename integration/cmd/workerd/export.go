@@ -11,6 +11,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"offload/storeio"
 )
@@ -112,7 +114,13 @@ func opExportPath(w *worker, ctx context.Context) (func(writer), error) {
 	}
 	real, _ := w.d.store.Real(p)
 	cw := &chunkWriter{w: w, ctx: ctx, buf: make([]byte, 0, maxChunk)}
-	switch mode, _ := w.d.hostile(); mode {
+	switch mode, args := w.d.hostile(); mode {
+	case "hold-export":
+		if len(args) > 0 && !strings.HasSuffix(p, ".drv") {
+			if err := holdUntil(ctx, args[0]); err != nil {
+				return nil, err
+			}
+		}
 	case "close-mid-export":
 		size, err := storeio.NarSize(real)
 		if err != nil {
@@ -204,5 +212,22 @@ func contentByte(nar []byte) int {
 			return at + 8
 		}
 		off = at
+	}
+}
+
+// holdUntil creates gate+".waiting" and waits until gate exists (hold-export).
+func holdUntil(ctx context.Context, gate string) error {
+	if err := os.WriteFile(gate+".waiting", nil, 0o644); err != nil {
+		return errorf("%v", err)
+	}
+	for {
+		if _, err := os.Stat(gate); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return errClosed
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }

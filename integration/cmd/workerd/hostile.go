@@ -18,6 +18,9 @@ import (
 //	                  real daemon's "hash of path `P' has changed" error (§4.5)
 //	close-mid-import  ImportPaths closes the connection after the first chunk it pulls
 //	unsigned          ExportPath sends its items unsigned, even when asked to sign
+//	hold-export GATE  ExportPath of an item that is not a .drv (a build's output, not
+//	                  the .drv the hook exports early to start the signing helper)
+//	                  creates GATE.waiting, then waits until the file GATE exists
 func (d *daemon) hostile() (mode string, args []string) {
 	if d.hostileFile == "" {
 		return "", nil
