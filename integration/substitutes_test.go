@@ -21,11 +21,15 @@ const noLocalDaemon = "GUIX_DAEMON_SOCKET=/nonexistent/daemon-socket"
 // the machine fetches the inputs it has substitutes for, and only the rest is uploaded:
 // the inputs without a substitute, the .drv, and the one whose substitute fails to
 // download (truncated), so the build still runs with its exact inputs. The note says
-// what was substituted, with the local nar sizes. Without the variable, everything is
-// uploaded as before and the machine is never asked to substitute.
+// what was substituted. Without the variable, everything is uploaded as before and the
+// machine is never asked to substitute. On each path (OFFLOAD_PATH): on the shell path
+// the machine's `guix build --keep-going` fetches (and the note gives the local nar
+// sizes); on the daemon path its daemon's BuildPaths does (substituteOnDaemon), whose
+// failure for the truncated substitute the hook notes and gets past, and the .drv goes
+// up by AddTextToStore rather than in the exported bundle.
 
 func TestSubstitutesOnMachine(t *testing.T) {
-	f := farm.New(t, farm.Options{Machines: 2})
+	f := farm.New(t, farm.Options{Machines: 4})
 	subA := f.AddLocalItem("sub-a", map[string]string{"data": strings.Repeat("a", 50_000)})
 	subB := f.AddLocalItem("sub-b", map[string]string{"data": strings.Repeat("b", 30_000)})
 	broken := f.AddLocalItem("sub-broken", map[string]string{"data": strings.Repeat("c", 20_000)})
@@ -83,65 +87,96 @@ func TestSubstitutesOnMachine(t *testing.T) {
 			t.Errorf("output %s: local %d bytes, machine's %d bytes (%v), want the %d bytes of the inputs", out, len(local), len(remote), err, want.Len())
 		}
 	}
+	var size int64
+	for _, p := range []string{subA, subB} {
+		n, err := storeio.NarSize(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		size += n
+	}
 
-	t.Run("opted-in", func(t *testing.T) {
-		m := f.Machines[0]
-		writeMachinesText(t, f, []string{machineEntry(m, 0, 1, "")})
-		d := mkDrv("subst-on")
-		before := len(f.LocalInvocations())
-		r := offload(t, f, d, buildOpts{shell: true, env: []string{fmt.Sprintf("OFFLOAD_SUBSTITUTES=elsewhere, %s:%d", m.Name, m.Port), noLocalDaemon}})
-		check(t, m, d, r)
-		if got, want := exported(before), sortedCopy(d.Path, broken, plain1, plain2); !slices.Equal(got, want) {
-			t.Errorf("uploaded %q, want only %q", got, want)
-		}
-		inv := m.Invocations()
-		fetch := lineWith(strings.Join(inv, "\n"), "guix build --keep-going ")
-		for _, p := range inputs {
-			if !strings.Contains(fetch, p) {
-				t.Errorf("the machine was not asked to substitute %s: fetch %q", p, fetch)
+	for i, path := range []string{"shell", "daemon"} {
+		shell := path == "shell"
+		t.Run(path+"/opted-in", func(t *testing.T) {
+			m := f.Machines[2*i]
+			name := fmt.Sprintf("%s:%d", m.Name, m.Port)
+			writeMachinesText(t, f, []string{machineEntry(m, 0, 1, "")})
+			d := mkDrv("subst-on-" + path)
+			before := len(f.LocalInvocations())
+			r := offload(t, f, d, buildOpts{env: []string{"OFFLOAD_PATH=" + path, "OFFLOAD_SUBSTITUTES=elsewhere, " + name, noLocalDaemon}})
+			check(t, m, d, r)
+			wantUp := []string{broken, plain1, plain2}
+			if shell {
+				wantUp = append(wantUp, d.Path)
 			}
-		}
-		if strings.Contains(fetch, d.Path) {
-			t.Errorf("the machine was asked to substitute the derivation being built: %q", fetch)
-		}
-		for _, p := range inputs {
-			if !m.Store.Drv().Valid(p) {
-				t.Errorf("%s is not in the machine's store", p)
+			if got, want := exported(before), sortedCopy(wantUp...); !slices.Equal(got, want) {
+				t.Errorf("uploaded %q, want only %q", got, want)
 			}
-		}
-		var size int64
-		for _, p := range []string{subA, subB} {
-			n, err := storeio.NarSize(p)
-			if err != nil {
-				t.Fatal(err)
+			for _, p := range append([]string{d.Path}, inputs...) {
+				if !m.Store.Drv().Valid(p) {
+					t.Errorf("%s is not in the machine's store", p)
+				}
 			}
-			size += n
-		}
-		note := regexp.MustCompile(`offload: machine '` + regexp.QuoteMeta(fmt.Sprintf("%s:%d", m.Name, m.Port)) +
-			`' substituted 2 of 5 missing inputs \(` + regexp.QuoteMeta(fmt.Sprintf("%.1f MiB", float64(size)/(1<<20))) +
-			`\); sending 4 store items \([0-9.]+ MiB\) \([a-z]+\)\.\.\.`)
-		if !note.MatchString(r.messages) {
-			t.Errorf("no note matching %s:\n%s", note, r.messages)
-		}
-	})
+			if shell {
+				inv := m.Invocations()
+				fetch := lineWith(strings.Join(inv, "\n"), "guix build --keep-going ")
+				for _, p := range inputs {
+					if !strings.Contains(fetch, p) {
+						t.Errorf("the machine was not asked to substitute %s: fetch %q", p, fetch)
+					}
+				}
+				if strings.Contains(fetch, d.Path) {
+					t.Errorf("the machine was asked to substitute the derivation being built: %q", fetch)
+				}
+				note := regexp.MustCompile(`offload: machine '` + regexp.QuoteMeta(name) +
+					`' substituted 2 of 5 missing inputs \(` + regexp.QuoteMeta(fmt.Sprintf("%.1f MiB", float64(size)/(1<<20))) +
+					`\); sending 4 store items \([0-9.]+ MiB\) \([a-z]+\)\.\.\.`)
+				if !note.MatchString(r.messages) {
+					t.Errorf("no note matching %s:\n%s", note, r.messages)
+				}
+				return
+			}
+			// The daemon's BuildPaths of the five inputs failed for the truncated one
+			// only (keepGoing: the others were tried); the hook says so and sends the rest.
+			for _, want := range []string{
+				"offload: machine '" + name + "' could not fetch every substitute: build of `" + broken + "' failed",
+				"offload: machine '" + name + "' substituted 2 of 5 missing inputs",
+				"offload: sending 3 store items (",
+			} {
+				if !strings.Contains(r.messages, want) {
+					t.Errorf("no note %q:\n%s", want, r.messages)
+				}
+			}
+		})
 
-	t.Run("not-opted-in", func(t *testing.T) {
-		m := f.Machines[1]
-		writeMachinesText(t, f, []string{machineEntry(m, 0, 1, "")})
-		d := mkDrv("subst-off")
-		before := len(f.LocalInvocations())
-		r := offload(t, f, d, buildOpts{shell: true, env: []string{noLocalDaemon}})
-		check(t, m, d, r)
-		if got, want := exported(before), sortedCopy(append([]string{d.Path}, inputs...)...); !slices.Equal(got, want) {
-			t.Errorf("uploaded %q, want everything, %q", got, want)
-		}
-		if contains(m.Invocations(), "--keep-going") {
-			t.Errorf("the machine was asked to substitute: %q", m.Invocations())
-		}
-		if strings.Contains(r.messages, "substituted") || !strings.Contains(r.messages, fmt.Sprintf("offload: sending 6 store items to '%s:%d' (", m.Name, m.Port)) {
-			t.Errorf("the note changed:\n%s", r.messages)
-		}
-	})
+		t.Run(path+"/not-opted-in", func(t *testing.T) {
+			m := f.Machines[2*i+1]
+			name := fmt.Sprintf("%s:%d", m.Name, m.Port)
+			writeMachinesText(t, f, []string{machineEntry(m, 0, 1, "")})
+			d := mkDrv("subst-off-" + path)
+			before := len(f.LocalInvocations())
+			r := offload(t, f, d, buildOpts{env: []string{"OFFLOAD_PATH=" + path, noLocalDaemon}})
+			check(t, m, d, r)
+			wantUp := slices.Clone(inputs)
+			if shell {
+				wantUp = append(wantUp, d.Path)
+			}
+			if got, want := exported(before), sortedCopy(wantUp...); !slices.Equal(got, want) {
+				t.Errorf("uploaded %q, want everything, %q", got, want)
+			}
+			if contains(m.Invocations(), "--keep-going") {
+				t.Errorf("the machine was asked to substitute: %q", m.Invocations())
+			}
+			sending := fmt.Sprintf("offload: sending 6 store items to '%s' (", name)
+			if !shell {
+				sending = "offload: sending 5 store items ("
+			}
+			if strings.Contains(r.messages, "substitut") || !strings.Contains(r.messages, sending) {
+				t.Errorf("the note changed:\n%s", r.messages)
+			}
+		})
+	}
 }
 
 func sortedCopy(ps ...string) []string { return slices.Sorted(slices.Values(ps)) }

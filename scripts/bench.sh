@@ -171,12 +171,13 @@ What the figures are (integration/bench_test.go):
   primitive-load entry, evaluated by `guix repl` (the stand-in, which runs Debian's
   Guile) and read back, against a bare `guile -c 0` started the same way. A real guix
   repl loads Guix's modules first and takes longer.
-- Substitutes (shell path: the stand-in daemon has no substituter): a 200 MB random
-  input closure (20 items) of which 150 MB (15 items) have a substitute on the machine, offloaded to a machine named in OFFLOAD_SUBSTITUTES
-  (it fetches those itself; upload and wire bytes from the hook's "sent" line) against
-  the same offload to a machine not named (everything uploaded). The stand-in's
-  substitute server is a directory on the machine, so fetching costs only its disk;
-  over a real uplink the upload saved is worth more.
+- Substitutes, on each path: a 200 MB random input closure (20 items) of which 150 MB
+  (15 items) have a substitute on the machine, offloaded to a machine named in
+  OFFLOAD_SUBSTITUTES (it fetches those itself: its `guix build` on the shell path, its
+  daemon's BuildPaths on the daemon path; upload and wire bytes from the hook's "sent"
+  line) against the same offload to a machine not named (everything uploaded). The
+  stand-ins' substitute server is a directory on the machine, so fetching costs only
+  its disk; over a real uplink the upload saved is worth more.
 - Placement: a mix of short builds, one after another, on two machines of the same
   speed; each build's random input was built earlier on one of them (it holds it), and
   the other lacks it. Mix: the whole mix's wall time with placement, against the same

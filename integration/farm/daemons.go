@@ -40,15 +40,18 @@ func (m *Machine) DaemonHostileFile() string { return filepath.Join(m.Dir, "daem
 // DaemonLog is where the machine's daemon writes its own errors.
 func (m *Machine) DaemonLog() string { return filepath.Join(m.Dir, "daemon.log") }
 
-// daemonEnv is the environment of the machine's daemon: its store, keys and state
-// directory. A root peer counts as untrusted, as the non-root account an offload logs
-// in as would on a real machine (the farm's sshd logs in as whoever runs the tests).
+// daemonEnv is the environment of the machine's daemon: its store, keys, state
+// directory and substitute server. A root peer counts as untrusted, as the non-root
+// account an offload logs in as would on a real machine (the farm's sshd logs in as
+// whoever runs the tests).
 func (m *Machine) daemonEnv(costs bool) []string {
 	env := append(m.Store.Drv().Env(),
 		"GUIX_CONFIGURATION_DIRECTORY="+m.Store.Conf,
 		"GUIX_STATE_DIRECTORY="+m.GuixStateDir(),
 		"WORKERD_HOSTILE_FILE="+m.DaemonHostileFile(),
 		"WORKERD_ROOT_UNTRUSTED=1",
+		// The machine's substitute server, as its guix has it (New).
+		"FAKEGUIX_SUBSTITUTES="+m.SubstituteDir(),
 		"PATH=/usr/bin:/bin")
 	if costs {
 		env = append(env, "WORKERD_COSTS=guix")

@@ -27,6 +27,7 @@ import (
 
 	"offload/integration/daemon"
 	"offload/integration/drv"
+	"offload/integration/subst"
 	"offload/machines"
 	"offload/sshexec"
 	"offload/sshexec/sshtest"
@@ -146,8 +147,9 @@ func (m *Machine) SetShellDelay(t testing.TB, d time.Duration) {
 	}
 }
 
-// SubstituteDir is the machine's substitute server (fakeguix's FAKEGUIX_SUBSTITUTES):
-// one signed export bundle per item, named by the item's hash part.
+// SubstituteDir is the machine's substitute server (offload/integration/subst), named
+// to its guix and its daemon by FAKEGUIX_SUBSTITUTES: one signed export bundle per
+// item, named by the item's hash part.
 func (m *Machine) SubstituteDir() string { return filepath.Join(m.Dir, "substitutes") }
 
 // AddSubstitutes makes local items (not their closure) substitutable on m: each
@@ -197,9 +199,7 @@ func (m *Machine) BreakSubstitute(p string) error {
 	return os.Truncate(m.substituteFile(p), fi.Size()/2)
 }
 
-func (m *Machine) substituteFile(p string) string {
-	return filepath.Join(m.SubstituteDir(), filepath.Base(p)[:32])
-}
+func (m *Machine) substituteFile(p string) string { return subst.Server(m.SubstituteDir()).File(p) }
 
 // Farm is a local store and its build machines.
 type Farm struct {

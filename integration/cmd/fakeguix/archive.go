@@ -3,13 +3,13 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 
 	"offload/integration/drv"
+	"offload/integration/subst"
 	"offload/storeio"
 )
 
@@ -148,10 +148,7 @@ func (e *env) export(paths []string, recursive bool) error {
 }
 
 func (e *env) loadACL() (*storeio.ACL, error) {
-	acl, err := storeio.LoadACL(e.confFile("acl"))
-	if errors.Is(err, os.ErrNotExist) {
-		return storeio.ParseACL([]byte("(acl)"))
-	}
+	acl, err := subst.LoadACL(e.conf)
 	if err != nil {
 		return nil, fail("%v", err)
 	}
@@ -179,23 +176,9 @@ func (e *env) importBundle() error {
 		}
 	}
 	if ierr != nil {
-		return fail("%s", importMessage(ierr))
+		return fail("%s", subst.ImportMessage(ierr))
 	}
 	return nil
-}
-
-// importMessage words an import refusal the way guix-daemon and `guix
-// authenticate` do (nix/libstore/local-store.cc, guix/scripts/authenticate.scm).
-func importMessage(err error) string {
-	switch {
-	case errors.Is(err, storeio.ErrNoSignature):
-		return "cannot import path because it lacks a valid signature: " + err.Error()
-	case errors.Is(err, storeio.ErrInvalidHash):
-		return "signed hash doesn't match actual contents of imported archive; archive could be corrupt, or someone is trying to import a Trojan horse: " + err.Error()
-	}
-	// ErrUnauthorizedKey and ErrInvalidSignature already read "unauthorized
-	// public key: ..." / "invalid signature: ...".
-	return err.Error()
 }
 
 // generateKey writes signing-key.sec and signing-key.pub, refusing to

@@ -15,10 +15,12 @@ import (
 // first; the builder's output is forwarded as STDERR_NEXT as it comes when verbosity ≥
 // buildVerbosity; trace lines go out when printBuildTrace is set. A failure answers
 // "build of `D' failed" with status 101 if a time limit ended it, 100 if a builder
-// failed, 1 otherwise. Like the real daemon, an invalid plain item that no substituter
-// has is not a failure: the answer is 1 and the item stays invalid (the stand-in has
-// no substituters). Check mode (2) builds like normal mode: outputs already valid are
-// not rebuilt.
+// failed, 1 otherwise. An invalid plain item is fetched from its substitute when the
+// client asked for substitutes and the daemon has a substitute server (substitute.go);
+// a failed fetch fails the item like a build, with status 1. Like the real daemon, an
+// invalid plain item that has no substitute (or without substitutes) is not a failure:
+// the reply is 1 and the item stays invalid. Check mode (2) builds like normal mode:
+// outputs already valid are not rebuilt.
 func opBuildPaths(w *worker, ctx context.Context) (func(writer), error) {
 	paths, err := w.in.strs()
 	if err != nil {
@@ -50,6 +52,7 @@ func opBuildPaths(w *worker, ctx context.Context) (func(writer), error) {
 	}
 	var failed []string
 	status := uint64(1)
+	goals := map[string]substResult{} // the substitution goals' ends
 	for _, p := range paths {
 		if ctx.Err() != nil {
 			return nil, errClosed
@@ -59,7 +62,23 @@ func opBuildPaths(w *worker, ctx context.Context) (func(writer), error) {
 			return nil, errorf("%v", err)
 		}
 		if !strings.HasSuffix(drvPath, ".drv") {
-			continue // valid, or the quirk above
+			if !w.substituting() {
+				continue // valid, or the quirk above
+			}
+			res, err := w.substitute(ctx, p, goals)
+			if err != nil {
+				return nil, err
+			}
+			if ctx.Err() != nil {
+				return nil, errClosed
+			}
+			if res == substFailed {
+				failed = append(failed, p)
+				if !w.set.keepGoing {
+					break
+				}
+			}
+			continue
 		}
 		if !s.Valid(drvPath) {
 			return nil, errorf("path `%s' is not valid", drvPath)

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"offload/integration/subst"
 	"offload/storeio"
 )
 
@@ -34,10 +35,7 @@ func (w *worker) startAgent() *agent {
 	w.d.costs.sleep(w.d.costs.agent)
 	a := &agent{}
 	a.key, a.keyErr = storeio.LoadSecretKey(filepath.Join(w.d.conf, "signing-key.sec"))
-	a.acl, a.aclErr = storeio.LoadACL(filepath.Join(w.d.conf, "acl"))
-	if a.aclErr != nil && errors.Is(a.aclErr, os.ErrNotExist) {
-		a.acl, a.aclErr = storeio.ParseACL([]byte("(acl)"))
-	}
+	a.acl, a.aclErr = subst.LoadACL(w.d.conf)
 	w.agent = a
 	return a
 }

@@ -19,7 +19,9 @@
 // the real daemon costs: costs.go); WORKERD_HOSTILE_FILE (a file whose first word
 // makes the daemon misbehave: hostile.go); WORKERD_ROOT_UNTRUSTED=1 (treat a root
 // peer as untrusted, as a real remote daemon treats the non-root account an offload
-// logs in as: the test farm's machines log in as the user running the tests).
+// logs in as: the test farm's machines log in as the user running the tests);
+// FAKEGUIX_SUBSTITUTES (the substitute server BuildPaths fetches plain items from when
+// the client asks for substitutes: substitute.go).
 package main
 
 import (
@@ -36,6 +38,7 @@ import (
 	"syscall"
 
 	"offload/integration/drv"
+	"offload/integration/subst"
 )
 
 func main() {
@@ -67,6 +70,8 @@ type daemon struct {
 	costs         costs
 	hostileFile   string
 	rootUntrusted bool
+	substitutes   subst.Server // FAKEGUIX_SUBSTITUTES
+	substMu       sync.Mutex   // held while an item is fetched (substitute.go)
 
 	nextID atomic.Int64
 	wg     sync.WaitGroup
@@ -76,7 +81,7 @@ func newDaemon(getenv func(string) string) *daemon {
 	d := &daemon{store: drv.StoreFromEnv(getenv), conf: getenv("GUIX_CONFIGURATION_DIRECTORY"),
 		state: getenv("GUIX_STATE_DIRECTORY"), socket: getenv("GUIX_DAEMON_SOCKET"),
 		costs: costsFor(getenv("WORKERD_COSTS")), hostileFile: getenv("WORKERD_HOSTILE_FILE"),
-		rootUntrusted: getenv("WORKERD_ROOT_UNTRUSTED") == "1"}
+		rootUntrusted: getenv("WORKERD_ROOT_UNTRUSTED") == "1", substitutes: subst.Server(getenv("FAKEGUIX_SUBSTITUTES"))}
 	if d.conf == "" {
 		d.conf = "/etc/guix"
 	}

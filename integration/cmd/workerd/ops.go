@@ -22,7 +22,8 @@ type handler func(w *worker, ctx context.Context) (reply func(writer), err error
 // ops are the requests served (WORKER-PROTOCOL.md §4); any other opcode gets "invalid
 // operation N" and the connection closes, as an unknown one does with the real daemon.
 // Not served, though the real daemon has them: QueryReferrers, EnsurePath,
-// AddIndirectRoot, FindRoots, the derivation queries, substitutes, GC.
+// AddIndirectRoot, FindRoots, the derivation queries, the substitute queries, GC.
+// BuildPaths fetches substitutes of plain items (substitute.go).
 var ops = map[uint64]handler{
 	1:  opIsValidPath,
 	5:  opQueryReferences,
@@ -301,6 +302,8 @@ func opSetOptions(w *worker, _ context.Context) (func(writer), error) {
 			set.buildVerbosity = v
 		case "printBuildTrace":
 			set.printBuildTrace = v != 0
+		case "useSubstitutes":
+			set.useSubstitutes = v != 0
 		case "maxSilentTime":
 			set.maxSilent = int(v)
 		}

@@ -44,6 +44,7 @@ type settings struct {
 	verbosity       uint64
 	buildVerbosity  uint64
 	printBuildTrace bool
+	useSubstitutes  bool
 	maxSilent       int
 	timeout         int
 }
@@ -293,9 +294,12 @@ func (w *worker) next(text string) {
 	w.out.Flush()
 }
 
-// info sends a daemon message of level 1 (lvlInfo) if the verbosity asks for it.
-func (w *worker) info(format string, args ...any) {
-	if w.set.verbosity >= 1 {
+// info sends a daemon message of level lvlInfo if the verbosity asks for it.
+func (w *worker) info(format string, args ...any) { w.msg(lvlInfo, format, args...) }
+
+// msg sends a daemon message of the given level if the verbosity asks for it.
+func (w *worker) msg(level uint64, format string, args ...any) {
+	if w.set.verbosity >= level {
 		w.next(fmt.Sprintf(format, args...))
 	}
 }

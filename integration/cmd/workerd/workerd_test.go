@@ -245,11 +245,27 @@ func (f *fixture) connect() *client {
 
 // setOptions sends SetOptions with 0x163's nine fields and the overrides.
 func (c *client) setOptions(verbosity, buildVerbosity uint64, trace bool, overrides ...string) reply {
-	tr := uint64(0)
-	if trace {
-		tr = 1
+	return c.options(options{verbosity: verbosity, buildVerbosity: buildVerbosity, trace: trace}, overrides...)
+}
+
+// options are the SetOptions fields the tests set.
+type options struct {
+	keepGoing                 bool
+	verbosity, buildVerbosity uint64
+	trace, useSubstitutes     bool
+}
+
+// options sends SetOptions with 0x163's nine fields (keepFailed, keepGoing,
+// tryFallback, verbosity, useBuildHook, buildVerbosity, logType, printBuildTrace,
+// useSubstitutes) and the overrides.
+func (c *client) options(o options, overrides ...string) reply {
+	flag := func(b bool) uint64 {
+		if b {
+			return 1
+		}
+		return 0
 	}
-	c.int(19).int(0).int(0).int(0).int(verbosity).int(1).int(buildVerbosity).int(0).int(tr).int(0)
+	c.int(19).int(0).int(flag(o.keepGoing)).int(0).int(o.verbosity).int(1).int(o.buildVerbosity).int(0).int(flag(o.trace)).int(flag(o.useSubstitutes))
 	c.int(uint64(len(overrides) / 2))
 	for _, s := range overrides {
 		c.str(s)
