@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"offload/machines"
+	"offload/placement"
 	"offload/sshexec"
 	"offload/storeio"
 	"offload/workerproto"
@@ -32,10 +33,7 @@ func (h *Hook) sendInputs(ctx context.Context, m *machines.Machine, t sshexec.Ta
 		return err
 	}
 	for _, src := range sources {
-		if src.size > h.bulkThreshold() {
-			// As big as a bulk bundle: that path is compressed and streams into the
-			// disk as it comes, where AddToStore has the daemon hold the whole nar
-			// before writing it (on the real bench both took about 4 s for 124 MiB).
+		if src.size > h.bulkThreshold() && !h.bigSourceByAdd(m) {
 			items = append(items, src.path)
 			continue
 		}
@@ -97,6 +95,34 @@ func (h *Hook) sendItems(ctx context.Context, m *machines.Machine, t sshexec.Tar
 	return nil
 }
 
+// bigSourceByAdd tells whether a source item as big as a bulk bundle goes to m by
+// AddToStore rather than in the bulk bundle. AddToStore sends it uncompressed and has
+// the machine's daemon hold the whole nar before writing it, but starts no Guile
+// there; the bundle is compressed and streams into the machine's `guix archive
+// --import`. On the real bench (loopback, 124 MiB source tree) AddToStore was the
+// faster in 5 of 6 rounds, by about 12%; over a slow link, uncompressed loses. So the
+// choice is what the big uploads to m took, per byte (placement.History.Streams): a
+// way never measured there is tried once, AddToStore only when the round trip says
+// the machine is near (localRTT), the bundle otherwise; then the faster.
+func (h *Hook) bigSourceByAdd(m *machines.Machine) bool {
+	hist, err := placement.Store{Dir: h.Conf.StateDir, Now: h.Now}.Load(m.ID())
+	if err != nil {
+		return false
+	}
+	add, imp := hist.StreamRate(placement.StreamAdd), hist.StreamRate(placement.StreamImport)
+	switch {
+	case add == 0:
+		return h.rtt > 0 && h.rtt < localRTT
+	case imp == 0:
+		return false
+	}
+	return add > imp
+}
+
+// localRTT is the round trip under which a machine counts as near (this host or its
+// LAN) for trying an uncompressed upload.
+const localRTT = time.Millisecond
+
 // BulkThresholdEnv sets, in bytes, the bundle size above which inputs go by the streamed
 // path; unset, it follows the measured round trip (bulkThreshold).
 const BulkThresholdEnv = "OFFLOAD_BULK_THRESHOLD"
@@ -141,6 +167,7 @@ func (h *Hook) sendSource(ctx context.Context, m *machines.Machine, conn *worker
 	}
 	h.learned.sentRaw += cr.n.Load()
 	h.learned.sendTime += time.Since(start)
+	h.learned.streams = append(h.learned.streams, placement.Stream{Method: placement.StreamAdd, Bytes: cr.n.Load(), Send: time.Since(start)})
 	h.note("sent source %s (%s) to '%s' in %.1fs", path.Base(src.path), mib(cr.n.Load()), m.Display(), time.Since(start).Seconds())
 	return nil
 }
@@ -252,6 +279,7 @@ func (h *Hook) bulkUpload(ctx context.Context, m *machines.Machine, t sshexec.Ta
 	}
 	h.learned.sentRaw += exp.written.Load()
 	h.learned.sendTime += time.Since(start)
+	h.learned.streams = append(h.learned.streams, placement.Stream{Method: placement.StreamImport, Bytes: exp.written.Load(), Send: time.Since(start)})
 	h.note("sent %d store item%s (%s) to '%s' in %.1fs", n, plural(n), comp.describe(sent.n.Load(), exp.written.Load()), m.Display(), time.Since(start).Seconds())
 	return nil
 }

@@ -1,6 +1,8 @@
 package hook
 
 import (
+	"offload/machines"
+	"offload/placement"
 	"slices"
 	"testing"
 	"time"
@@ -75,5 +77,44 @@ func TestBulkThresholdFollowsTheRoundTrip(t *testing.T) {
 	h.Conf.BulkThreshold = 1234
 	if got := h.bulkThreshold(); got != 1234 {
 		t.Errorf("configured threshold ignored: %d", got)
+	}
+}
+
+// TestBigSourceByAdd: a big source item goes by AddToStore first only to a near machine,
+// the bulk bundle is then tried once, and afterwards the faster of the two (per byte,
+// from what placement learned) is taken.
+func TestBigSourceByAdd(t *testing.T) {
+	m := &machines.Machine{Name: "m", Port: 22}
+	for _, c := range []struct {
+		name     string
+		rtt      time.Duration
+		add, imp time.Duration // seconds for 100 MiB each; 0 never measured
+		want     bool
+	}{
+		{"near, nothing learned", 300 * time.Microsecond, 0, 0, true},
+		{"far, nothing learned", 20 * time.Millisecond, 0, 0, false},
+		{"far, only the bundle learned", 20 * time.Millisecond, 0, 5 * time.Second, false},
+		{"near, only the bundle learned", 300 * time.Microsecond, 0, 5 * time.Second, true},
+		{"AddToStore learned, the bundle not yet", 300 * time.Microsecond, 4 * time.Second, 0, false},
+		{"AddToStore faster", 20 * time.Millisecond, 4 * time.Second, 5 * time.Second, true},
+		{"the bundle faster", 300 * time.Microsecond, 6 * time.Second, 5 * time.Second, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := &Hook{Conf: Config{StateDir: t.TempDir()}}
+			h.rtt = c.rtt
+			var streams []placement.Stream
+			if c.add > 0 {
+				streams = append(streams, placement.Stream{Method: placement.StreamAdd, Bytes: 100 << 20, Send: c.add})
+			}
+			if c.imp > 0 {
+				streams = append(streams, placement.Stream{Method: placement.StreamImport, Bytes: 100 << 20, Send: c.imp})
+			}
+			if err := (placement.Store{Dir: h.Conf.StateDir}).Record(m.ID(), placement.Offload{Streams: streams}); err != nil {
+				t.Fatal(err)
+			}
+			if got := h.bigSourceByAdd(m); got != c.want {
+				t.Errorf("bigSourceByAdd = %v, want %v", got, c.want)
+			}
+		})
 	}
 }

@@ -326,6 +326,7 @@ type learned struct {
 	sentRaw             int64
 	peakBytes           int64 // the most memory the build took at most; 0 unknown
 	sendTime, buildTime time.Duration
+	streams             []placement.Stream // the uploads, by method (bigSourceByAdd)
 }
 
 func (h *Hook) learn(m *machines.Machine, req Request, l learned, total time.Duration) {
@@ -333,7 +334,7 @@ func (h *Hook) learn(m *machines.Machine, req Request, l learned, total time.Dur
 		return
 	}
 	o := placement.Offload{Name: placement.DrvName(req.Drv), Speed: m.Speed, SentBytes: l.sentRaw,
-		Send: l.sendTime, Build: l.buildTime, Total: total, PeakBytes: l.peakBytes}
+		Send: l.sendTime, Build: l.buildTime, Total: total, PeakBytes: l.peakBytes, Streams: l.streams}
 	if err := (placement.Store{Dir: h.Conf.StateDir, Now: h.Now}).Record(m.ID(), o); err != nil {
 		h.note("%v", err)
 	}

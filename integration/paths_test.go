@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"offload/integration/drv"
 	"offload/integration/farm"
 	"offload/machines"
+	"offload/placement"
 )
 
 // loadMachine reads the farm's machine m as the hook does.
@@ -203,5 +205,46 @@ func TestSigningHelperStartsDuringTheBuild(t *testing.T) {
 	}
 	if st, sig, err := h.Wait(); err != nil || sig || st != 0 {
 		t.Fatalf("status %d %v %v:\n%s", st, sig, err, strings.Join(h.Messages(), "\n"))
+	}
+}
+
+// TestBigSourceTriesBothWays: a source item bigger than a bulk bundle goes to a near
+// machine by AddToStore the first time, by the bulk bundle the next time, and both
+// uploads are learned by way, for the choice between them after that.
+func TestBigSourceTriesBothWays(t *testing.T) {
+	f := farm.New(t, farm.Options{})
+	writeMachines(f, nil)
+	m := f.Machines[0]
+	send := func(n int) string {
+		name := fmt.Sprintf("t-big%d", n)
+		src, err := f.Local.Drv().AddSource(name, map[string]string{"data": strings.Repeat(fmt.Sprintf("big source %d\n", n), 400_000)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := f.MakeDrv(drv.Spec{Name: "t-uses-" + name, Args: []string{"-c", `head -c 13 "$SRC/data" > "$out"`},
+			Env: map[string]string{"SRC": src}, InputSrcs: []string{src}, Nonce: name})
+		// Every source item above 1 MiB is big here; these are about 5 MiB, above the
+		// 4 MiB that placement learns from.
+		r := offload(t, f, d, buildOpts{env: []string{"OFFLOAD_PATH=daemon", "OFFLOAD_VERBOSE=1", hook.BulkThresholdEnv + "=1048576"}})
+		if r.answer != "accept" || r.status != 0 {
+			t.Fatalf("answer %s status %d:\n%s", r.answer, r.status, r.messages)
+		}
+		if !m.Store.Drv().Valid(src) {
+			t.Errorf("%s is not on the machine at its path", name)
+		}
+		return r.messages
+	}
+	if msgs := send(1); !strings.Contains(msgs, "sending source ") || !strings.Contains(msgs, ": add-to-store paths=1 ") {
+		t.Errorf("first big source: want AddToStore (a near machine, nothing learned):\n%s", msgs)
+	}
+	if msgs := send(2); strings.Contains(msgs, ": add-to-store ") || !strings.Contains(msgs, "sending 1 store item") {
+		t.Errorf("second big source: want the bulk bundle, not yet measured to this machine:\n%s", msgs)
+	}
+	hist, err := placement.Store{Dir: filepath.Join(f.State, "offload")}.Load(loadMachine(t, f, m).ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hist.StreamRate(placement.StreamAdd) == 0 || hist.StreamRate(placement.StreamImport) == 0 {
+		t.Errorf("learned uploads by way %+v: want both", hist.Streams)
 	}
 }

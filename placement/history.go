@@ -34,6 +34,33 @@ type History struct {
 	// building: ssh, the daemon's round trips, the remote slot, the outputs' return.
 	Overheads []float64          `json:"overheads,omitempty"`
 	Builds    map[string]*Builds `json:"builds,omitempty"` // by DrvName
+	// Streams are the big uploads by method (StreamImport, StreamAdd), so that the
+	// hook sends a big source item the way that was faster to this machine.
+	Streams map[string][]Transfer `json:"streams,omitempty"`
+}
+
+// Ways a big input goes up (Stream.Method).
+const (
+	// StreamImport: a signed bundle streamed into the machine's `guix archive
+	// --import`, compressed unless the machine has no decompressor.
+	StreamImport = "import"
+	// StreamAdd: a source item's nar, uncompressed, read by the machine's daemon
+	// itself (AddToStore): no Guile start there, but the daemon holds the whole nar
+	// before it writes it, and nothing is compressed.
+	StreamAdd = "add-to-store"
+)
+
+// Stream is one upload of an offload and the way it went.
+type Stream struct {
+	Method string
+	Bytes  int64 // uncompressed
+	Send   time.Duration
+}
+
+// StreamRate is the learned uncompressed bytes per second of the uploads by method
+// (0: none learned).
+func (h History) StreamRate(method string) float64 {
+	return rate(h.Streams[method])
 }
 
 // Transfer is one upload: its uncompressed size and how long it took.
@@ -60,13 +87,19 @@ type Offload struct {
 	Build     time.Duration // from the start of the build on the machine to its end
 	Total     time.Duration // the whole offload, from the session's start to the outputs' return
 	PeakBytes int64         // the build's peak memory; 0 unknown
+	Streams   []Stream      // its uploads, by method
 }
 
 // Throughput is the link's learned bytes per second (0: nothing learned).
 func (h History) Throughput() float64 {
+	return rate(h.Transfers)
+}
+
+// rate is the bytes per second of transfers taken together (0: none).
+func rate(ts []Transfer) float64 {
 	var b int64
 	var s float64
-	for _, t := range h.Transfers {
+	for _, t := range ts {
 		b += t.Bytes
 		s += t.Seconds
 	}
@@ -127,6 +160,15 @@ func (s Store) Record(id string, o Offload) error {
 func (h *History) add(o Offload, now time.Time) {
 	if o.SentBytes >= MinSampleBytes && o.Send > 0 {
 		h.Transfers = lastN(append(h.Transfers, Transfer{Bytes: o.SentBytes, Seconds: o.Send.Seconds()}), MaxTransfers)
+	}
+	for _, st := range o.Streams {
+		if st.Bytes < MinSampleBytes || st.Send <= 0 {
+			continue
+		}
+		if h.Streams == nil {
+			h.Streams = map[string][]Transfer{}
+		}
+		h.Streams[st.Method] = lastN(append(h.Streams[st.Method], Transfer{Bytes: st.Bytes, Seconds: st.Send.Seconds()}), MaxSamples)
 	}
 	if o.Total > 0 {
 		over := max(o.Total-o.Send-o.Build, 0)

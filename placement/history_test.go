@@ -178,3 +178,42 @@ func TestDrain(t *testing.T) {
 		t.Error("still drained")
 	}
 }
+
+// TestStreamsByMethod: big uploads are learned per method, small ones not at all, and
+// each method keeps its last MaxSamples.
+func TestStreamsByMethod(t *testing.T) {
+	s := Store{Dir: t.TempDir(), Now: newClock().now}
+	o := Offload{Name: "a", Streams: []Stream{
+		{Method: StreamAdd, Bytes: 100 * mib, Send: 4 * time.Second},
+		{Method: StreamImport, Bytes: 100 * mib, Send: 5 * time.Second},
+		{Method: StreamAdd, Bytes: 1000, Send: time.Second}, // too small to say anything
+	}}
+	if err := s.Record("m:22", o); err != nil {
+		t.Fatal(err)
+	}
+	h, err := s.Load("m:22")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := h.StreamRate(StreamAdd); got != 25*mib {
+		t.Errorf("add-to-store rate %v, want 25 MiB/s (the small upload left out)", got)
+	}
+	if got := h.StreamRate(StreamImport); got != 20*mib {
+		t.Errorf("import rate %v, want 20 MiB/s", got)
+	}
+	if got := h.StreamRate("other"); got != 0 {
+		t.Errorf("rate of a method never used %v, want 0", got)
+	}
+	for range MaxSamples + 2 {
+		if err := s.Record("m:22", Offload{Streams: []Stream{{Method: StreamAdd, Bytes: 10 * mib, Send: time.Second}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, _ = s.Load("m:22")
+	if n := len(h.Streams[StreamAdd]); n != MaxSamples {
+		t.Errorf("%d add-to-store samples kept, want %d", n, MaxSamples)
+	}
+	if got := h.StreamRate(StreamAdd); got != 10*mib {
+		t.Errorf("add-to-store rate %v, want the last samples' 10 MiB/s", got)
+	}
+}
