@@ -379,9 +379,11 @@ func (h *Hook) allDown(req Request, down []*machines.Machine) decision {
 }
 
 // probeAll fills in each candidate's load, in parallel, from the state cache when it
-// is fresh enough, else with one ssh round trip each.
+// is fresh enough, else with one ssh round trip each: at most maxProbes at once, in
+// the machines file's order.
 func (h *Hook) probeAll(ctx context.Context, req Request, cands []*candidate, now time.Time) {
 	var wg sync.WaitGroup
+	running := make(chan struct{}, maxProbes)
 	for _, c := range cands {
 		if health, err := h.state.Health(c.m.StateKey()); err == nil {
 			// A machine that was full may have a free slot now: asked again rather
@@ -395,8 +397,10 @@ func (h *Hook) probeAll(ctx context.Context, req Request, cands []*candidate, no
 			}
 		}
 		wg.Add(1)
+		running <- struct{}{}
 		go func(c *candidate) {
 			defer wg.Done()
+			defer func() { <-running }()
 			var p *machines.Probe
 			var err error
 			if c.speculate {
@@ -428,6 +432,14 @@ func (h *Hook) probeAll(ctx context.Context, req Request, cands []*candidate, no
 	}
 	wg.Wait()
 }
+
+// maxProbes bounds the probes running at once. A machines file of a thousand entries
+// otherwise starts a thousand ssh processes together, and on a small host the probe of
+// the one machine that answers then took more than its 10 s (the Decision benchmark,
+// 1000 machines): a machine that does not answer within its time is skipped, so a
+// bound keeps the answering ones answering. A machine that hangs holds its place for
+// its probe's time at most.
+const maxProbes = 64
 
 // speculate takes, on the daemon path, the machine's own build slot in the shell that
 // probes it, for a machine where this host has a build slot (not a queue place): the

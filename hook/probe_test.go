@@ -1,7 +1,15 @@
 package hook
 
 import (
+	"context"
+	"fmt"
+	"io"
+	"offload/machines"
+	"offload/sshexec"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -62,6 +70,59 @@ func TestParseFacts(t *testing.T) {
 	for _, bad := range []string{"", "Welcome to the machine!\n", "load 1 1 1\n", "time 17\n", "load x\ntime 1\n"} {
 		if _, err := ParseFacts(bad); err == nil {
 			t.Errorf("accepted %q", bad)
+		}
+	}
+}
+
+// TestProbesAtMostMaxProbesAtOnce: a machines file of many entries does not start an
+// ssh per machine all at once: at most maxProbes run together.
+func TestProbesAtMostMaxProbesAtOnce(t *testing.T) {
+	T := t.TempDir()
+	runs := filepath.Join(T, "runs")
+	if err := os.Mkdir(runs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Each ssh counts the ones running beside it, stays half a second, and fails as a
+	// machine that refuses the connection does.
+	ssh := filepath.Join(T, "ssh")
+	script := fmt.Sprintf(`#!/bin/sh
+mkdir %[1]s/run.$$
+ls %[1]s | grep -c '^run\.' >> %[2]s/counts
+i=0; while [ $i -lt 10 ]; do sleep 0.05; i=$((i+1)); done
+rmdir %[1]s/run.$$
+exit 255
+`, runs, T)
+	if err := os.WriteFile(ssh, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h := &Hook{Conf: Config{StateDir: filepath.Join(T, "state")}, Out: io.Discard,
+		Runner: &sshexec.Runner{StateDir: filepath.Join(T, "state"), SSH: ssh, ControlPersist: -1}}
+	h.init()
+	var cands []*candidate
+	n := maxProbes*2 + 10
+	for i := range n {
+		m := &machines.Machine{Name: "127.0.0.1", Port: 41000 + i, User: "u", ParallelBuilds: 1, HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICme63vje2u99wh9zsKvDwdXtye8nYzRspYh/HR6e1X7"}
+		cands = append(cands, &candidate{m: m, target: h.target(m)})
+	}
+	h.probeAll(context.Background(), Request{Drv: "/gnu/store/x.drv"}, cands, time.Now())
+	b, err := os.ReadFile(filepath.Join(T, "counts"))
+	if err != nil {
+		t.Fatalf("%v (first machine: %v)", err, cands[0].err)
+	}
+	most, started := 0, 0
+	for _, f := range strings.Fields(string(b)) {
+		k, _ := strconv.Atoi(f)
+		most, started = max(most, k), started+1
+	}
+	if started < n {
+		t.Errorf("%d ssh started for %d machines", started, n)
+	}
+	if most > maxProbes {
+		t.Errorf("%d ssh ran at once, want at most %d", most, maxProbes)
+	}
+	for _, c := range cands {
+		if c.probe != nil || c.err == nil {
+			t.Fatalf("machine %d: probe %v, err %v: want the refusal", c.m.Port, c.probe, c.err)
 		}
 	}
 }
