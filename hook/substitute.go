@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"offload/machines"
-	"offload/storeio"
 )
 
 // SubstitutesEnv names the machines that fetch substitutes themselves (issue 14): "all",
@@ -113,13 +112,18 @@ func (s *session) substituteNote(got substituted) string {
 }
 
 // sizeNote is " (X MiB)", the local nar sizes of paths, or "" when they cannot be read.
-func (s *session) sizeNote(paths []string) string {
+func (s *session) sizeNote(paths []string) string { return s.h.sizeNote(paths) }
+
+// sizeNote is " (X MiB)", the local nar sizes of paths (as the local daemon records
+// them, else as read from the store), or "" when they cannot be read.
+func (h *Hook) sizeNote(paths []string) string {
 	if len(paths) == 0 {
 		return ""
 	}
+	size := h.sizer()
 	var total int64
 	for _, p := range paths {
-		n, err := storeio.NarSize(path.Join(s.h.Conf.StoreDir, path.Base(p)))
+		n, err := size(path.Join(h.Conf.StoreDir, path.Base(p)))
 		if err != nil {
 			return ""
 		}

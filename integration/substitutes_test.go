@@ -141,7 +141,7 @@ func TestSubstitutesOnMachine(t *testing.T) {
 			// only (keepGoing: the others were tried); the hook says so and sends the rest.
 			for _, want := range []string{
 				"offload: machine '" + name + "' could not fetch every substitute: build of `" + broken + "' failed",
-				"offload: machine '" + name + "' substituted 2 of 5 missing inputs",
+				"offload: machine '" + name + "' substituted 2 of 5 missing inputs (" + fmt.Sprintf("%.1f MiB", float64(size)/(1<<20)) + ")",
 				"offload: sending 3 store items (",
 			} {
 				if !strings.Contains(r.messages, want) {
