@@ -17,6 +17,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"offload/hook"
 	"offload/integration/daemon"
 	"offload/integration/drv"
 	"offload/integration/farm"
@@ -211,9 +212,22 @@ func cmdHook(ts *testscript.TestScript, neg bool, args []string) {
 		d = f.MakeDrv(drv.Spec{Name: "t-src", Args: []string{"-c", `cat "$SRC/README" > "$out"`},
 			Env: map[string]string{"SRC": src}, InputSrcs: []string{src}, Nonce: "script-" + strconv.Itoa(f.requests)})
 	}
+	env := scriptEnv(f.Farm)
+	if len(args) > 0 && args[0] == "substitutes" {
+		// Two inputs new to the machines, each with a substitute on the first machine,
+		// one of them truncated; the machine is asked to fetch them (daemon path).
+		good := f.AddLocalItem("script-sub-good", map[string]string{"data": strings.Repeat("g", 20_000)})
+		bad := f.AddLocalItem("script-sub-bad", map[string]string{"data": strings.Repeat("b", 20_000)})
+		d = f.MakeDrv(drv.Spec{Name: "t-subst", Args: []string{"-c", `cat "$A/data" "$B/data" > "$out"`},
+			Env: map[string]string{"A": good, "B": bad}, InputSrcs: []string{good, bad}, Nonce: "script-" + strconv.Itoa(f.requests)})
+		m := f.Machines[0]
+		ts.Check(f.AddSubstitutes(m, good, bad))
+		ts.Check(m.BreakSubstitute(bad))
+		env = append(env, hook.SubstitutesEnv+"=all", hook.PathEnv+"=daemon")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	h, err := daemon.StartWith(ctx, f.HookArgv("x86_64-linux", 0, true, 0), scriptEnv(f.Farm), daemon.Options{})
+	h, err := daemon.StartWith(ctx, f.HookArgv("x86_64-linux", 0, true, 0), env, daemon.Options{})
 	ts.Check(err)
 	defer h.Kill()
 	ans, err := h.Request(wantsLocal, d.System, d.Path, d.Features())
