@@ -170,16 +170,7 @@ func (h *Hook) substituteOnDaemon(ctx context.Context, m *machines.Machine, conn
 	if err != nil {
 		return nil, fmt.Errorf("asking which inputs it lacks: %w", err)
 	}
-	lacks := map[string]bool{}
-	for _, p := range still {
-		lacks[p] = true
-	}
-	var got []string
-	for _, p := range subs {
-		if !lacks[p] {
-			got = append(got, p)
-		}
-	}
+	got := notIn(subs, still)
 	h.note("machine '%s' substituted %d of %d missing input%s%s", m.Display(), len(got), len(subs), plural(len(subs)), h.sizeNote(got))
 	return still, nil
 }

@@ -7,6 +7,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"offload/machines"
@@ -32,8 +33,9 @@ func (h *Hook) sendInputs(ctx context.Context, m *machines.Machine, t sshexec.Ta
 	if err != nil {
 		return err
 	}
+	byAdd := sync.OnceValue(func() bool { return h.bigSourceByAdd(m) }) // read once, if needed
 	for _, src := range sources {
-		if src.size > h.bulkThreshold() && !h.bigSourceByAdd(m) {
+		if src.size > h.bulkThreshold() && !byAdd() {
 			items = append(items, src.path)
 			continue
 		}

@@ -390,16 +390,13 @@ func TestMemSamplesPeak(t *testing.T) {
 	}
 }
 
-// TestProbeHoldScript: one shell gives a probe's facts, its slots counted before one is
-// taken for us, then takes and holds that slot like slotHoldScript.
-func TestProbeHoldScript(t *testing.T) {
-	if _, err := exec.LookPath("flock"); err != nil {
-		t.Skip("no flock(1)")
-	}
+// startProbeScript runs script (probeHoldScript or probeGateScript) as the machine
+// would, for a machine of nslots slots whose slot files are in slots, and reads its
+// facts up to lineFactsEnd. wait reads the rest of its output and waits for it.
+func startProbeScript(t *testing.T, script, slots, nslots string) (stdin io.WriteCloser, sc *bufio.Scanner, p *machines.Probe, wait func()) {
+	t.Helper()
 	d := t.TempDir()
-	slots := filepath.Join(d, "slots")
-	holdFlock(t, filepath.Join(slots, "0"), "other 1 /gnu/store/y.drv\n") // another host's build
-	cmd := exec.Command("sh", "-c", probeHoldScript, "sh", d, d, "2", "host 1", "/gnu/store/x.drv")
+	cmd := exec.Command("sh", "-c", script, "sh", d, d, nslots, "host 1", "/gnu/store/x.drv")
 	cmd.Env = append(os.Environ(), slotsDirEnv+"="+slots)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	t.Cleanup(func() {
@@ -407,12 +404,12 @@ func TestProbeHoldScript(t *testing.T) {
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		}
 	})
-	stdin, _ := cmd.StdinPipe()
+	stdin, _ = cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	sc := bufio.NewScanner(stdout)
+	sc = bufio.NewScanner(stdout)
 	var facts strings.Builder
 	for sc.Scan() && sc.Text() != lineFactsEnd {
 		facts.WriteString(sc.Text() + "\n")
@@ -421,6 +418,22 @@ func TestProbeHoldScript(t *testing.T) {
 	if err != nil {
 		t.Fatalf("facts %q: %v", facts.String(), err)
 	}
+	return stdin, sc, p, func() {
+		for sc.Scan() {
+		}
+		cmd.Wait()
+	}
+}
+
+// TestProbeHoldScript: one shell gives a probe's facts, its slots counted before one is
+// taken for us, then takes and holds that slot like slotHoldScript.
+func TestProbeHoldScript(t *testing.T) {
+	if _, err := exec.LookPath("flock"); err != nil {
+		t.Skip("no flock(1)")
+	}
+	slots := filepath.Join(t.TempDir(), "slots")
+	holdFlock(t, filepath.Join(slots, "0"), "other 1 /gnu/store/y.drv\n") // another host's build
+	stdin, sc, p, wait := startProbeScript(t, probeHoldScript, slots, "2")
 	if p.RemoteSlotsHeld != 1 {
 		t.Errorf("%d slots held in the facts, want 1 (the other host's, counted before ours is taken)", p.RemoteSlotsHeld)
 	}
@@ -431,9 +444,7 @@ func TestProbeHoldScript(t *testing.T) {
 		t.Error("the free slot is not held")
 	}
 	stdin.Close()
-	for sc.Scan() {
-	}
-	cmd.Wait()
+	wait()
 	if flockHeld(t, filepath.Join(slots, "1")) {
 		t.Error("the slot is still held after the script ended")
 	}
@@ -446,38 +457,9 @@ func TestProbeGateScript(t *testing.T) {
 	if _, err := exec.LookPath("flock"); err != nil {
 		t.Skip("no flock(1)")
 	}
-	run := func(t *testing.T, slots string) (stdin io.WriteCloser, sc *bufio.Scanner, wait func()) {
-		d := t.TempDir()
-		cmd := exec.Command("sh", "-c", probeGateScript, "sh", d, d, "1", "host 1", "/gnu/store/x.drv")
-		cmd.Env = append(os.Environ(), slotsDirEnv+"="+slots)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		t.Cleanup(func() {
-			if cmd.Process != nil {
-				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			}
-		})
-		stdin, _ = cmd.StdinPipe()
-		stdout, _ := cmd.StdoutPipe()
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc = bufio.NewScanner(stdout)
-		var facts strings.Builder
-		for sc.Scan() && sc.Text() != lineFactsEnd {
-			facts.WriteString(sc.Text() + "\n")
-		}
-		if _, err := probeOf(facts.String()); err != nil {
-			t.Fatalf("facts %q: %v", facts.String(), err)
-		}
-		return stdin, sc, func() {
-			for sc.Scan() {
-			}
-			cmd.Wait()
-		}
-	}
 	t.Run("chosen", func(t *testing.T) {
 		slots := filepath.Join(t.TempDir(), "slots")
-		stdin, sc, wait := run(t, slots)
+		stdin, sc, _, wait := startProbeScript(t, probeGateScript, slots, "1")
 		if _, err := os.Stat(filepath.Join(slots, "0")); err == nil && flockHeld(t, filepath.Join(slots, "0")) {
 			t.Fatal("the slot is held before the machine was chosen")
 		}
@@ -496,7 +478,7 @@ func TestProbeGateScript(t *testing.T) {
 	})
 	t.Run("not chosen", func(t *testing.T) {
 		slots := filepath.Join(t.TempDir(), "slots")
-		stdin, sc, wait := run(t, slots)
+		stdin, sc, _, wait := startProbeScript(t, probeGateScript, slots, "1")
 		stdin.Close()
 		wait()
 		if sc.Text() != "" {

@@ -108,11 +108,8 @@ func substituteCandidates(missing []string, drv string) []string {
 // substituteNote is the start of the line that says what the machine fetched itself,
 // with the nar sizes of the local copies; what it could not fetch is uploaded.
 func (s *session) substituteNote(got substituted) string {
-	return fmt.Sprintf("machine '%s' substituted %d of %d missing input%s%s", s.m.Display(), len(got.items), got.asked, plural(got.asked), s.sizeNote(got.items))
+	return fmt.Sprintf("machine '%s' substituted %d of %d missing input%s%s", s.m.Display(), len(got.items), got.asked, plural(got.asked), s.h.sizeNote(got.items))
 }
-
-// sizeNote is " (X MiB)", the local nar sizes of paths, or "" when they cannot be read.
-func (s *session) sizeNote(paths []string) string { return s.h.sizeNote(paths) }
 
 // sizeNote is " (X MiB)", the local nar sizes of paths (as the local daemon records
 // them, else as read from the store), or "" when they cannot be read.

@@ -95,7 +95,7 @@ func (s *session) upload(mode string, inputs []string) error {
 	n := len(missing)
 	bare := fmt.Sprintf("sending %d store items", n)
 	if subNote != "" {
-		h.note("%s; sending %d store item%s%s (%s)...", subNote, n, plural(n), s.sizeNote(missing), comp)
+		h.note("%s; sending %d store item%s%s (%s)...", subNote, n, plural(n), h.sizeNote(missing), comp)
 	} else {
 		h.note("sending %d store item%s to '%s' (%s)...", n, plural(n), m.Display(), comp)
 	}
